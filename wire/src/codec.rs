@@ -12,8 +12,7 @@ use bytes::BufMut;
 
 use crate::error::{BuildError, DecodeError};
 use crate::limits::{
-    MAX_MEMBERS, MAX_NAME_LEN, MAX_PUBLIC_KEY_LEN, MAX_REASON_LEN, MAX_SIGNATURE_LEN,
-    MAX_TOKEN_LEN,
+    MAX_MEMBERS, MAX_NAME_LEN, MAX_PUBLIC_KEY_LEN, MAX_REASON_LEN, MAX_SIGNATURE_LEN, MAX_TOKEN_LEN,
 };
 
 /// A cursor over borrowed bytes that never reads past the end.

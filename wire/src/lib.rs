@@ -35,6 +35,6 @@ pub use codec::{Decode, Encode, List, ListIter, Name, PublicKey, Reader, Signatu
 pub use error::{BuildError, DecodeError};
 pub use frame::{Frame, FrameType, Frames};
 pub use packet::{
-    encode_cleartext_packet, Datagram, Header, Packet, PacketFlags, PacketType, HEADER_LEN,
-    MAGIC, VERSION,
+    encode_cleartext_packet, Datagram, Header, Packet, PacketFlags, PacketType, HEADER_LEN, MAGIC,
+    VERSION,
 };

@@ -155,7 +155,10 @@ impl std::fmt::Debug for Header {
             .field("packet_type", &self.packet_type())
             .field("flags", &self.flags)
             .field("payload_len", &self.payload_len())
-            .field("connection_id", &format_args!("{:016x}", self.connection_id()))
+            .field(
+                "connection_id",
+                &format_args!("{:016x}", self.connection_id()),
+            )
             .field("packet_number", &self.packet_number())
             .finish()
     }
@@ -361,7 +364,8 @@ impl<'a> Iterator for Datagram<'a> {
 }
 
 /// Encodes a cleartext packet (any type but DATA): header, then `frames`, with
-/// `payload_len` computed. Returns the number of bytes written.
+/// `payload_len` computed. Returns the number of bytes written. Refuses DATA, a frame
+/// the packet type may not carry, and a payload that is empty or over 65535 bytes.
 ///
 /// DATA packets are built by the session layer: it encodes frames into a plaintext
 /// buffer, seals it, and writes a [`Header`] whose `payload_len` includes the tag.
@@ -377,6 +381,15 @@ pub fn encode_cleartext_packet<B: BufMut>(
         return Err(crate::error::BuildError::Invalid {
             field: "packet_type",
             reason: "DATA packets are sealed by the session layer",
+        });
+    }
+    if frames
+        .iter()
+        .any(|frame| !frame.frame_type().allowed_in(packet_type))
+    {
+        return Err(crate::error::BuildError::Invalid {
+            field: "frames",
+            reason: "a frame is not allowed in this packet type (SPEC.md §4)",
         });
     }
     let payload_len = u16::try_from(payload_len)

@@ -165,7 +165,10 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
                 members: members(),
             })),
         ),
-        ("frame.pre_vote_request", F(Frame::PreVoteRequest(vote_request))),
+        (
+            "frame.pre_vote_request",
+            F(Frame::PreVoteRequest(vote_request)),
+        ),
         ("frame.vote_request", F(Frame::VoteRequest(vote_request))),
         (
             "frame.vote",

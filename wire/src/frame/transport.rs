@@ -67,7 +67,9 @@ impl<'a> Decode<'a> for Padding {
 /// Ranges are walked downwards from the first range: `gap` is the number of packet
 /// numbers *not* acknowledged below the previous range (at least 1), `len` the number of
 /// acknowledged packets in this range minus one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct AckRange {
     gap: U32,
