@@ -91,6 +91,18 @@ impl<'a> Reader<'a> {
         bytes
     }
 
+    /// Reads a `width`-byte length checked against `min..=max`, then that many bytes.
+    fn prefixed(
+        &mut self,
+        width: usize,
+        field: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<&'a [u8], DecodeError> {
+        let len = self.bounded(width, field, min, max)?;
+        self.take(len, field)
+    }
+
     /// Reads a length or count of `width` bytes and checks it against `min..=max`
     /// before anyone can use it.
     fn bounded(
@@ -203,21 +215,17 @@ impl std::fmt::Display for Name<'_> {
     }
 }
 
-impl Encode for Name<'_> {
-    fn encoded_len(&self) -> usize {
-        1 + self.0.len()
-    }
-    fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u8(self.0.len() as u8);
-        buf.put_slice(self.0.as_bytes());
+impl LengthPrefixed for Name<'_> {
+    const PREFIX: usize = 1;
+    fn content(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
 impl<'a> Decode<'a> for Name<'a> {
     fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        let len = r.bounded(1, field, 1, MAX_NAME_LEN)?;
-        let offset = r.offset();
-        let bytes = r.take(len, field)?;
+        let bytes = r.prefixed(1, field, 1, MAX_NAME_LEN)?;
+        let offset = r.offset() - bytes.len();
         if let Some(bad) = bytes.iter().position(|&b| !is_name_byte(b)) {
             return Err(DecodeError::Invalid {
                 field,
@@ -252,21 +260,17 @@ impl<'a> Text<'a> {
     }
 }
 
-impl Encode for Text<'_> {
-    fn encoded_len(&self) -> usize {
-        1 + self.0.len()
-    }
-    fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u8(self.0.len() as u8);
-        buf.put_slice(self.0.as_bytes());
+impl LengthPrefixed for Text<'_> {
+    const PREFIX: usize = 1;
+    fn content(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
 impl<'a> Decode<'a> for Text<'a> {
     fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        let len = r.bounded(1, field, 0, MAX_REASON_LEN)?;
-        let offset = r.offset();
-        let bytes = r.take(len, field)?;
+        let bytes = r.prefixed(1, field, 0, MAX_REASON_LEN)?;
+        let offset = r.offset() - bytes.len();
         std::str::from_utf8(bytes)
             .map(Text)
             .map_err(|e| DecodeError::Invalid {
@@ -300,20 +304,16 @@ macro_rules! bounded_bytes {
             }
         }
 
-        impl Encode for $name<'_> {
-            fn encoded_len(&self) -> usize {
-                $width + self.0.len()
-            }
-            fn encode<B: BufMut>(&self, buf: &mut B) {
-                put_len(buf, $width, self.0.len());
-                buf.put_slice(self.0);
+        impl LengthPrefixed for $name<'_> {
+            const PREFIX: usize = $width;
+            fn content(&self) -> &[u8] {
+                self.0
             }
         }
 
         impl<'a> Decode<'a> for $name<'a> {
             fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-                let len = r.bounded($width, field, $min, $max)?;
-                Ok($name(r.take(len, field)?))
+                r.prefixed($width, field, $min, $max).map($name)
             }
         }
     };
@@ -335,10 +335,25 @@ bounded_bytes!(
     PublicKey, prefix: 2, min: 1, max: MAX_PUBLIC_KEY_LEN
 );
 
-fn put_len<B: BufMut>(buf: &mut B, width: usize, len: usize) {
-    match width {
-        1 => buf.put_u8(len as u8),
-        _ => buf.put_u16(len as u16),
+/// A byte string sent as a 1- or 2-byte length and the bytes. Implementors check at
+/// construction that the length fits its bound, hence its prefix.
+trait LengthPrefixed {
+    /// Width of the length prefix: 1 or 2 bytes.
+    const PREFIX: usize;
+    fn content(&self) -> &[u8];
+}
+
+impl<T: LengthPrefixed> Encode for T {
+    fn encoded_len(&self) -> usize {
+        T::PREFIX + self.content().len()
+    }
+    fn encode<B: BufMut>(&self, buf: &mut B) {
+        let content = self.content();
+        match T::PREFIX {
+            1 => buf.put_u8(content.len() as u8),
+            _ => buf.put_u16(content.len() as u16),
+        }
+        buf.put_slice(content);
     }
 }
 
