@@ -73,7 +73,7 @@ impl<'a> Fragment<'a> {
         if len == 0 || len > usize::from(u16::MAX) {
             return Err("fragment length outside 1..=65535");
         }
-        if offset as usize + len > total_len as usize {
+        if u64::from(offset) + len as u64 > u64::from(total_len) {
             return Err("fragment extends past the end of the message");
         }
         Ok(())

@@ -8,7 +8,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::{open_code, wire_struct, Decode, Encode, Reader, Text};
 use crate::error::{BuildError, DecodeError};
-use crate::limits::MAX_ACK_RANGES;
+use crate::limits::{MAX_ACK_RANGES, MAX_PAYLOAD_LEN};
 
 /// A run of zero bytes. `len` counts the frame's type byte too, so a `Padding` of
 /// length n occupies exactly n bytes; decoding swallows every zero byte that follows.
@@ -18,14 +18,15 @@ pub struct Padding {
 }
 
 impl Padding {
-    /// Padding of `len` bytes in all (at least 1, the type byte).
+    /// Padding of `len` bytes in all: at least 1 (the type byte), at most a whole
+    /// payload.
     pub fn new(len: usize) -> Result<Self, BuildError> {
-        if len == 0 {
+        if len == 0 || len > MAX_PAYLOAD_LEN {
             return Err(BuildError::Length {
                 field: "Padding",
                 len,
                 min: 1,
-                max: usize::from(u16::MAX),
+                max: MAX_PAYLOAD_LEN,
             });
         }
         Ok(Padding { len })
