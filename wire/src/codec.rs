@@ -28,30 +28,36 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`, which starts at byte `base` of the enclosing datagram.
+    #[inline]
     pub fn new(buf: &'a [u8], base: usize) -> Self {
         Reader { buf, pos: 0, base }
     }
 
     /// Absolute offset of the next byte to be read.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.base + self.pos
     }
 
     /// Bytes not yet read.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
 
     /// The next byte, without consuming it.
+    #[inline]
     pub fn peek_u8(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
 
     /// Takes exactly `n` bytes, or fails naming `field`.
+    #[inline]
     pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let available = self.remaining();
         if n > available {
@@ -68,6 +74,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes a fixed-size array by reference (no copy).
+    #[inline]
     pub fn array<const N: usize>(
         &mut self,
         field: &'static str,
@@ -92,6 +99,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a `width`-byte length checked against `min..=max`, then that many bytes.
+    #[inline]
     fn prefixed(
         &mut self,
         width: usize,
@@ -105,6 +113,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a length or count of `width` bytes and checks it against `min..=max`
     /// before anyone can use it.
+    #[inline]
     fn bounded(
         &mut self,
         width: usize,
@@ -156,6 +165,7 @@ macro_rules! integer_codec {
             }
         }
         impl<'a> Decode<'a> for $ty {
+            #[inline]
             fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
                 Ok(<$ty>::from_be_bytes(*r.array(field)?))
             }
@@ -223,6 +233,7 @@ impl LengthPrefixed for Name<'_> {
 }
 
 impl<'a> Decode<'a> for Name<'a> {
+    #[inline]
     fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
         let bytes = r.prefixed(1, field, 1, MAX_NAME_LEN)?;
         let offset = r.offset() - bytes.len();
@@ -570,6 +581,7 @@ macro_rules! wire_struct {
         }
 
         impl<'a> $crate::codec::Decode<'a> for $name<'a> {
+            #[inline]
             fn decode(
                 r: &mut $crate::codec::Reader<'a>,
                 _field: &'static str,
@@ -639,6 +651,7 @@ macro_rules! open_code {
         }
 
         impl<'a> $crate::codec::Decode<'a> for $name {
+            #[inline]
             fn decode(
                 r: &mut $crate::codec::Reader<'a>,
                 field: &'static str,
@@ -693,6 +706,7 @@ macro_rules! flags {
         }
 
         impl<'a> $crate::codec::Decode<'a> for $name {
+            #[inline]
             fn decode(
                 r: &mut $crate::codec::Reader<'a>,
                 field: &'static str,

@@ -99,6 +99,7 @@ impl Header {
     }
 
     /// Checks every field that does not depend on the bytes after the header.
+    #[inline]
     fn validate(&self, offset: usize) -> Result<(), DecodeError> {
         if self.magic.get() != MAGIC {
             return Err(DecodeError::BadMagic {
@@ -262,6 +263,7 @@ pub struct Packet<'a> {
 impl<'a> Packet<'a> {
     /// Decodes the packet at the start of `bytes` (which begin at byte `offset` of the
     /// datagram) and returns it with the bytes that follow it.
+    #[inline]
     pub fn parse(bytes: &'a [u8], offset: usize) -> Result<(Packet<'a>, &'a [u8]), DecodeError> {
         let (header, rest) =
             Header::ref_from_prefix(bytes).map_err(|_| DecodeError::Truncated {
@@ -345,6 +347,7 @@ impl<'a> Datagram<'a> {
 impl<'a> Iterator for Datagram<'a> {
     type Item = Result<Packet<'a>, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() || self.failed {
             return None;

@@ -93,6 +93,7 @@ impl Encode for Fragment<'_> {
 }
 
 impl<'a> Decode<'a> for Fragment<'a> {
+    #[inline]
     fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
         let start = r.offset();
         let total_len = u32::decode(r, "Fragment.total_len")?;

@@ -87,6 +87,7 @@ macro_rules! frame_table {
                 }
             }
 
+            #[inline]
             fn decode_body(
                 frame_type: FrameType,
                 r: &mut Reader<'a>,
@@ -213,6 +214,7 @@ impl<'a> Frame<'a> {
         Ok((frame, r.offset() - offset))
     }
 
+    #[inline]
     fn decode_from(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let frame_type = FrameType(u8::decode(r, "frame type")?);
         Self::decode_body(frame_type, r)
@@ -249,6 +251,7 @@ impl<'a> Frames<'a> {
         }
     }
 
+    #[inline]
     fn next_frame(&mut self) -> Result<Frame<'a>, DecodeError> {
         let offset = self.reader.offset();
         let frame_type = self.reader.peek_u8().map(FrameType);
@@ -268,6 +271,7 @@ impl<'a> Frames<'a> {
 impl<'a> Iterator for Frames<'a> {
     type Item = Result<Frame<'a>, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
