@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
 /// so that one corpus entry can reach every frame decoder.
 fn walk_any_frames(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let Ok((frame, used)) = Frame::decode(bytes, 0) else { return };
+        let Ok((frame, used)) = Frame::decode(bytes, 0) else {
+            return;
+        };
         check_canonical(&frame);
         bytes = &bytes[used..];
     }
