@@ -41,12 +41,12 @@ pub enum DecodeError {
     /// A frame type not defined by this version of the protocol.
     #[error("unknown frame type 0x{frame_type:02x} at offset {offset}")]
     UnknownFrameType { offset: usize, frame_type: u8 },
-    /// A defined frame type that SPEC.md does not allow in this packet type.
-    #[error("frame type 0x{frame_type:02x} is not allowed in packet type 0x{packet_type:02x} (offset {offset})")]
+    /// A defined frame type that SPEC.md does not allow where it was found.
+    #[error("frame type 0x{frame_type:02x} is not allowed in {carrier} (offset {offset})")]
     FrameNotAllowed {
         offset: usize,
         frame_type: u8,
-        packet_type: u8,
+        carrier: crate::frame::Carrier,
     },
     /// Bits that must be zero are set (header flags, frame flags, reserved bytes).
     #[error("reserved bits 0x{bits:02x} set in {field} at offset {offset}")]

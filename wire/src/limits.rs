@@ -13,7 +13,11 @@ pub const MAX_MEMBERS: usize = 64;
 /// Most additional ranges in one ACK frame, after the first.
 pub const MAX_ACK_RANGES: usize = 32;
 
-/// Longest chat message (a whole line, before fragmentation), in bytes.
+/// Longest session message (before fragmentation into MESSAGE frames), in bytes.
+pub const MAX_MESSAGE_LEN: usize = 65_536;
+
+/// Longest chat line, in bytes: a CHAT frame must fit in one session message with room
+/// for its other fields, and lines are rarely near this.
 pub const MAX_CHAT_MESSAGE_LEN: usize = 65_536;
 
 /// Longest retry or enrollment token (cookie, invite token), in bytes.

@@ -8,11 +8,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use sockmsg_wire::frame::{
-    Ack, AckRange, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish, HandshakeInit,
-    HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister, KeyResult,
-    KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord, Leave, Member,
-    Membership, NoLeader, Padding, ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote,
-    VoteFlags, VoteProof, VoteRequest,
+    Ack, AckRange, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish,
+    HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister,
+    KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord,
+    Leave, Member, Membership, Message, MessageClass, NoLeader, Padding, ProxyResult, ProxyStatus,
+    Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
 };
 use sockmsg_wire::{
     encode_cleartext_packet, Datagram, DecodeError, Encode, Frame, FrameType, Frames, Header, List,
@@ -40,11 +40,12 @@ fn fail(message: String) -> TestCaseError {
 /// the packet type, re-encodes to exactly the bytes it was read from, and decodes again
 /// to an equal frame. Returns the frames if the whole payload was accepted.
 fn check_frames<'a>(
-    packet_type: PacketType,
+    carrier: impl Into<Carrier>,
     payload: &'a [u8],
     base: usize,
 ) -> Result<Option<Vec<Frame<'a>>>, TestCaseError> {
-    let mut walk = Frames::new(packet_type, payload, base);
+    let carrier = carrier.into();
+    let mut walk = Frames::new(carrier, payload, base);
     let mut frames = Vec::new();
     let mut cursor = 0;
     // Each frame takes at least one byte, so there are at most len + 1 items.
@@ -64,7 +65,7 @@ fn check_frames<'a>(
                 return Ok(None);
             }
         };
-        prop_assert!(frame.frame_type().allowed_in(packet_type));
+        prop_assert!(frame.frame_type().allowed_in(carrier));
         let len = frame.encoded_len();
         prop_assert!(len >= 1 && cursor + len <= payload.len());
         let mut bytes = Vec::with_capacity(len);
@@ -368,22 +369,20 @@ fn cleartext_seeds() -> Vec<(PacketType, Vec<Frame<'static>>)> {
 }
 
 /// The plaintext of a DATA packet holding every DATA frame.
-fn data_plaintext() -> &'static [u8] {
-    static PLAINTEXT: OnceLock<Vec<u8>> = OnceLock::new();
-    PLAINTEXT.get_or_init(encode_data_plaintext)
+/// Group frames, as in the payloads of session MESSAGEs.
+fn message_payloads() -> &'static [u8] {
+    static PAYLOADS: OnceLock<Vec<u8>> = OnceLock::new();
+    PAYLOADS.get_or_init(encode_message_payloads)
 }
 
-fn encode_data_plaintext() -> Vec<u8> {
+fn encode_message_payloads() -> Vec<u8> {
     let vote_request = VoteRequest {
         term: 5,
         candidate: n("bob"),
         membership_version: 2,
         rank: 77,
     };
-    let ranges = [AckRange::new(2, 3), AckRange::new(1, 0)];
     let frames = [
-        Frame::Ping,
-        Frame::Ack(Ack::new(100, 25, 4, &ranges).unwrap()),
         Frame::Chat(Chat {
             sender: n("alice"),
             incarnation: 1,
@@ -421,14 +420,35 @@ fn encode_data_plaintext() -> Vec<u8> {
             term: 5,
             target: n("carol"),
         }),
-        Frame::Close(Close {
-            code: CloseCode::LEAVING,
-            reason: Text::new("bye").unwrap(),
-        }),
-        Frame::Padding(Padding::new(5).unwrap()),
     ];
+    encoded_all(&frames)
+}
+
+/// Session frames, as in the plaintext of a DATA packet.
+fn data_plaintext() -> &'static [u8] {
+    static PLAINTEXT: OnceLock<Vec<u8>> = OnceLock::new();
+    PLAINTEXT.get_or_init(|| {
+        let ranges = [AckRange::new(2, 3), AckRange::new(1, 0)];
+        encoded_all(&[
+            Frame::Ping,
+            Frame::Ack(Ack::new(100, 25, 4, &ranges).unwrap()),
+            Frame::Message(Message {
+                class: MessageClass::Ordered,
+                id: 7,
+                fragment: Fragment::new(3000, 1200, b"part").unwrap(),
+            }),
+            Frame::Close(Close {
+                code: CloseCode::LEAVING,
+                reason: Text::new("bye").unwrap(),
+            }),
+            Frame::Padding(Padding::new(5).unwrap()),
+        ])
+    })
+}
+
+fn encoded_all(frames: &[Frame<'_>]) -> Vec<u8> {
     let mut bytes = Vec::new();
-    for frame in &frames {
+    for frame in frames {
         frame.encode(&mut bytes);
     }
     bytes
@@ -485,8 +505,13 @@ fn datagram_error(bytes: &[u8], ok: usize) -> DecodeError {
 
 /// The error a frame walk of a `packet_type` payload at `base` ends with, after `ok`
 /// good frames; nothing follows it.
-fn frames_error(packet_type: PacketType, payload: &[u8], base: usize, ok: usize) -> DecodeError {
-    let items: Vec<_> = Frames::new(packet_type, payload, base).collect();
+fn frames_error(
+    carrier: impl Into<Carrier>,
+    payload: &[u8],
+    base: usize,
+    ok: usize,
+) -> DecodeError {
+    let items: Vec<_> = Frames::new(carrier, payload, base).collect();
     assert_eq!(items.len(), ok + 1, "{items:?}");
     assert!(items[..ok].iter().all(Result::is_ok), "{items:?}");
     items[ok].expect_err("the walk ends with an error")
@@ -552,6 +577,13 @@ proptest! {
         mutate(&mut bytes, &mutations);
         check_frames(PacketType::DATA, &bytes, HEADER_LEN)?;
     }
+
+    #[test]
+    fn damaged_message_payloads_are_refused_or_canonical(mutations in vec(mutation(), 1..=4)) {
+        let mut bytes = message_payloads().to_vec();
+        mutate(&mut bytes, &mutations);
+        check_frames(Carrier::Message, &bytes, 0)?;
+    }
 }
 
 #[test]
@@ -564,10 +596,10 @@ fn undamaged_seeds_decode_in_full() {
         .iter()
         .flat_map(|(_, frames)| frames.iter().map(Frame::frame_type))
         .collect();
-    let plaintext = data_plaintext();
-    let data_frames: Vec<Frame<'_>> = Frames::new(PacketType::DATA, plaintext, 0)
+    let data_frames: Vec<Frame<'_>> = Frames::new(PacketType::DATA, data_plaintext(), 0)
+        .chain(Frames::new(Carrier::Message, message_payloads(), 0))
         .collect::<Result<_, _>>()
-        .expect("valid DATA frames");
+        .expect("valid DATA frames and MESSAGE payloads");
     covered.extend(data_frames.iter().map(Frame::frame_type));
     covered.sort();
     covered.dedup();
@@ -775,7 +807,7 @@ fn payload_shorter_than_its_type_allows() {
 
 #[test]
 fn unknown_frame_type() {
-    for frame_type in [0x04, 0x0c, 0x19, 0x37, 0xff] {
+    for frame_type in [0x05, 0x0c, 0x19, 0x37, 0xff] {
         assert!(FrameType(frame_type).name().is_none());
         let bytes = packet_bytes(PacketType::REQUEST, &[frame_type, 0, 0]);
         assert_eq!(
@@ -808,7 +840,7 @@ fn frame_not_allowed_in_packet_type() {
         DecodeError::FrameNotAllowed {
             offset: HEADER_LEN,
             frame_type: FrameType::CHAT.0,
-            packet_type: PacketType::INITIAL.0,
+            carrier: Carrier::Packet(PacketType::INITIAL),
         }
     );
     // Refused on the type byte alone, before the body is read; offset after PADDING.
@@ -819,19 +851,23 @@ fn frame_not_allowed_in_packet_type() {
         DecodeError::FrameNotAllowed {
             offset: HEADER_LEN + 3,
             frame_type: FrameType::KEY_LOOKUP.0,
-            packet_type: PacketType::RESPONSE.0,
+            carrier: Carrier::Packet(PacketType::RESPONSE),
         }
     );
     // Each frame type in each packet type the table forbids.
-    for &frame_type in FrameType::ALL {
-        for packet_type in PacketType::ALL {
-            if !frame_type.allowed_in(packet_type) {
+    let carriers = PacketType::ALL
+        .into_iter()
+        .map(Carrier::Packet)
+        .chain([Carrier::Message]);
+    for carrier in carriers {
+        for &frame_type in FrameType::ALL {
+            if !frame_type.allowed_in(carrier) {
                 assert_eq!(
-                    frames_error(packet_type, &[frame_type.0], 100, 0),
+                    frames_error(carrier, &[frame_type.0], 100, 0),
                     DecodeError::FrameNotAllowed {
                         offset: 100,
                         frame_type: frame_type.0,
-                        packet_type: packet_type.0,
+                        carrier,
                     }
                 );
             }
@@ -852,7 +888,7 @@ fn list_count_of_65() {
     assert_eq!(heartbeat[count_at], 2);
     heartbeat[count_at] = 65;
     assert_eq!(
-        frames_error(PacketType::DATA, &heartbeat, 1000, 0),
+        frames_error(Carrier::Message, &heartbeat, 1000, 0),
         DecodeError::OutOfBounds {
             field: "Heartbeat.members",
             offset: 1000 + count_at,
@@ -953,7 +989,7 @@ const FRAGMENT_AT: usize = 1 + 2 + 8 + 8 + 1;
 #[test]
 fn fragment_past_the_end_of_its_message() {
     let ok = chat_bytes(10, 7, 3, b"xyz");
-    assert!(Frames::new(PacketType::DATA, &ok, 0).all(|f| f.is_ok()));
+    assert!(Frames::new(Carrier::Message, &ok, 0).all(|f| f.is_ok()));
     for (total_len, offset, len, reason) in [
         (10, 8, 3, "fragment extends past the end of the message"),
         (
@@ -968,7 +1004,7 @@ fn fragment_past_the_end_of_its_message() {
     ] {
         let bytes = chat_bytes(total_len, offset, len, &b"xyz"[..usize::from(len)]);
         assert_eq!(
-            frames_error(PacketType::DATA, &bytes, 50, 0),
+            frames_error(Carrier::Message, &bytes, 50, 0),
             DecodeError::Invalid {
                 field: "Chat.fragment",
                 offset: 50 + FRAGMENT_AT,
@@ -984,7 +1020,7 @@ fn reserved_frame_flag_bits() {
     let mut chat = chat_bytes(3, 0, 3, b"xyz");
     chat[FRAGMENT_AT - 1] = 0x03;
     assert_eq!(
-        frames_error(PacketType::DATA, &chat, 0, 0),
+        frames_error(Carrier::Message, &chat, 0, 0),
         DecodeError::ReservedBits {
             field: "Chat.flags",
             offset: FRAGMENT_AT - 1,
@@ -1077,7 +1113,7 @@ fn address_family_neither_4_nor_6() {
     assert_eq!(join[family_at], 4);
     join[family_at] = 5;
     assert_eq!(
-        frames_error(PacketType::DATA, &join, 0, 0),
+        frames_error(Carrier::Message, &join, 0, 0),
         DecodeError::Invalid {
             field: "Member.addr",
             offset: family_at,
@@ -1090,7 +1126,7 @@ fn address_family_neither_4_nor_6() {
 fn frame_cut_short() {
     let payload = [FrameType::LEAVE.0, 3, b'b', b'o', b'b', 0, 0, 0];
     assert_eq!(
-        frames_error(PacketType::DATA, &payload, 24, 0),
+        frames_error(Carrier::Message, &payload, 24, 0),
         DecodeError::Truncated {
             field: "Leave.incarnation",
             offset: 24 + 5,

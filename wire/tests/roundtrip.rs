@@ -12,11 +12,11 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::strategy::BoxedStrategy;
 use sockmsg_wire::frame::{
-    Ack, AckRange, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish, HandshakeInit,
-    HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister, KeyResult,
-    KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord, Leave, Member,
-    Membership, NoLeader, Padding, ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote,
-    VoteFlags, VoteProof, VoteRequest,
+    Ack, AckRange, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish,
+    HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister,
+    KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord,
+    Leave, Member, Membership, Message, MessageClass, NoLeader, Padding, ProxyResult, ProxyStatus,
+    Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
 };
 use sockmsg_wire::limits::{
     MAX_ACK_RANGES, MAX_MEMBERS, MAX_NAME_LEN, MAX_PAYLOAD_LEN, MAX_PUBLIC_KEY_LEN, MAX_REASON_LEN,
@@ -240,6 +240,10 @@ fn vote_proof() -> impl Strategy<Value = VoteProof<'static>> {
 }
 
 /// A strategy for frames of type `frame_type`: the one place that maps a type to a body.
+fn message_class() -> impl Strategy<Value = MessageClass> {
+    select(MessageClass::ALL.to_vec())
+}
+
 fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
     match frame_type {
         FrameType::PADDING => padding().prop_map(Frame::Padding).boxed(),
@@ -250,6 +254,15 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
                 Frame::Close(Close {
                     code: CloseCode(code),
                     reason,
+                })
+            })
+            .boxed(),
+        FrameType::MESSAGE => (message_class(), any::<u64>(), fragment())
+            .prop_map(|(class, id, fragment)| {
+                Frame::Message(Message {
+                    class,
+                    id,
+                    fragment,
                 })
             })
             .boxed(),
@@ -483,18 +496,22 @@ fn check_frame(expected: FrameType, frame: &Frame<'_>) -> Result<(), TestCaseErr
         }
     }
 
-    for packet_type in PacketType::ALL {
-        let items: Vec<_> = Frames::new(packet_type, &bytes, 24).collect();
-        let want = if expected.allowed_in(packet_type) {
+    let carriers = PacketType::ALL
+        .into_iter()
+        .map(Carrier::Packet)
+        .chain([Carrier::Message]);
+    for carrier in carriers {
+        let items: Vec<_> = Frames::new(carrier, &bytes, 24).collect();
+        let want = if expected.allowed_in(carrier) {
             Ok(*frame)
         } else {
             Err(DecodeError::FrameNotAllowed {
                 offset: 24,
                 frame_type: expected.0,
-                packet_type: packet_type.0,
+                carrier,
             })
         };
-        prop_assert_eq!(items, vec![want], "in {:?}", packet_type);
+        prop_assert_eq!(items, vec![want], "in {:?}", carrier);
     }
     Ok(())
 }
@@ -633,6 +650,7 @@ frame_roundtrips! {
     ping_roundtrips => PING,
     ack_roundtrips => ACK,
     close_roundtrips => CLOSE,
+    message_roundtrips => MESSAGE,
     handshake_init_roundtrips => HANDSHAKE_INIT,
     retry_roundtrips => RETRY,
     handshake_response_roundtrips => HANDSHAKE_RESPONSE,

@@ -106,6 +106,14 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             })),
         ),
         (
+            "frame.message",
+            F(Frame::Message(Message {
+                class: MessageClass::Ordered,
+                id: 3,
+                fragment: Fragment::new(2500, 1160, b"abc").unwrap(),
+            })),
+        ),
+        (
             "frame.handshake_init",
             F(Frame::HandshakeInit(HandshakeInit {
                 group: name("lobby"),

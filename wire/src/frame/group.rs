@@ -4,112 +4,14 @@
 
 use std::net::SocketAddr;
 
-use bytes::BufMut;
-
-use crate::codec::{flags, wire_struct, Decode, Encode, List, Name, Reader, Signature};
-use crate::error::{BuildError, DecodeError};
-use crate::limits::MAX_CHAT_MESSAGE_LEN;
+use super::Fragment;
+use crate::codec::{flags, wire_struct, List, Name, Signature};
 
 flags! {
     /// CHAT flags.
     pub struct ChatFlags {
         /// A direct message to the receiver alone, not to the whole group.
         DIRECT = 0x01,
-    }
-}
-
-/// A piece of a chat message: bytes `offset..offset + data.len()` of a message of
-/// `total_len` bytes. A line that fits is one fragment with offset 0.
-///
-/// Invariant (checked when decoded or built): `1 ≤ total_len ≤ MAX_CHAT_MESSAGE_LEN`,
-/// `data` is not empty, and the fragment lies within the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fragment<'a> {
-    total_len: u32,
-    offset: u32,
-    data: &'a [u8],
-}
-
-impl<'a> Fragment<'a> {
-    pub fn new(total_len: u32, offset: u32, data: &'a [u8]) -> Result<Self, BuildError> {
-        Self::check(total_len, offset, data.len()).map_err(|reason| BuildError::Invalid {
-            field: "Fragment",
-            reason,
-        })?;
-        Ok(Fragment {
-            total_len,
-            offset,
-            data,
-        })
-    }
-
-    /// The whole of a message that fits in one frame.
-    pub fn whole(message: &'a [u8]) -> Result<Self, BuildError> {
-        let total_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
-        Self::new(total_len, 0, message)
-    }
-
-    pub fn total_len(&self) -> u32 {
-        self.total_len
-    }
-
-    pub fn offset(&self) -> u32 {
-        self.offset
-    }
-
-    pub fn data(&self) -> &'a [u8] {
-        self.data
-    }
-
-    /// Whether this fragment is the whole message.
-    pub fn is_whole(&self) -> bool {
-        self.offset == 0 && self.data.len() == self.total_len as usize
-    }
-
-    fn check(total_len: u32, offset: u32, len: usize) -> Result<(), &'static str> {
-        if total_len == 0 || total_len as usize > MAX_CHAT_MESSAGE_LEN {
-            return Err("message length outside 1..=65536");
-        }
-        if len == 0 || len > usize::from(u16::MAX) {
-            return Err("fragment length outside 1..=65535");
-        }
-        if u64::from(offset) + len as u64 > u64::from(total_len) {
-            return Err("fragment extends past the end of the message");
-        }
-        Ok(())
-    }
-}
-
-impl Encode for Fragment<'_> {
-    fn encoded_len(&self) -> usize {
-        4 + 4 + 2 + self.data.len()
-    }
-    fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u32(self.total_len);
-        buf.put_u32(self.offset);
-        buf.put_u16(self.data.len() as u16);
-        buf.put_slice(self.data);
-    }
-}
-
-impl<'a> Decode<'a> for Fragment<'a> {
-    #[inline]
-    fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
-        let start = r.offset();
-        let total_len = u32::decode(r, "Fragment.total_len")?;
-        let offset = u32::decode(r, "Fragment.offset")?;
-        let len = usize::from(u16::decode(r, "Fragment.len")?);
-        Self::check(total_len, offset, len).map_err(|reason| DecodeError::Invalid {
-            field,
-            offset: start,
-            reason,
-        })?;
-        let data = r.take(len, "Fragment.data")?;
-        Ok(Fragment {
-            total_len,
-            offset,
-            data,
-        })
     }
 }
 

@@ -11,8 +11,8 @@ mod proxy;
 mod transport;
 
 pub use group::{
-    Chat, ChatFlags, Fragment, Heartbeat, Leave, Member, Membership, TransferLeadership, Vote,
-    VoteFlags, VoteRequest,
+    Chat, ChatFlags, Heartbeat, Leave, Member, Membership, TransferLeadership, Vote, VoteFlags,
+    VoteRequest,
 };
 pub use handshake::{HandshakeFinish, HandshakeInit, HandshakeResponse, Retry};
 pub use keymgr::{
@@ -21,7 +21,7 @@ pub use keymgr::{
 pub use proxy::{
     LeaderAnnounce, LeaderQuery, LeaderRecord, NoLeader, ProxyResult, ProxyStatus, VoteProof,
 };
-pub use transport::{Ack, AckRange, Close, CloseCode, Padding};
+pub use transport::{Ack, AckRange, Close, CloseCode, Fragment, Message, MessageClass, Padding};
 
 use bytes::BufMut;
 
@@ -43,13 +43,48 @@ impl std::fmt::Debug for FrameType {
     }
 }
 
+/// Where a frame may travel: directly in a packet of some type, or as the payload of a
+/// session MESSAGE (the group frames: CHAT, HEARTBEAT, votes, membership).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Carrier {
+    Packet(PacketType),
+    Message,
+}
+
+impl From<PacketType> for Carrier {
+    fn from(packet_type: PacketType) -> Self {
+        Carrier::Packet(packet_type)
+    }
+}
+
+impl std::fmt::Display for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Carrier::Packet(packet_type) => write!(f, "{packet_type:?} packets"),
+            Carrier::Message => f.write_str("MESSAGE payloads"),
+        }
+    }
+}
+
+/// The carriers named in the frame table.
+mod carrier {
+    use super::{Carrier, PacketType};
+    pub const INITIAL: Carrier = Carrier::Packet(PacketType::INITIAL);
+    pub const RETRY: Carrier = Carrier::Packet(PacketType::RETRY);
+    pub const HANDSHAKE: Carrier = Carrier::Packet(PacketType::HANDSHAKE);
+    pub const DATA: Carrier = Carrier::Packet(PacketType::DATA);
+    pub const REQUEST: Carrier = Carrier::Packet(PacketType::REQUEST);
+    pub const RESPONSE: Carrier = Carrier::Packet(PacketType::RESPONSE);
+    pub const MESSAGE: Carrier = Carrier::Message;
+}
+
 /// Defines the frame types in one table: code, constant, [`Frame`] variant and body, and
 /// the packet types allowed to carry it. Everything that dispatches on the type is
 /// generated from this table, so adding a frame is one line here plus its body.
 macro_rules! frame_table {
     ( $(
         $(#[$doc:meta])*
-        $code:literal $konst:ident => $variant:ident $(($body:ty))? in [$($packet:ident),+];
+        $code:literal $konst:ident => $variant:ident $(($body:ty))? in [$($carrier:ident),+];
     )* ) => {
         impl FrameType {
             $( $(#[$doc])* pub const $konst: FrameType = FrameType($code); )*
@@ -65,10 +100,12 @@ macro_rules! frame_table {
                 }
             }
 
-            /// Whether SPEC.md allows this frame in packets of type `packet_type`.
-            pub fn allowed_in(self, packet_type: PacketType) -> bool {
+            /// Whether SPEC.md allows this frame in `carrier` (a packet type, or a
+            /// MESSAGE payload).
+            pub fn allowed_in(self, carrier: impl Into<Carrier>) -> bool {
+                let carrier = carrier.into();
                 match self.0 {
-                    $( $code => [$(PacketType::$packet),+].contains(&packet_type), )*
+                    $( $code => [$(carrier::$carrier),+].contains(&carrier), )*
                     _ => false,
                 }
             }
@@ -140,6 +177,8 @@ frame_table! {
     0x02 ACK => Ack(Ack<'a>) in [DATA];
     /// Ends the session, with a code and a reason.
     0x03 CLOSE => Close(Close<'a>) in [DATA];
+    /// An application message, or a fragment of one, in a reliability class.
+    0x04 MESSAGE => Message(Message<'a>) in [DATA];
     /// First handshake message: the initiator's ephemeral key.
     0x08 HANDSHAKE_INIT => HandshakeInit(HandshakeInit<'a>) in [INITIAL];
     /// A stateless cookie the initiator must echo.
@@ -149,23 +188,23 @@ frame_table! {
     /// The initiator's transcript signature.
     0x0b HANDSHAKE_FINISH => HandshakeFinish(HandshakeFinish<'a>) in [HANDSHAKE];
     /// A chat line, or a fragment of one.
-    0x10 CHAT => Chat(Chat<'a>) in [DATA];
+    0x10 CHAT => Chat(Chat<'a>) in [MESSAGE];
     /// The leader's heartbeat, with the member list.
-    0x11 HEARTBEAT => Heartbeat(Heartbeat<'a>) in [DATA];
+    0x11 HEARTBEAT => Heartbeat(Heartbeat<'a>) in [MESSAGE];
     /// Would you vote for me? (does not change terms)
-    0x12 PRE_VOTE_REQUEST => PreVoteRequest(VoteRequest<'a>) in [DATA];
+    0x12 PRE_VOTE_REQUEST => PreVoteRequest(VoteRequest<'a>) in [MESSAGE];
     /// Vote for me in this term.
-    0x13 VOTE_REQUEST => VoteRequest(VoteRequest<'a>) in [DATA];
+    0x13 VOTE_REQUEST => VoteRequest(VoteRequest<'a>) in [MESSAGE];
     /// A signed answer to a (pre-)vote request.
-    0x14 VOTE => Vote(Vote<'a>) in [DATA];
+    0x14 VOTE => Vote(Vote<'a>) in [MESSAGE];
     /// Asks the leader to admit the sender.
-    0x15 JOIN => Join(Member<'a>) in [DATA];
+    0x15 JOIN => Join(Member<'a>) in [MESSAGE];
     /// The leader's new membership, to be acknowledged.
-    0x16 MEMBERSHIP => Membership(Membership<'a>) in [DATA];
+    0x16 MEMBERSHIP => Membership(Membership<'a>) in [MESSAGE];
     /// The sender leaves the group.
-    0x17 LEAVE => Leave(Leave<'a>) in [DATA];
+    0x17 LEAVE => Leave(Leave<'a>) in [MESSAGE];
     /// The leader tells the target to stand for election now.
-    0x18 TRANSFER_LEADERSHIP => TransferLeadership(TransferLeadership<'a>) in [DATA];
+    0x18 TRANSFER_LEADERSHIP => TransferLeadership(TransferLeadership<'a>) in [MESSAGE];
     /// Who leads this group?
     0x20 LEADER_QUERY => LeaderQuery(LeaderQuery<'a>) in [REQUEST];
     /// The current leader record.
@@ -221,7 +260,7 @@ impl<'a> Frame<'a> {
     }
 
     /// Whether a receiver must acknowledge the packet carrying this frame
-    /// (SPEC.md §"Reliability classes": everything but PADDING, ACK and CLOSE).
+    /// (SPEC.md §8: everything but PADDING, ACK and CLOSE).
     pub fn is_ack_eliciting(&self) -> bool {
         !matches!(self, Frame::Padding(_) | Frame::Ack(_) | Frame::Close(_))
     }
@@ -235,17 +274,18 @@ impl<'a> Frame<'a> {
 #[derive(Debug, Clone)]
 pub struct Frames<'a> {
     reader: Reader<'a>,
-    packet_type: PacketType,
+    carrier: Carrier,
     yielded: bool,
     failed: bool,
 }
 
 impl<'a> Frames<'a> {
-    /// Frames of a `packet_type` payload that starts at byte `offset` of its datagram.
-    pub fn new(packet_type: PacketType, payload: &'a [u8], offset: usize) -> Self {
+    /// Frames of a payload carried by `carrier` (a packet type, or [`Carrier::Message`]),
+    /// which starts at byte `offset` of its datagram.
+    pub fn new(carrier: impl Into<Carrier>, payload: &'a [u8], offset: usize) -> Self {
         Frames {
             reader: Reader::new(payload, offset),
-            packet_type,
+            carrier: carrier.into(),
             yielded: false,
             failed: false,
         }
@@ -256,11 +296,11 @@ impl<'a> Frames<'a> {
         let offset = self.reader.offset();
         let frame_type = self.reader.peek_u8().map(FrameType);
         if let Some(frame_type) = frame_type.filter(|t| t.name().is_some()) {
-            if !frame_type.allowed_in(self.packet_type) {
+            if !frame_type.allowed_in(self.carrier) {
                 return Err(DecodeError::FrameNotAllowed {
                     offset,
                     frame_type: frame_type.0,
-                    packet_type: self.packet_type.0,
+                    carrier: self.carrier,
                 });
             }
         }

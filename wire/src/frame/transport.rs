@@ -8,7 +8,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::{open_code, wire_struct, Decode, Encode, Reader, Text};
 use crate::error::{BuildError, DecodeError};
-use crate::limits::{MAX_ACK_RANGES, MAX_PAYLOAD_LEN};
+use crate::limits::{MAX_ACK_RANGES, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN};
 
 /// A run of zero bytes. `len` counts the frame's type byte too, so a `Padding` of
 /// length n occupies exactly n bytes; decoding swallows every zero byte that follows.
@@ -258,5 +258,161 @@ wire_struct! {
     pub struct Close<'a> {
         pub code: CloseCode,
         pub reason: Text<'a>,
+    }
+}
+
+/// A piece of a message (a session MESSAGE, or a CHAT line): bytes `offset..offset + data.len()` of a message of
+/// `total_len` bytes. A line that fits is one fragment with offset 0.
+///
+/// Invariant (checked when decoded or built): `1 ≤ total_len ≤ MAX_MESSAGE_LEN`,
+/// `data` is not empty, and the fragment lies within the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    total_len: u32,
+    offset: u32,
+    data: &'a [u8],
+}
+
+impl<'a> Fragment<'a> {
+    pub fn new(total_len: u32, offset: u32, data: &'a [u8]) -> Result<Self, BuildError> {
+        Self::check(total_len, offset, data.len()).map_err(|reason| BuildError::Invalid {
+            field: "Fragment",
+            reason,
+        })?;
+        Ok(Fragment {
+            total_len,
+            offset,
+            data,
+        })
+    }
+
+    /// The whole of a message that fits in one frame.
+    pub fn whole(message: &'a [u8]) -> Result<Self, BuildError> {
+        let total_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+        Self::new(total_len, 0, message)
+    }
+
+    pub fn total_len(&self) -> u32 {
+        self.total_len
+    }
+
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Whether this fragment is the whole message.
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0 && self.data.len() == self.total_len as usize
+    }
+
+    fn check(total_len: u32, offset: u32, len: usize) -> Result<(), &'static str> {
+        if total_len == 0 || total_len as usize > MAX_MESSAGE_LEN {
+            return Err("message length outside 1..=65536");
+        }
+        if len == 0 || len > usize::from(u16::MAX) {
+            return Err("fragment length outside 1..=65535");
+        }
+        if u64::from(offset) + len as u64 > u64::from(total_len) {
+            return Err("fragment extends past the end of the message");
+        }
+        Ok(())
+    }
+}
+
+impl Encode for Fragment<'_> {
+    fn encoded_len(&self) -> usize {
+        4 + 4 + 2 + self.data.len()
+    }
+    fn encode<B: BufMut>(&self, buf: &mut B) {
+        buf.put_u32(self.total_len);
+        buf.put_u32(self.offset);
+        buf.put_u16(self.data.len() as u16);
+        buf.put_slice(self.data);
+    }
+}
+
+impl<'a> Decode<'a> for Fragment<'a> {
+    #[inline]
+    fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
+        let start = r.offset();
+        let total_len = u32::decode(r, "Fragment.total_len")?;
+        let offset = u32::decode(r, "Fragment.offset")?;
+        let len = usize::from(u16::decode(r, "Fragment.len")?);
+        Self::check(total_len, offset, len).map_err(|reason| DecodeError::Invalid {
+            field,
+            offset: start,
+            reason,
+        })?;
+        let data = r.take(len, "Fragment.data")?;
+        Ok(Fragment {
+            total_len,
+            offset,
+            data,
+        })
+    }
+}
+
+/// The reliability class of a session message (SPEC.md §8). A closed set: a class this
+/// version does not know cannot be delivered correctly, so it does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageClass {
+    /// Sent once, never retransmitted; a newer message supersedes an older one.
+    Unreliable = 0,
+    /// Retransmitted until acknowledged; delivered once, in any order.
+    Reliable = 1,
+    /// Retransmitted until acknowledged; delivered once, in the order sent.
+    Ordered = 2,
+}
+
+impl MessageClass {
+    pub const ALL: [MessageClass; 3] = [
+        MessageClass::Unreliable,
+        MessageClass::Reliable,
+        MessageClass::Ordered,
+    ];
+
+    pub fn is_reliable(self) -> bool {
+        self != MessageClass::Unreliable
+    }
+}
+
+impl Encode for MessageClass {
+    fn encoded_len(&self) -> usize {
+        1
+    }
+    fn encode<B: BufMut>(&self, buf: &mut B) {
+        buf.put_u8(*self as u8);
+    }
+}
+
+impl<'a> Decode<'a> for MessageClass {
+    #[inline]
+    fn decode(r: &mut Reader<'a>, field: &'static str) -> Result<Self, DecodeError> {
+        let offset = r.offset();
+        match u8::decode(r, field)? {
+            0 => Ok(MessageClass::Unreliable),
+            1 => Ok(MessageClass::Reliable),
+            2 => Ok(MessageClass::Ordered),
+            _ => Err(DecodeError::Invalid {
+                field,
+                offset,
+                reason: "message class is not 0, 1 or 2",
+            }),
+        }
+    }
+}
+
+wire_struct! {
+    /// A session message, or one fragment of it. Messages are numbered from 0 per class
+    /// and direction; the receiver reassembles the fragments of (`class`, `id`) and
+    /// delivers the message as its class says. The bytes are one group frame (SPEC.md §4).
+    pub struct Message<'a> {
+        pub class: MessageClass,
+        pub id: u64,
+        pub fragment: Fragment<'a>,
     }
 }
