@@ -30,6 +30,7 @@ pub mod error;
 pub mod frame;
 pub mod limits;
 mod packet;
+pub mod session;
 
 pub use codec::{Decode, Encode, List, ListIter, Name, PublicKey, Reader, Signature, Text, Token};
 pub use error::{BuildError, DecodeError};
