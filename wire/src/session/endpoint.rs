@@ -1,0 +1,361 @@
+//! The endpoint: one UDP socket's worth of sessions.
+//!
+//! It routes each packet of a datagram to its [`Connection`] by connection id, answers an
+//! INITIAL from an unproven address with a stateless RETRY, creates a responder session
+//! only for an INITIAL that echoes a valid cookie (so a spoofed source costs it no state
+//! and no RSA work, and never gets more than a RETRY, smaller than the padded INITIAL),
+//! and gathers its sessions' datagrams, timers and events.
+//!
+//! Call order, as for a connection: after [`Endpoint::handle_datagram`],
+//! [`Endpoint::handle_timeout`] or a mutator, drain [`Endpoint::poll_transmit`], then
+//! [`Endpoint::poll_event`], then arm one timer at [`Endpoint::poll_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::connection::{Connection, Event, Shared, MIN_INITIAL_DATAGRAM};
+use super::cookie::CookieKey;
+use super::crypto::{PeerKeys, Signer};
+use super::streams::{MessageId, SendError};
+use super::SessionConfig;
+use crate::codec::Token;
+use crate::frame::{CloseCode, Frame, HandshakeInit, MessageClass, Retry};
+use crate::packet::{encode_cleartext_packet, Datagram, Packet, PacketType};
+
+/// Names one connection of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle(pub u64);
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What the endpoint dropped or did outside any connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams that did not decode (by [`crate::DecodeError`]); the rest of the
+    /// datagram was dropped with them.
+    pub malformed: u64,
+    /// Packets for a connection id we do not know.
+    pub unknown_connection: u64,
+    /// INITIALs in datagrams shorter than [`MIN_INITIAL_DATAGRAM`].
+    pub short_initial: u64,
+    /// INITIALs for another group.
+    pub wrong_group: u64,
+    /// INITIALs that did not hold exactly one HANDSHAKE_INIT.
+    pub bad_initial: u64,
+    /// RETRYs sent to unproven addresses.
+    pub retries_sent: u64,
+    /// INITIALs whose cookie did not verify (expired, forged, another address).
+    pub bad_cookie: u64,
+    /// INITIALs refused because `max_connections` sessions exist.
+    pub refused_full: u64,
+    /// REQUEST/RESPONSE packets, which belong to the proxy and key manager.
+    pub not_session: u64,
+    /// Sessions accepted (cookie valid, response signed).
+    pub accepted: u64,
+}
+
+/// All sessions of one local address. See the module documentation.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    rng: ChaCha20Rng,
+    cookies: CookieKey,
+    epoch: Instant,
+    next_handle: u64,
+    connections: BTreeMap<ConnectionHandle, Connection>,
+    by_cid: BTreeMap<u64, ConnectionHandle>,
+    by_initial: BTreeMap<(SocketAddr, u64), ConnectionHandle>,
+    stateless_out: VecDeque<Transmit>,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// An endpoint for `group`, signing as `signer`, verifying peers with `peer_keys`.
+    /// All its randomness comes from `seed` (drawn from the OS by a driver, fixed in
+    /// tests and the simulator); `now` is the start of its clock.
+    pub fn new(
+        config: SessionConfig,
+        group: &str,
+        signer: Arc<dyn Signer>,
+        peer_keys: Arc<dyn PeerKeys>,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut cookie_secret = [0; 32];
+        rng.fill_bytes(&mut cookie_secret);
+        let cookies =
+            CookieKey::with_lifetime(cookie_secret, config.cookie_lifetime.as_secs().max(1));
+        Endpoint {
+            shared: Arc::new(Shared {
+                config,
+                group: group.to_owned(),
+                signer,
+                peer_keys,
+            }),
+            rng,
+            cookies,
+            epoch: now,
+            next_handle: 0,
+            connections: BTreeMap::new(),
+            by_cid: BTreeMap::new(),
+            by_initial: BTreeMap::new(),
+            stateless_out: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    // ----- getters and mutators --------------------------------------------------------
+
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    pub fn connection(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        self.connections.get(&handle)
+    }
+
+    pub fn connection_mut(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
+        self.connections.get_mut(&handle)
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = (ConnectionHandle, &Connection)> {
+        self.connections.iter().map(|(h, c)| (*h, c))
+    }
+
+    /// Starts a session with `peer_name` at `peer_addr`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer_addr: SocketAddr,
+        peer_name: &str,
+    ) -> ConnectionHandle {
+        let cid = self.fresh_cid();
+        let rng = self.child_rng();
+        let connection = Connection::connect(
+            self.shared.clone(),
+            now,
+            cid,
+            peer_addr,
+            peer_name.to_owned(),
+            rng,
+        );
+        self.insert(cid, None, connection)
+    }
+
+    /// Queues a message on a connection.
+    pub fn send(
+        &mut self,
+        handle: ConnectionHandle,
+        class: MessageClass,
+        data: &[u8],
+    ) -> Result<MessageId, SendError> {
+        self.connections
+            .get_mut(&handle)
+            .ok_or(SendError::Closed)?
+            .send(class, data)
+    }
+
+    /// Closes a connection gracefully.
+    pub fn close(&mut self, now: Instant, handle: ConnectionHandle, code: CloseCode, reason: &str) {
+        if let Some(connection) = self.connections.get_mut(&handle) {
+            connection.close(now, code, reason);
+        }
+    }
+
+    // ----- handle_* --------------------------------------------------------------------
+
+    /// Takes one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        for packet in Datagram::new(datagram) {
+            let Ok(packet) = packet else {
+                self.stats.malformed += 1;
+                return;
+            };
+            match packet.packet_type() {
+                PacketType::INITIAL => self.on_initial(now, from, &packet, datagram.len()),
+                PacketType::REQUEST | PacketType::RESPONSE => self.stats.not_session += 1,
+                _ => match self.by_cid.get(&packet.header().connection_id()) {
+                    Some(handle) => {
+                        if let Some(connection) = self.connections.get_mut(handle) {
+                            connection.handle_packet(now, from, &packet, datagram.len());
+                        }
+                    }
+                    None => self.stats.unknown_connection += 1,
+                },
+            }
+        }
+    }
+
+    /// Advances every connection's timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for connection in self.connections.values_mut() {
+            if connection.poll_timeout().is_some_and(|at| now >= at) {
+                connection.handle_timeout(now);
+            }
+        }
+    }
+
+    // ----- poll_* ----------------------------------------------------------------------
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(transmit) = self.stateless_out.pop_front() {
+            return Some(transmit);
+        }
+        self.connections.values_mut().find_map(|connection| {
+            connection.poll_transmit(now).map(|contents| Transmit {
+                destination: connection.peer_addr(),
+                contents,
+            })
+        })
+    }
+
+    /// The next event of any connection. A connection is forgotten once it is closed
+    /// and all its events have been handed out.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        let next = self
+            .connections
+            .iter_mut()
+            .find_map(|(handle, connection)| connection.poll_event().map(|e| (*handle, e)));
+        if next.is_none() {
+            self.forget_finished();
+        }
+        next
+    }
+
+    /// When [`Endpoint::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.connections
+            .values()
+            .filter_map(Connection::poll_timeout)
+            .min()
+    }
+
+    // ----- internals -------------------------------------------------------------------
+
+    fn on_initial(&mut self, now: Instant, from: SocketAddr, packet: &Packet<'_>, len: usize) {
+        if len < MIN_INITIAL_DATAGRAM {
+            self.stats.short_initial += 1;
+            return;
+        }
+        let mut frames = packet
+            .frames()
+            .filter(|f| !matches!(f, Ok(Frame::Padding(_))));
+        let (Some(Ok(Frame::HandshakeInit(init))), None) = (frames.next(), frames.next()) else {
+            self.stats.bad_initial += 1;
+            return;
+        };
+        if init.group.as_str() != self.shared.group {
+            self.stats.wrong_group += 1;
+            return;
+        }
+        if let Some(handle) = self.by_initial.get(&(from, init.initiator_cid)) {
+            if let Some(connection) = self.connections.get_mut(handle) {
+                connection.handle_packet(now, from, packet, len);
+            }
+            return;
+        }
+        let clock = now.saturating_duration_since(self.epoch).as_secs();
+        if init.cookie.is_empty() {
+            self.send_retry(from, init.initiator_cid, clock);
+            return;
+        }
+        if self
+            .cookies
+            .verify(from, init.initiator_cid, init.cookie.as_bytes(), clock)
+            .is_err()
+        {
+            self.stats.bad_cookie += 1;
+            return;
+        }
+        self.accept(now, from, &init);
+    }
+
+    /// Answers an unproven INITIAL with a cookie: no state kept, no signature made, and
+    /// far fewer bytes sent than the padded INITIAL that asked.
+    fn send_retry(&mut self, to: SocketAddr, initiator_cid: u64, clock: u64) {
+        let cookie = self.cookies.mint(to, initiator_cid, clock);
+        let Ok(token) = Token::new(&cookie) else {
+            return;
+        };
+        let mut contents = Vec::new();
+        let frame = Frame::Retry(Retry { cookie: token });
+        if encode_cleartext_packet(&mut contents, PacketType::RETRY, initiator_cid, 0, &[frame])
+            .is_ok()
+        {
+            self.stats.retries_sent += 1;
+            self.stateless_out.push_back(Transmit {
+                destination: to,
+                contents,
+            });
+        }
+    }
+
+    fn accept(&mut self, now: Instant, from: SocketAddr, init: &HandshakeInit<'_>) {
+        if self.connections.len() >= self.shared.config.max_connections {
+            self.stats.refused_full += 1;
+            return;
+        }
+        let cid = self.fresh_cid();
+        let rng = self.child_rng();
+        match Connection::accept(self.shared.clone(), now, cid, from, init, rng) {
+            Some(connection) => {
+                self.stats.accepted += 1;
+                self.insert(cid, Some((from, init.initiator_cid)), connection);
+            }
+            None => self.stats.bad_initial += 1,
+        }
+    }
+
+    fn insert(
+        &mut self,
+        cid: u64,
+        initial: Option<(SocketAddr, u64)>,
+        connection: Connection,
+    ) -> ConnectionHandle {
+        let handle = ConnectionHandle(self.next_handle);
+        self.next_handle += 1;
+        self.by_cid.insert(cid, handle);
+        if let Some(key) = initial {
+            self.by_initial.insert(key, handle);
+        }
+        self.connections.insert(handle, connection);
+        handle
+    }
+
+    fn forget_finished(&mut self) {
+        let before = self.connections.len();
+        self.connections.retain(|_, c| !c.is_closed());
+        if self.connections.len() != before {
+            let live = &self.connections;
+            self.by_cid.retain(|_, h| live.contains_key(h));
+            self.by_initial.retain(|_, h| live.contains_key(h));
+        }
+    }
+
+    /// A connection id not in use, never 0.
+    fn fresh_cid(&mut self) -> u64 {
+        loop {
+            let cid = self.rng.next_u64();
+            if cid != 0 && !self.by_cid.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    fn child_rng(&mut self) -> ChaCha20Rng {
+        let mut seed = [0; 32];
+        self.rng.fill_bytes(&mut seed);
+        ChaCha20Rng::from_seed(seed)
+    }
+}
