@@ -57,6 +57,12 @@ pub const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Packet numbers remembered for duplicate detection and ACK ranges.
 const RECEIVED_RANGES: usize = 256;
 
+/// Most RETRYs an initiator follows in one handshake.
+const MAX_RETRIES: u32 = 8;
+
+/// Handshake retransmissions back off up to 2^this times the first interval.
+const MAX_HANDSHAKE_BACKOFF: u32 = 5;
+
 /// Room kept in each packet for a piggybacked ACK when sizing message fragments.
 const ACK_ROOM: usize = 32;
 
@@ -209,6 +215,7 @@ enum State {
     InitialSent {
         ephemeral: Option<EphemeralKeyPair>,
         cookie: Vec<u8>,
+        retries: u32,
     },
     /// Responder: HANDSHAKE_RESPONSE sent, keys derived; waiting for HANDSHAKE_FINISH,
     /// which proves the initiator's identity. `response` is re-sent if the INITIAL is.
@@ -294,6 +301,7 @@ impl Connection {
             initial_rtt: config.initial_rtt,
             max_ack_delay: config.max_ack_delay,
             max_datagram_size: config.datagram_size,
+            max_pto: config.max_probe_timeout,
         };
         Connection {
             send: SendQueue::new(fragment_len, config.send_buffer),
@@ -340,6 +348,7 @@ impl Connection {
         let state = State::InitialSent {
             ephemeral: Some(ephemeral),
             cookie: Vec::new(),
+            retries: 0,
         };
         let mut connection = Connection::new(
             shared,
@@ -454,6 +463,21 @@ impl Connection {
     /// The smoothed round-trip time.
     pub fn rtt(&self) -> Duration {
         self.loss.rtt().smoothed()
+    }
+
+    /// Bytes sent and neither acknowledged nor declared lost.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.loss.bytes_in_flight()
+    }
+
+    /// The congestion window, in bytes.
+    pub fn congestion_window(&self) -> usize {
+        self.loss.congestion().window()
+    }
+
+    /// Consecutive probe timeouts without an acknowledgement.
+    pub fn pto_count(&self) -> u32 {
+        self.loss.pto_count()
     }
 
     pub fn stats(&self) -> ConnectionStats {
@@ -608,7 +632,10 @@ impl Connection {
     // ----- handshake -----------------------------------------------------------------
 
     fn queue_initial(&mut self, now: Instant) {
-        let State::InitialSent { ephemeral, cookie } = &self.state else {
+        let State::InitialSent {
+            ephemeral, cookie, ..
+        } = &self.state
+        else {
             return;
         };
         let Some(ephemeral) = ephemeral else {
@@ -655,7 +682,8 @@ impl Connection {
 
     fn arm_handshake_retry(&mut self, now: Instant) {
         let base = self.shared.config.initial_rtt * 2;
-        self.handshake_retry_at = Some(now + base * 2u32.pow(self.handshake_backoff.min(8)));
+        self.handshake_retry_at =
+            Some(now + base * 2u32.pow(self.handshake_backoff.min(MAX_HANDSHAKE_BACKOFF)));
         self.handshake_backoff += 1;
     }
 
@@ -696,15 +724,23 @@ impl Connection {
         let Some(Frame::Retry(retry)) = self.single_frame(packet) else {
             return;
         };
-        let State::InitialSent { cookie, .. } = &mut self.state else {
+        let State::InitialSent {
+            cookie, retries, ..
+        } = &mut self.state
+        else {
             self.stats.dropped_unexpected += 1;
             return;
         };
-        if !cookie.is_empty() || retry.cookie.is_empty() {
-            // Only one RETRY per handshake: a second could only be an attacker's.
+        // A responder sends a new cookie when ours has expired; a bounded number of them
+        // keeps an attacker's RETRYs from stalling the handshake forever.
+        if retry.cookie.is_empty()
+            || retry.cookie.as_bytes() == cookie.as_slice()
+            || *retries >= MAX_RETRIES
+        {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        *retries += 1;
         *cookie = retry.cookie.as_bytes().to_vec();
         self.handshake_backoff = 0;
         self.queue_initial(now);
@@ -1028,6 +1064,8 @@ impl Connection {
         if ack_eliciting {
             self.loss
                 .on_packet_sent(now, pn, datagram.len(), true, record);
+        } else {
+            self.loss.on_unelicited_packet_sent(pn);
         }
         Some(datagram)
     }
@@ -1067,6 +1105,7 @@ impl Connection {
         let pn = self.next_pn;
         let datagram = self.seal(pn, plaintext)?;
         self.next_pn += 1;
+        self.loss.on_unelicited_packet_sent(pn);
         Some(datagram)
     }
 

@@ -275,7 +275,10 @@ impl Endpoint {
             .verify(from, init.initiator_cid, init.cookie.as_bytes(), clock)
             .is_err()
         {
+            // Expired (a long partition) or forged: a fresh cookie costs as little as
+            // the first, and a genuine initiator can go on.
             self.stats.bad_cookie += 1;
+            self.send_retry(from, init.initiator_cid, clock);
             return;
         }
         self.accept(now, from, &init);

@@ -58,6 +58,8 @@ pub struct SessionConfig {
     pub max_ack_delay: Duration,
     /// RTT assumed before the first sample; LAN-sized.
     pub initial_rtt: Duration,
+    /// The longest the backed-off probe timeout grows, so a healed link is noticed soon.
+    pub max_probe_timeout: Duration,
     /// Bytes of messages a session holds for sending.
     pub send_buffer: usize,
     /// Bytes of messages a session holds while reassembling and before delivery.
@@ -81,6 +83,7 @@ impl Default for SessionConfig {
             unreachable_after: Duration::from_secs(5),
             max_ack_delay: Duration::from_millis(5),
             initial_rtt: Duration::from_millis(50),
+            max_probe_timeout: Duration::from_secs(1),
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
             rekey_after_packets: 1 << 30,

@@ -60,6 +60,9 @@ pub const DEFAULT_MAX_ACK_DELAY: Duration = Duration::from_millis(25);
 /// the backoff can neither overflow nor push a deadline past what an `Instant` holds.
 const MAX_PTO_BACKOFF_EXPONENT: u32 = 16;
 
+/// Default cap on the backed-off probe timeout, see [`RecoveryConfig::max_pto`].
+pub const DEFAULT_MAX_PTO: Duration = Duration::from_secs(2);
+
 /// Why an ACK was refused. The ACK is peer input; such an error means the peer broke the
 /// protocol, and the connection closes with `PROTOCOL_VIOLATION`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -297,6 +300,10 @@ pub struct RecoveryConfig {
     /// The largest datagram we send (`transport.datagram_size`); the congestion window
     /// is counted in these.
     pub max_datagram_size: usize,
+    /// The longest the backed-off probe timeout grows. RFC 9002 sets no bound; on a LAN,
+    /// waiting minutes between probes after a partition heals helps nobody, and the
+    /// connection declares the peer unreachable on its own limit anyway.
+    pub max_pto: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -305,6 +312,7 @@ impl Default for RecoveryConfig {
             initial_rtt: DEFAULT_INITIAL_RTT,
             max_ack_delay: DEFAULT_MAX_ACK_DELAY,
             max_datagram_size: DEFAULT_DATAGRAM_SIZE,
+            max_pto: DEFAULT_MAX_PTO,
         }
     }
 }
@@ -450,6 +458,18 @@ impl<F> LossDetector<F> {
         }
     }
 
+    /// Records a packet that elicits no acknowledgement (an ACK-only packet): only its
+    /// number, so that the peer acknowledging it is not taken for a violation. It is not
+    /// kept: a receiver that only ever sends ACKs would otherwise pile them up, since
+    /// nothing makes the peer acknowledge them.
+    pub fn on_unelicited_packet_sent(&mut self, pn: u64) {
+        debug_assert!(
+            self.largest_sent.is_none_or(|largest| pn > largest),
+            "packet number {pn} reused or decreasing"
+        );
+        self.largest_sent = Some(self.largest_sent.map_or(pn, |largest| largest.max(pn)));
+    }
+
     /// Processes an ACK frame from the peer (RFC 9002 A.7 OnAckReceived).
     ///
     /// Refuses an ACK of a packet number never sent, before changing anything. Numbers
@@ -558,12 +578,13 @@ impl<F> LossDetector<F> {
         self.bytes_in_flight.saturating_add(bytes) <= self.congestion.window()
     }
 
-    /// The current probe timeout, backoff included: `pto_base × 2^pto_count`.
+    /// The current probe timeout, backoff included: `pto_base × 2^pto_count`, capped at
+    /// `max_pto` (but never below `pto_base`).
     pub fn pto(&self) -> Duration {
         let exponent = self.pto_count.min(MAX_PTO_BACKOFF_EXPONENT);
-        self.rtt
-            .pto_base(self.config.max_ack_delay)
-            .saturating_mul(1 << exponent)
+        let base = self.rtt.pto_base(self.config.max_ack_delay);
+        base.saturating_mul(1 << exponent)
+            .min(self.config.max_pto.max(base))
     }
 
     /// Bytes of ack-eliciting packets sent and not yet acknowledged or lost.
@@ -801,7 +822,29 @@ mod tests {
             initial_rtt,
             max_ack_delay: ms(25),
             max_datagram_size: MDS,
+            max_pto: Duration::MAX,
         }
+    }
+
+    #[test]
+    fn the_backed_off_pto_is_capped_at_max_pto_but_not_below_its_base() {
+        let mut capped = LossDetector::<u64>::new(RecoveryConfig {
+            max_pto: ms(1000),
+            ..config(ms(100))
+        });
+        let base = capped.pto();
+        assert!(base < ms(1000));
+        capped.pto_count = 10;
+        assert_eq!(capped.pto(), ms(1000));
+        let tiny = LossDetector::<u64>::new(RecoveryConfig {
+            max_pto: ms(1),
+            ..config(ms(100))
+        });
+        assert_eq!(
+            tiny.pto(),
+            base,
+            "the cap never shortens the unbacked-off PTO"
+        );
     }
 
     /// A detector whose packets record their own packet number as their "frames".
