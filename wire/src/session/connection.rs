@@ -594,16 +594,19 @@ impl Connection {
         Some(datagram)
     }
 
-    /// The next event for the application.
+    /// The next event for the application. Messages that arrived before the session
+    /// ended are handed out before [`Event::Closed`]: what the peer saw acknowledged is
+    /// never lost.
     pub fn poll_event(&mut self) -> Option<Event> {
-        if let Some(event) = self.events.pop_front() {
-            return Some(event);
+        if let Some(event) = self.events.front() {
+            if !matches!(event, Event::Closed(_)) {
+                return self.events.pop_front();
+            }
         }
-        if !self.is_established() && !matches!(self.state, State::Closing { .. }) {
-            return None;
+        if let Some((class, data)) = self.recv.pop() {
+            return Some(Event::Message { class, data });
         }
-        let (class, data) = self.recv.pop()?;
-        Some(Event::Message { class, data })
+        self.events.pop_front()
     }
 
     /// When [`Connection::handle_timeout`] must next be called.

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,6 +76,8 @@ pub struct Endpoint {
     by_cid: BTreeMap<u64, ConnectionHandle>,
     by_initial: BTreeMap<(SocketAddr, u64), ConnectionHandle>,
     stateless_out: VecDeque<Transmit>,
+    /// The connection whose datagram went out last, for round-robin sending.
+    last_sender: ConnectionHandle,
     stats: EndpointStats,
 }
 
@@ -110,6 +113,7 @@ impl Endpoint {
             by_cid: BTreeMap::new(),
             by_initial: BTreeMap::new(),
             stateless_out: VecDeque::new(),
+            last_sender: ConnectionHandle(u64::MAX),
             stats: EndpointStats::default(),
         }
     }
@@ -212,12 +216,34 @@ impl Endpoint {
         if let Some(transmit) = self.stateless_out.pop_front() {
             return Some(transmit);
         }
-        self.connections.values_mut().find_map(|connection| {
-            connection.poll_transmit(now).map(|contents| Transmit {
-                destination: connection.peer_addr(),
-                contents,
-            })
-        })
+        // Round robin: start after the connection that sent last, so one busy session
+        // cannot starve the others.
+        let first = self.next_connection_after(self.last_sender)?;
+        let mut handle = first;
+        loop {
+            if let Some(connection) = self.connections.get_mut(&handle) {
+                if let Some(contents) = connection.poll_transmit(now) {
+                    self.last_sender = handle;
+                    return Some(Transmit {
+                        destination: connection.peer_addr(),
+                        contents,
+                    });
+                }
+            }
+            handle = self.next_connection_after(handle)?;
+            if handle == first {
+                return None;
+            }
+        }
+    }
+
+    /// The connection after `handle` in handle order, wrapping around.
+    fn next_connection_after(&self, handle: ConnectionHandle) -> Option<ConnectionHandle> {
+        self.connections
+            .range((Bound::Excluded(handle), Bound::Unbounded))
+            .next()
+            .or_else(|| self.connections.iter().next())
+            .map(|(handle, _)| *handle)
     }
 
     /// The next event of any connection. A connection is forgotten once it is closed
