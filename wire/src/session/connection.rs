@@ -975,13 +975,15 @@ impl Connection {
         Ok(())
     }
 
+    /// Puts the reliable fragments of lost packets back at the front of the send queue,
+    /// oldest first (`lost` is sorted by packet number).
     fn requeue_lost(&mut self, lost: Vec<(u64, SentRecord)>) {
-        for (_, record) in lost {
-            for fragment in record.fragments {
-                self.stats.retransmitted_fragments += 1;
-                self.send.on_lost(fragment);
-            }
-        }
+        let fragments: Vec<FragmentRef> = lost
+            .into_iter()
+            .flat_map(|(_, record)| record.fragments)
+            .collect();
+        self.stats.retransmitted_fragments += fragments.len() as u64;
+        self.send.on_lost_all(&fragments);
     }
 
     fn record_received(&mut self, now: Instant, pn: u64, ack_eliciting: bool) {
@@ -1134,13 +1136,18 @@ impl Connection {
     fn maybe_update_keys(&mut self, now: Instant) {
         let config = &self.shared.config;
         let largest_acked = self.loss.largest_acked();
+        let pto = self.loss.pto();
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
         let due = self.next_pn - keys.tx_phase_first_pn >= config.rekey_after_packets
             || now >= keys.tx_phase_started + config.rekey_after;
         let peer_followed = largest_acked.is_some_and(|acked| acked >= keys.tx_phase_first_pn);
-        if due && peer_followed {
+        // RFC 9001 §6.5: wait three probe timeouts between updates, so the receiver has
+        // dropped the generation before last (which has our current KEY_PHASE bit) by
+        // the time we reuse that bit; otherwise a reordered packet fails to decrypt.
+        let settled = now >= keys.tx_phase_started + 3 * pto;
+        if due && peer_followed && settled {
             keys.update_tx(self.next_pn, now);
             self.stats.key_updates += 1;
         }

@@ -232,6 +232,15 @@ impl SendQueue {
         frag.message.class.is_reliable().then_some(frag.message)
     }
 
+    /// Records that the packets carrying `fragments` (in the order they were sent) were
+    /// lost: the reliable ones not yet acknowledged go to the front of the queue, still
+    /// in that order, oldest first.
+    pub fn on_lost_all(&mut self, fragments: &[FragmentRef]) {
+        for frag in fragments.iter().rev() {
+            self.on_lost(*frag);
+        }
+    }
+
     /// Records that the packet carrying `frag` was lost: a reliable fragment not yet
     /// acknowledged goes to the front of the queue.
     pub fn on_lost(&mut self, frag: FragmentRef) {
@@ -255,14 +264,14 @@ impl SendQueue {
                 index: index as u32,
             })
         });
-        match oldest {
-            Some(frag) if !self.pending.contains(&frag) => {
-                self.pending.push_front(frag);
-                true
-            }
-            Some(_) => true,
-            None => false,
-        }
+        let Some(frag) = oldest else {
+            return false;
+        };
+        // Bring it to the front even if it is queued further back: the receiver may be
+        // waiting for exactly this fragment before it accepts anything later.
+        self.pending.retain(|queued| *queued != frag);
+        self.pending.push_front(frag);
+        true
     }
 }
 
@@ -349,7 +358,8 @@ pub struct RecvBuffer {
 }
 
 impl RecvBuffer {
-    /// `cap`: most bytes held at once (partial, out-of-order and undelivered messages).
+    /// `cap`: most bytes held at once (partial, out-of-order and undelivered messages),
+    /// but for the next ordered message, which is always admitted.
     pub fn new(cap: usize) -> Self {
         RecvBuffer {
             cap,
@@ -375,7 +385,12 @@ impl RecvBuffer {
         }
         let total_len = message.fragment.total_len() as usize;
         if !self.partial.contains_key(&id) {
-            if self.buffered + total_len > self.cap {
+            // The next ordered message is always admitted, even past the cap: the
+            // messages waiting behind it only leave the buffer once it is delivered, so
+            // refusing it could stall the class for good. This bounds the buffer at
+            // `cap` plus one message.
+            let head_of_line = id.class == MessageClass::Ordered && id.id == self.ordered_next;
+            if self.buffered + total_len > self.cap && !head_of_line {
                 return Err(Refusal::BufferFull);
             }
             self.buffered += total_len;
