@@ -46,3 +46,6 @@ pub const X25519_KEY_LEN: usize = 32;
 
 /// A key-manager challenge nonce.
 pub const NONCE_LEN: usize = 32;
+
+/// A SHA-256 digest (batch proofs).
+pub const DIGEST_LEN: usize = 32;

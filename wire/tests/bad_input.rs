@@ -8,11 +8,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use sockmsg_wire::frame::{
-    Ack, AckRange, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish,
-    HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister,
-    KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord,
-    Leave, Member, Membership, Message, MessageClass, NoLeader, Padding, ProxyResult, ProxyStatus,
-    Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
+    Ack, AckRange, BatchProof, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment,
+    HandshakeFinish, HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup,
+    KeyRecord, KeyRegister, KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce,
+    LeaderQuery, LeaderRecord, Leave, Member, Membership, Message, MessageClass, NoLeader, Padding,
+    ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
 };
 use sockmsg_wire::{
     encode_cleartext_packet, Datagram, DecodeError, Encode, Frame, FrameType, Frames, Header, List,
@@ -355,6 +355,11 @@ fn cleartext_seeds() -> Vec<(PacketType, Vec<Frame<'static>>)> {
                     serial: 5,
                     issued_at_ms: 6,
                     status: KeyStatus::ACTIVE,
+                    batch: BatchProof {
+                        size: 2,
+                        index: 1,
+                        path: List::new(&[&[0x44; 32]]).unwrap(),
+                    },
                     signature: sig(),
                 }),
                 Frame::KeyChallenge(KeyChallenge { nonce: &NONCE }),
@@ -952,6 +957,11 @@ fn public_key_length_0() {
         serial: 1,
         issued_at_ms: 2,
         status: KeyStatus::REVOKED,
+        batch: BatchProof {
+            size: 1,
+            index: 0,
+            path: List::new(&[]).unwrap(),
+        },
         signature: Signature::new(b"").unwrap(),
     }));
     // type, name (1 + 5), then the key's 2-byte length and its one byte.

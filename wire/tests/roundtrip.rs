@@ -12,11 +12,11 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::strategy::BoxedStrategy;
 use sockmsg_wire::frame::{
-    Ack, AckRange, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment, HandshakeFinish,
-    HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup, KeyRecord, KeyRegister,
-    KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce, LeaderQuery, LeaderRecord,
-    Leave, Member, Membership, Message, MessageClass, NoLeader, Padding, ProxyResult, ProxyStatus,
-    Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
+    Ack, AckRange, BatchProof, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment,
+    HandshakeFinish, HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup,
+    KeyRecord, KeyRegister, KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce,
+    LeaderQuery, LeaderRecord, Leave, Member, Membership, Message, MessageClass, NoLeader, Padding,
+    ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
 };
 use sockmsg_wire::limits::{
     MAX_ACK_RANGES, MAX_MEMBERS, MAX_NAME_LEN, MAX_PAYLOAD_LEN, MAX_PUBLIC_KEY_LEN, MAX_REASON_LEN,
@@ -240,6 +240,14 @@ fn vote_proof() -> impl Strategy<Value = VoteProof<'static>> {
 }
 
 /// A strategy for frames of type `frame_type`: the one place that maps a type to a body.
+fn batch_proof() -> impl Strategy<Value = BatchProof<'static>> {
+    (any::<u32>(), any::<u32>(), list(array())).prop_map(|(size, index, path)| BatchProof {
+        size,
+        index,
+        path,
+    })
+}
+
 fn message_class() -> impl Strategy<Value = MessageClass> {
     select(MessageClass::ALL.to_vec())
 }
@@ -381,16 +389,18 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
             any::<u64>(),
             any::<u64>(),
             any::<u8>(),
+            batch_proof(),
             signature(),
         )
             .prop_map(
-                |(name, public_key, serial, issued_at_ms, status, signature)| {
+                |(name, public_key, serial, issued_at_ms, status, batch, signature)| {
                     Frame::KeyRecord(KeyRecord {
                         name,
                         public_key,
                         serial,
                         issued_at_ms,
                         status: KeyStatus(status),
+                        batch,
                         signature,
                     })
                 },

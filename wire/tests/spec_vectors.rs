@@ -272,6 +272,11 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
                 serial: 3,
                 issued_at_ms: 1_767_225_600_000,
                 status: KeyStatus::ACTIVE,
+                batch: BatchProof {
+                    size: 3,
+                    index: 2,
+                    path: List::new(Box::leak(Box::new([&[0x33u8; 32]]))).unwrap(),
+                },
                 signature: sig(&[0x99]),
             })),
         ),

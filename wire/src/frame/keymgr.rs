@@ -3,8 +3,8 @@
 //! REQUEST/RESPONSE packets; records are signed by the manager, requests by the key
 //! they concern.
 
-use crate::codec::{open_code, wire_struct, Name, PublicKey, Signature, Text, Token};
-use crate::limits::NONCE_LEN;
+use crate::codec::{open_code, wire_struct, List, Name, PublicKey, Signature, Text, Token};
+use crate::limits::{DIGEST_LEN, NONCE_LEN};
 
 wire_struct! {
     /// Asks for the key record of `name`.
@@ -24,8 +24,21 @@ open_code! {
 }
 
 wire_struct! {
-    /// A name's key, signed by the key manager over the fields before `signature` when
-    /// the record was written (so a lookup costs no RSA operation).
+    /// Where a record sits in the batch the key manager signed: the batch's size, the
+    /// record's index in it, and the sibling hashes from the record's leaf up to the root
+    /// (an RFC 9162 §2.1.3 inclusion proof). One signature covers a whole group commit,
+    /// so durable registration is not capped at one RSA signature per record.
+    pub struct BatchProof<'a> {
+        pub size: u32,
+        pub index: u32,
+        pub path: List<'a, &'a [u8; DIGEST_LEN]>,
+    }
+}
+
+wire_struct! {
+    /// A name's key, as the key manager wrote it: the record's fields, its place in the
+    /// signed batch, and the manager's signature over that batch's root (SPEC.md §9).
+    /// Signed once, when written, so a lookup costs no RSA operation.
     pub struct KeyRecord<'a> {
         pub name: Name<'a>,
         pub public_key: PublicKey<'a>,
@@ -34,6 +47,7 @@ wire_struct! {
         /// Milliseconds since the Unix epoch when the record was written.
         pub issued_at_ms: u64,
         pub status: KeyStatus,
+        pub batch: BatchProof<'a>,
         pub signature: Signature<'a>,
     }
 }

@@ -16,7 +16,8 @@ pub use group::{
 };
 pub use handshake::{HandshakeFinish, HandshakeInit, HandshakeResponse, Retry};
 pub use keymgr::{
-    KeyChallenge, KeyLookup, KeyRecord, KeyRegister, KeyResult, KeyResultCode, KeyRotate, KeyStatus,
+    BatchProof, KeyChallenge, KeyLookup, KeyRecord, KeyRegister, KeyResult, KeyResultCode,
+    KeyRotate, KeyStatus,
 };
 pub use proxy::{
     LeaderAnnounce, LeaderQuery, LeaderRecord, NoLeader, ProxyResult, ProxyStatus, VoteProof,
