@@ -1,0 +1,575 @@
+//! The key manager's state machine: which name is bound to which key, and the rules by
+//! which a binding is made, moved or revoked. Sans-IO: no sockets, no files, no clock
+//! (time comes in as `now_ms`), randomness only through the caller's seeded RNG.
+//!
+//! Requests take two steps, so that durability is explicit (as raft-rs's `Ready`):
+//!
+//! 1. [`Registry::check`] validates a request against what is stored *now* and returns an
+//!    [`Operation`] (nothing changes yet), or a refusal to send at once.
+//! 2. The server gathers the operations that arrive together and calls
+//!    [`Registry::plan_batch`]: it re-checks each against the batch so far, builds the new
+//!    records as leaves of one Merkle tree and signs its root once. The server commits
+//!    [`PlannedBatch::writes`] to disk, then calls [`Registry::apply`] and only then sends
+//!    the replies. Nothing is acknowledged before it is durable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use hmac::{Hmac, KeyInit, Mac};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest as _, Sha256};
+use sockmsg_wire::frame::{
+    BatchProof, KeyRecord, KeyRegister, KeyResultCode, KeyRotate, KeyStatus,
+};
+use sockmsg_wire::session::crypto::{PeerKeys, RsaKeyring, Signer};
+use sockmsg_wire::{Decode, Encode, List, Name, PublicKey, Reader, Signature};
+
+use crate::merkle::{self, Digest};
+use crate::store::Write;
+
+/// The reserved name under which the manager publishes its own key (self-signed), so a
+/// client holding only the pinned fingerprint can fetch and check it.
+pub const MANAGER_NAME: &str = "_keymgr";
+
+/// Labels of the signatures a client makes (SPEC.md §9).
+pub const REGISTER_LABEL: &[u8] = b"sockmsg/1 key-register\0";
+pub const ROTATE_LABEL: &[u8] = b"sockmsg/1 key-rotate\0";
+
+/// How long a challenge nonce stays valid.
+pub const NONCE_LIFETIME_MS: u64 = 60_000;
+
+/// Bytes of an invite token: a 16-byte id and a 16-byte MAC over it.
+pub const INVITE_LEN: usize = 32;
+
+/// Whether anyone may register a free name, or only holders of an invite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationMode {
+    Open,
+    Invite,
+}
+
+/// A refusal: the code and a message for the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: KeyResultCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: KeyResultCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A change a request asks for, checked but not yet applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Bind `name` to `public_key` (or confirm the binding if it already holds).
+    Register {
+        name: String,
+        public_key: Vec<u8>,
+        invite: Option<Vec<u8>>,
+    },
+    /// Move `name` from `old_key` to `new_key`.
+    Rotate {
+        name: String,
+        old_key: Vec<u8>,
+        new_key: Vec<u8>,
+    },
+    /// The operator revokes `name`'s key.
+    Revoke { name: String },
+    /// The manager publishes its own key under [`MANAGER_NAME`].
+    PublishManagerKey { public_key: Vec<u8> },
+}
+
+impl Operation {
+    pub fn name(&self) -> &str {
+        match self {
+            Operation::Register { name, .. }
+            | Operation::Rotate { name, .. }
+            | Operation::Revoke { name } => name,
+            Operation::PublishManagerKey { .. } => MANAGER_NAME,
+        }
+    }
+}
+
+/// A stored record: its encoded KEY_RECORD body, and the fields the rules look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub bytes: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub serial: u64,
+    pub status: KeyStatus,
+}
+
+impl StoredRecord {
+    /// Decodes a stored KEY_RECORD body (from disk or from a batch).
+    pub fn decode(bytes: Vec<u8>) -> Option<StoredRecord> {
+        let record = KeyRecord::decode(&mut Reader::new(&bytes, 0), "KeyRecord").ok()?;
+        let public_key = record.public_key.as_bytes().to_vec();
+        let (serial, status) = (record.serial, record.status);
+        Some(StoredRecord {
+            bytes,
+            public_key,
+            serial,
+            status,
+        })
+    }
+}
+
+/// The outcome of one operation of a batch.
+pub type OpResult = Result<(), Refusal>;
+
+/// A batch ready to commit: what to write, and each operation's result.
+#[derive(Debug)]
+pub struct PlannedBatch {
+    pub writes: Vec<Write>,
+    pub results: Vec<OpResult>,
+    records: Vec<(String, StoredRecord)>,
+    invites: Vec<Vec<u8>>,
+}
+
+/// Names bound to keys, and the secrets behind nonces and invites.
+pub struct Registry {
+    records: BTreeMap<String, StoredRecord>,
+    used_invites: BTreeSet<Vec<u8>>,
+    mode: RegistrationMode,
+    nonce_secret: [u8; 32],
+    invite_secret: [u8; 32],
+}
+
+impl Registry {
+    /// A registry holding `records` (as loaded from disk) and `used_invites`.
+    pub fn new(
+        records: impl IntoIterator<Item = StoredRecord>,
+        used_invites: impl IntoIterator<Item = Vec<u8>>,
+        mode: RegistrationMode,
+        nonce_secret: [u8; 32],
+        invite_secret: [u8; 32],
+    ) -> Self {
+        let records = records
+            .into_iter()
+            .filter_map(|record| Some((record_name(&record.bytes)?, record)))
+            .collect();
+        Registry {
+            records,
+            used_invites: used_invites.into_iter().collect(),
+            mode,
+            nonce_secret,
+            invite_secret,
+        }
+    }
+
+    pub fn record(&self, name: &str) -> Option<&StoredRecord> {
+        self.records.get(name)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = (&str, &StoredRecord)> {
+        self.records.iter().map(|(name, record)| (name.as_str(), record))
+    }
+
+    // ----- nonces and invites ----------------------------------------------------------
+
+    /// A nonce for `client`, valid for [`NONCE_LIFETIME_MS`]: the issue time and a MAC
+    /// over it and the client's address. Stateless: nothing is stored per client.
+    pub fn nonce(&self, client: SocketAddr, now_ms: u64) -> [u8; 32] {
+        let mut nonce = [0; 32];
+        nonce[..8].copy_from_slice(&now_ms.to_be_bytes());
+        let mac = self.nonce_mac(client, now_ms);
+        nonce[8..].copy_from_slice(&mac[..24]);
+        nonce
+    }
+
+    fn nonce_mac(&self, client: SocketAddr, issued_ms: u64) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.nonce_secret)
+            .expect("HMAC takes keys of any length");
+        mac.update(b"sockmsg/1 keymgr-nonce\0");
+        mac.update(client.ip().to_string().as_bytes());
+        mac.update(&issued_ms.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn check_nonce(&self, client: SocketAddr, nonce: &[u8; 32], now_ms: u64) -> OpResult {
+        let issued = u64::from_be_bytes(nonce[..8].try_into().unwrap_or_default());
+        let fresh = issued <= now_ms && now_ms - issued <= NONCE_LIFETIME_MS;
+        let genuine = self.nonce_mac(client, issued)[..24] == nonce[8..];
+        if fresh && genuine {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                KeyResultCode::BAD_NONCE,
+                "nonce unknown or expired: ask for a new challenge",
+            ))
+        }
+    }
+
+    /// Mints an invite token (the operator's `invite` command).
+    pub fn mint_invite(invite_secret: &[u8; 32], id: [u8; 16]) -> [u8; INVITE_LEN] {
+        let mut token = [0; INVITE_LEN];
+        token[..16].copy_from_slice(&id);
+        token[16..].copy_from_slice(&invite_mac(invite_secret, &id)[..16]);
+        token
+    }
+
+    fn check_invite(&self, token: &[u8]) -> OpResult {
+        let valid = token.len() == INVITE_LEN
+            && invite_mac(&self.invite_secret, &token[..16])[..16] == token[16..];
+        if !valid {
+            return Err(Refusal::new(
+                KeyResultCode::INVITE_REQUIRED,
+                "registration needs a valid invite token",
+            ));
+        }
+        if self.used_invites.contains(&token[..16]) {
+            return Err(Refusal::new(
+                KeyResultCode::INVITE_REQUIRED,
+                "this invite token was already used",
+            ));
+        }
+        Ok(())
+    }
+
+    // ----- step 1: check ---------------------------------------------------------------
+
+    /// Checks a registration: nonce, proof of possession, name, invite.
+    pub fn check_register(
+        &self,
+        client: SocketAddr,
+        request: &KeyRegister<'_>,
+        now_ms: u64,
+    ) -> Result<Operation, Refusal> {
+        self.check_nonce(client, request.nonce, now_ms)?;
+        let name = request.name.as_str();
+        if name == MANAGER_NAME {
+            return Err(Refusal::new(KeyResultCode::NAME_TAKEN, "reserved name"));
+        }
+        let signed = register_signing_input(request);
+        verify_with_key(name, request.public_key.as_bytes(), &signed, request.signature)?;
+        let invite = (!request.invite.is_empty()).then(|| request.invite.as_bytes().to_vec());
+        let operation = Operation::Register {
+            name: name.to_owned(),
+            public_key: request.public_key.as_bytes().to_vec(),
+            invite,
+        };
+        self.admissible(&operation, &BTreeMap::new(), &BTreeSet::new())?;
+        Ok(operation)
+    }
+
+    /// Checks a rotation: nonce, and both signatures (old key, new key).
+    pub fn check_rotate(
+        &self,
+        client: SocketAddr,
+        request: &KeyRotate<'_>,
+        now_ms: u64,
+    ) -> Result<Operation, Refusal> {
+        self.check_nonce(client, request.nonce, now_ms)?;
+        let name = request.name.as_str();
+        let current = self
+            .records
+            .get(name)
+            .ok_or_else(|| Refusal::new(KeyResultCode::NOT_FOUND, "no such name"))?;
+        let signed = rotate_signing_input(request);
+        verify_with_key(name, &current.public_key, &signed, request.old_signature)?;
+        verify_with_key(
+            name,
+            request.new_public_key.as_bytes(),
+            &signed,
+            request.new_signature,
+        )?;
+        let operation = Operation::Rotate {
+            name: name.to_owned(),
+            old_key: current.public_key.clone(),
+            new_key: request.new_public_key.as_bytes().to_vec(),
+        };
+        self.admissible(&operation, &BTreeMap::new(), &BTreeSet::new())?;
+        Ok(operation)
+    }
+
+    /// Whether `operation` may apply on top of the stored state and of `pending`
+    /// (records and invites taken by earlier operations of the same batch).
+    fn admissible(
+        &self,
+        operation: &Operation,
+        pending: &BTreeMap<String, StoredRecord>,
+        pending_invites: &BTreeSet<Vec<u8>>,
+    ) -> OpResult {
+        let name = operation.name();
+        let current = pending.get(name).or_else(|| self.records.get(name));
+        match operation {
+            Operation::Register {
+                public_key, invite, ..
+            } => match current {
+                Some(record) if record.public_key == *public_key => {
+                    if record.status == KeyStatus::REVOKED {
+                        Err(Refusal::new(KeyResultCode::REVOKED, "this key was revoked"))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Some(_) => Err(Refusal::new(
+                    KeyResultCode::NAME_TAKEN,
+                    "the name is bound to another key; rotate with the old key or ask the operator",
+                )),
+                None if self.mode == RegistrationMode::Invite => {
+                    let token = invite.as_deref().unwrap_or_default();
+                    self.check_invite(token)?;
+                    if token.len() >= 16 && pending_invites.contains(&token[..16]) {
+                        return Err(Refusal::new(
+                            KeyResultCode::INVITE_REQUIRED,
+                            "this invite token was already used",
+                        ));
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            },
+            Operation::Rotate { old_key, .. } => match current {
+                Some(record) if record.status == KeyStatus::REVOKED => {
+                    Err(Refusal::new(KeyResultCode::REVOKED, "this name's key was revoked"))
+                }
+                Some(record) if record.public_key == *old_key => Ok(()),
+                Some(_) => Err(Refusal::new(
+                    KeyResultCode::BAD_SIGNATURE,
+                    "the name moved to another key meanwhile",
+                )),
+                None => Err(Refusal::new(KeyResultCode::NOT_FOUND, "no such name")),
+            },
+            Operation::Revoke { .. } => match current {
+                Some(_) => Ok(()),
+                None => Err(Refusal::new(KeyResultCode::NOT_FOUND, "no such name")),
+            },
+            Operation::PublishManagerKey { .. } => Ok(()),
+        }
+    }
+
+    // ----- step 2: plan, commit (by the caller), apply ---------------------------------
+
+    /// Re-checks `operations` in order against the state and each other, builds the new
+    /// records and signs them as one Merkle batch. Changes nothing: see
+    /// [`Registry::apply`].
+    pub fn plan_batch(
+        &self,
+        operations: &[Operation],
+        now_ms: u64,
+        manager: &dyn Signer,
+        rng: &mut ChaCha20Rng,
+    ) -> PlannedBatch {
+        let mut pending: BTreeMap<String, StoredRecord> = BTreeMap::new();
+        let mut pending_invites = BTreeSet::new();
+        let mut results = Vec::with_capacity(operations.len());
+        let mut fields: Vec<(String, Vec<u8>, u64, KeyStatus)> = Vec::new();
+        for operation in operations {
+            let result = self.admissible(operation, &pending, &pending_invites);
+            if result.is_ok() {
+                if let Some(change) = self.change_for(operation, &pending) {
+                    if let Operation::Register {
+                        invite: Some(token),
+                        ..
+                    } = operation
+                    {
+                        if self.mode == RegistrationMode::Invite && token.len() >= 16 {
+                            pending_invites.insert(token[..16].to_vec());
+                        }
+                    }
+                    let (name, key, serial, status) = change;
+                    // Placeholder, replaced with the signed record below; it lets later
+                    // operations of the batch see this one.
+                    pending.insert(
+                        name.clone(),
+                        StoredRecord {
+                            bytes: Vec::new(),
+                            public_key: key.clone(),
+                            serial,
+                            status,
+                        },
+                    );
+                    fields.retain(|(n, ..)| *n != name);
+                    fields.push((name, key, serial, status));
+                }
+            }
+            results.push(result);
+        }
+        let records = sign_batch(&fields, now_ms, manager, rng);
+        let mut writes: Vec<Write> = records
+            .iter()
+            .map(|(name, record)| Write::Record {
+                name: name.clone(),
+                bytes: record.bytes.clone(),
+            })
+            .collect();
+        writes.extend(pending_invites.iter().map(|id| Write::InviteUsed {
+            id: id.clone(),
+            at_ms: now_ms,
+        }));
+        PlannedBatch {
+            writes,
+            results,
+            records,
+            invites: pending_invites.into_iter().collect(),
+        }
+    }
+
+    /// The record an admissible operation produces, or `None` if it changes nothing
+    /// (registering a name to the key it already has).
+    fn change_for(
+        &self,
+        operation: &Operation,
+        pending: &BTreeMap<String, StoredRecord>,
+    ) -> Option<(String, Vec<u8>, u64, KeyStatus)> {
+        let name = operation.name().to_owned();
+        let current = pending.get(&name).or_else(|| self.records.get(&name));
+        let next_serial = current.map_or(1, |record| record.serial + 1);
+        match operation {
+            Operation::Register { public_key, .. } => match current {
+                Some(_) => None,
+                None => Some((name, public_key.clone(), next_serial, KeyStatus::ACTIVE)),
+            },
+            Operation::Rotate { new_key, .. } => {
+                Some((name, new_key.clone(), next_serial, KeyStatus::ACTIVE))
+            }
+            Operation::Revoke { .. } => {
+                let key = current?.public_key.clone();
+                Some((name, key, next_serial, KeyStatus::REVOKED))
+            }
+            Operation::PublishManagerKey { public_key } => match current {
+                Some(record) if record.public_key == *public_key => None,
+                _ => Some((name, public_key.clone(), next_serial, KeyStatus::ACTIVE)),
+            },
+        }
+    }
+
+    /// Makes a committed batch visible. Call only after its writes are durable.
+    pub fn apply(&mut self, batch: PlannedBatch) -> Vec<OpResult> {
+        self.records.extend(batch.records);
+        self.used_invites.extend(batch.invites);
+        batch.results
+    }
+}
+
+/// Signs `fields` (name, key, serial, status) as one batch: leaves, root, one signature,
+/// and an inclusion proof per record.
+fn sign_batch(
+    fields: &[(String, Vec<u8>, u64, KeyStatus)],
+    now_ms: u64,
+    manager: &dyn Signer,
+    rng: &mut ChaCha20Rng,
+) -> Vec<(String, StoredRecord)> {
+    let encoded: Vec<Vec<u8>> = fields
+        .iter()
+        .filter_map(|(name, key, serial, status)| {
+            record_fields(name, key, *serial, now_ms, *status)
+        })
+        .collect();
+    if encoded.len() != fields.len() {
+        return Vec::new();
+    }
+    let leaves: Vec<Digest> = encoded.iter().map(|f| merkle::leaf_hash(f)).collect();
+    let Some(root) = merkle::root(&leaves) else {
+        return Vec::new();
+    };
+    let size = leaves.len() as u32;
+    let signature = manager.sign(rng, &merkle::batch_signing_input(size, &root));
+    fields
+        .iter()
+        .zip(encoded)
+        .enumerate()
+        .filter_map(|(index, ((name, key, serial, status), head))| {
+            let path = merkle::inclusion_proof(&leaves, index)?;
+            let path_refs: Vec<&[u8; 32]> = path.iter().collect();
+            let batch = BatchProof {
+                size,
+                index: index as u32,
+                path: List::new(&path_refs).ok()?,
+            };
+            let mut bytes = head;
+            batch.encode(&mut bytes);
+            Signature::new(&signature).ok()?.encode(&mut bytes);
+            Some((
+                name.clone(),
+                StoredRecord {
+                    bytes,
+                    public_key: key.clone(),
+                    serial: *serial,
+                    status: *status,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The wire encoding of a record's fields before its batch proof (the Merkle leaf).
+pub fn record_fields(
+    name: &str,
+    public_key: &[u8],
+    serial: u64,
+    issued_at_ms: u64,
+    status: KeyStatus,
+) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    Name::new(name).ok()?.encode(&mut bytes);
+    PublicKey::new(public_key).ok()?.encode(&mut bytes);
+    serial.encode(&mut bytes);
+    issued_at_ms.encode(&mut bytes);
+    status.encode(&mut bytes);
+    Some(bytes)
+}
+
+/// The name at the start of an encoded record.
+fn record_name(bytes: &[u8]) -> Option<String> {
+    let name = Name::decode(&mut Reader::new(bytes, 0), "KeyRecord.name").ok()?;
+    Some(name.as_str().to_owned())
+}
+
+/// What a registration's signature covers: label, then name, key, nonce, invite.
+pub fn register_signing_input(request: &KeyRegister<'_>) -> Vec<u8> {
+    let mut input = REGISTER_LABEL.to_vec();
+    request.name.encode(&mut input);
+    request.public_key.encode(&mut input);
+    request.nonce.encode(&mut input);
+    request.invite.encode(&mut input);
+    input
+}
+
+/// What both of a rotation's signatures cover: label, then name, new key, nonce.
+pub fn rotate_signing_input(request: &KeyRotate<'_>) -> Vec<u8> {
+    let mut input = ROTATE_LABEL.to_vec();
+    request.name.encode(&mut input);
+    request.new_public_key.encode(&mut input);
+    request.nonce.encode(&mut input);
+    input
+}
+
+/// Verifies `signature` over `message` with the RSA key `public_key` (DER).
+fn verify_with_key(
+    name: &str,
+    public_key: &[u8],
+    message: &[u8],
+    signature: Signature<'_>,
+) -> OpResult {
+    let mut keyring = RsaKeyring::new();
+    keyring.insert_der(name, public_key).map_err(|e| {
+        Refusal::new(KeyResultCode::BAD_KEY, format!("unusable public key: {e}"))
+    })?;
+    keyring
+        .verify(name, message, signature.as_bytes())
+        .map_err(|_| Refusal::new(KeyResultCode::BAD_SIGNATURE, "signature does not verify"))
+}
+
+fn invite_mac(secret: &[u8; 32], id: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"sockmsg/1 invite\0");
+    mac.update(id);
+    mac.finalize().into_bytes().into()
+}
+
+/// The fingerprint of a public key: SHA-256 of its DER, in hex.
+pub fn fingerprint(public_key_der: &[u8]) -> String {
+    Sha256::digest(public_key_der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
