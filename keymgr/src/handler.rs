@@ -12,12 +12,9 @@
 
 use std::net::SocketAddr;
 
-use sockmsg_wire::frame::{
-    Frame, FrameType, KeyChallenge, KeyResult, KeyResultCode,
-};
+use sockmsg_wire::frame::{Frame, FrameType, KeyChallenge, KeyResult, KeyResultCode};
 use sockmsg_wire::{
-    encode_cleartext_packet, Datagram, Encode, Header, PacketFlags, PacketType, Text,
-    HEADER_LEN,
+    encode_cleartext_packet, Datagram, Encode, Header, PacketFlags, PacketType, Text, HEADER_LEN,
 };
 
 use crate::registry::{Operation, Refusal, Registry};
@@ -115,15 +112,13 @@ pub fn handle_request(
                 Frame::KeyChallenge(KeyChallenge { nonce: &nonce }),
             ))
         }
-        Frame::KeyRegister(register) => {
-            match registry.check_register(client, &register, now_ms) {
-                Ok(operation) => Action::Commit {
-                    operation,
-                    request_id,
-                },
-                Err(refusal) => refuse(refusal),
-            }
-        }
+        Frame::KeyRegister(register) => match registry.check_register(client, &register, now_ms) {
+            Ok(operation) => Action::Commit {
+                operation,
+                request_id,
+            },
+            Err(refusal) => refuse(refusal),
+        },
         Frame::KeyRotate(rotate) => match registry.check_rotate(client, &rotate, now_ms) {
             Ok(operation) => Action::Commit {
                 operation,
@@ -179,7 +174,10 @@ pub fn ok_response(request_id: u64) -> Vec<u8> {
 
 /// KEY_RESULT with a refusal's code and reason (cut to fit the field).
 pub fn refusal_response(request_id: u64, refusal: &Refusal) -> Vec<u8> {
-    let mut end = refusal.reason.len().min(sockmsg_wire::limits::MAX_REASON_LEN);
+    let mut end = refusal
+        .reason
+        .len()
+        .min(sockmsg_wire::limits::MAX_REASON_LEN);
     while !refusal.reason.is_char_boundary(end) {
         end -= 1;
     }

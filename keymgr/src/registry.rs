@@ -168,7 +168,9 @@ impl Registry {
     }
 
     pub fn records(&self) -> impl Iterator<Item = (&str, &StoredRecord)> {
-        self.records.iter().map(|(name, record)| (name.as_str(), record))
+        self.records
+            .iter()
+            .map(|(name, record)| (name.as_str(), record))
     }
 
     // ----- nonces and invites ----------------------------------------------------------
@@ -247,7 +249,12 @@ impl Registry {
             return Err(Refusal::new(KeyResultCode::NAME_TAKEN, "reserved name"));
         }
         let signed = register_signing_input(request);
-        verify_with_key(name, request.public_key.as_bytes(), &signed, request.signature)?;
+        verify_with_key(
+            name,
+            request.public_key.as_bytes(),
+            &signed,
+            request.signature,
+        )?;
         let invite = (!request.invite.is_empty()).then(|| request.invite.as_bytes().to_vec());
         let operation = Operation::Register {
             name: name.to_owned(),
@@ -327,9 +334,10 @@ impl Registry {
                 None => Ok(()),
             },
             Operation::Rotate { old_key, .. } => match current {
-                Some(record) if record.status == KeyStatus::REVOKED => {
-                    Err(Refusal::new(KeyResultCode::REVOKED, "this name's key was revoked"))
-                }
+                Some(record) if record.status == KeyStatus::REVOKED => Err(Refusal::new(
+                    KeyResultCode::REVOKED,
+                    "this name's key was revoked",
+                )),
                 Some(record) if record.public_key == *old_key => Ok(()),
                 Some(_) => Err(Refusal::new(
                     KeyResultCode::BAD_SIGNATURE,
@@ -550,9 +558,9 @@ fn verify_with_key(
     signature: Signature<'_>,
 ) -> OpResult {
     let mut keyring = RsaKeyring::new();
-    keyring.insert_der(name, public_key).map_err(|e| {
-        Refusal::new(KeyResultCode::BAD_KEY, format!("unusable public key: {e}"))
-    })?;
+    keyring
+        .insert_der(name, public_key)
+        .map_err(|e| Refusal::new(KeyResultCode::BAD_KEY, format!("unusable public key: {e}")))?;
     keyring
         .verify(name, message, signature.as_bytes())
         .map_err(|_| Refusal::new(KeyResultCode::BAD_SIGNATURE, "signature does not verify"))
@@ -572,4 +580,245 @@ pub fn fingerprint(public_key_der: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use sockmsg_wire::session::crypto::RsaSigner;
+    use sockmsg_wire::Token;
+
+    const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
+    const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
+    const CAROL_PEM: &str = include_str!("../../testdata/keys/carol.pem");
+
+    fn signer(name: &str, pem: &str) -> RsaSigner {
+        RsaSigner::from_pkcs8_pem(name, pem).expect("test key")
+    }
+
+    fn client() -> SocketAddr {
+        "127.0.0.1:40000".parse().unwrap()
+    }
+
+    fn registry(mode: RegistrationMode) -> Registry {
+        Registry::new([], [], mode, [1; 32], [2; 32])
+    }
+
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::from_seed([9; 32])
+    }
+
+    /// A registration of `name` with `key`, signed by `by`, over a nonce for `client()`.
+    fn register(
+        registry: &Registry,
+        name: &str,
+        key: &RsaSigner,
+        by: &RsaSigner,
+        invite: &[u8],
+        now_ms: u64,
+    ) -> Result<Operation, Refusal> {
+        let nonce = registry.nonce(client(), now_ms);
+        let mut request = KeyRegister {
+            name: Name::new(name).unwrap(),
+            public_key: PublicKey::new(key.public_key_der()).unwrap(),
+            nonce: &nonce,
+            invite: Token::new(invite).unwrap(),
+            signature: Signature::default(),
+        };
+        let signature = by.sign(&mut rng(), &register_signing_input(&request));
+        request.signature = Signature::new(&signature).unwrap();
+        registry.check_register(client(), &request, now_ms)
+    }
+
+    /// Plans, "commits" and applies `operations`; returns each result.
+    fn commit(registry: &mut Registry, operations: &[Operation]) -> Vec<OpResult> {
+        let manager = signer("_keymgr", CAROL_PEM);
+        let batch = registry.plan_batch(operations, 1_000, &manager, &mut rng());
+        registry.apply(batch)
+    }
+
+    #[test]
+    fn a_free_name_binds_once_and_re_registering_the_same_key_is_idempotent() {
+        let mut registry = registry(RegistrationMode::Open);
+        let alice = signer("alice", ALICE_PEM);
+        let op = register(&registry, "alice", &alice, &alice, b"", 1_000).unwrap();
+        assert_eq!(commit(&mut registry, &[op]), vec![Ok(())]);
+        let record = registry.record("alice").expect("bound");
+        assert_eq!(record.public_key, alice.public_key_der());
+        assert_eq!(record.serial, 1);
+        let again = register(&registry, "alice", &alice, &alice, b"", 2_000).unwrap();
+        assert_eq!(commit(&mut registry, &[again]), vec![Ok(())]);
+        assert_eq!(
+            registry.record("alice").unwrap().serial,
+            1,
+            "nothing rewritten"
+        );
+    }
+
+    #[test]
+    fn a_bound_name_cannot_be_squatted_and_a_forged_proof_is_refused() {
+        let mut registry = registry(RegistrationMode::Open);
+        let alice = signer("alice", ALICE_PEM);
+        let bob = signer("bob", BOB_PEM);
+        let op = register(&registry, "alice", &alice, &alice, b"", 1_000).unwrap();
+        commit(&mut registry, &[op]);
+        let squat = register(&registry, "alice", &bob, &bob, b"", 1_000).unwrap_err();
+        assert_eq!(squat.code, KeyResultCode::NAME_TAKEN);
+        // Bob's key, "proved" with Alice's signature: no proof of possession.
+        let forged = register(&registry, "bob", &bob, &alice, b"", 1_000).unwrap_err();
+        assert_eq!(forged.code, KeyResultCode::BAD_SIGNATURE);
+    }
+
+    #[test]
+    fn two_registrations_of_one_name_in_one_batch_bind_only_the_first() {
+        let mut registry = registry(RegistrationMode::Open);
+        let alice = signer("alice", ALICE_PEM);
+        let bob = signer("bob", BOB_PEM);
+        let first = register(&registry, "x", &alice, &alice, b"", 1_000).unwrap();
+        let second = register(&registry, "x", &bob, &bob, b"", 1_000).unwrap();
+        let results = commit(&mut registry, &[first, second]);
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(
+            results[1].as_ref().unwrap_err().code,
+            KeyResultCode::NAME_TAKEN
+        );
+        assert_eq!(
+            registry.record("x").unwrap().public_key,
+            alice.public_key_der()
+        );
+    }
+
+    #[test]
+    fn nonces_are_bound_to_the_client_and_expire() {
+        let registry = registry(RegistrationMode::Open);
+        let nonce = registry.nonce(client(), 1_000);
+        assert!(registry.check_nonce(client(), &nonce, 1_000).is_ok());
+        assert!(registry
+            .check_nonce(client(), &nonce, 1_000 + NONCE_LIFETIME_MS)
+            .is_ok());
+        let expired = registry.check_nonce(client(), &nonce, 1_001 + NONCE_LIFETIME_MS);
+        assert_eq!(expired.unwrap_err().code, KeyResultCode::BAD_NONCE);
+        let other: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        assert!(registry.check_nonce(other, &nonce, 1_000).is_err());
+        assert!(registry.check_nonce(client(), &[0; 32], 1_000).is_err());
+    }
+
+    #[test]
+    fn rotation_needs_the_old_key_and_revocation_is_final() {
+        let mut registry = registry(RegistrationMode::Open);
+        let alice = signer("alice", ALICE_PEM);
+        let bob = signer("bob", BOB_PEM);
+        let op = register(&registry, "alice", &alice, &alice, b"", 1_000).unwrap();
+        commit(&mut registry, &[op]);
+        let rotate = |registry: &Registry, old: &RsaSigner, new: &RsaSigner| {
+            let nonce = registry.nonce(client(), 1_000);
+            let mut request = KeyRotate {
+                name: Name::new("alice").unwrap(),
+                new_public_key: PublicKey::new(new.public_key_der()).unwrap(),
+                nonce: &nonce,
+                old_signature: Signature::default(),
+                new_signature: Signature::default(),
+            };
+            let input = rotate_signing_input(&request);
+            let old_signature = old.sign(&mut rng(), &input);
+            let new_signature = new.sign(&mut rng(), &input);
+            request.old_signature = Signature::new(&old_signature).unwrap();
+            request.new_signature = Signature::new(&new_signature).unwrap();
+            registry.check_rotate(client(), &request, 1_000)
+        };
+        // Signed by the new key only: refused.
+        assert_eq!(
+            rotate(&registry, &bob, &bob).unwrap_err().code,
+            KeyResultCode::BAD_SIGNATURE
+        );
+        let op = rotate(&registry, &alice, &bob).unwrap();
+        assert_eq!(commit(&mut registry, &[op]), vec![Ok(())]);
+        let record = registry.record("alice").unwrap();
+        assert_eq!(record.public_key, bob.public_key_der());
+        assert_eq!(record.serial, 2);
+        commit(
+            &mut registry,
+            &[Operation::Revoke {
+                name: "alice".into(),
+            }],
+        );
+        let record = registry.record("alice").unwrap();
+        assert_eq!((record.status, record.serial), (KeyStatus::REVOKED, 3));
+        assert_eq!(
+            rotate(&registry, &bob, &alice).unwrap_err().code,
+            KeyResultCode::REVOKED
+        );
+    }
+
+    #[test]
+    fn invite_mode_needs_a_valid_unused_token() {
+        let mut registry = registry(RegistrationMode::Invite);
+        let alice = signer("alice", ALICE_PEM);
+        let bob = signer("bob", BOB_PEM);
+        let none = register(&registry, "alice", &alice, &alice, b"", 1_000).unwrap_err();
+        assert_eq!(none.code, KeyResultCode::INVITE_REQUIRED);
+        let forged = Registry::mint_invite(&[7; 32], [1; 16]);
+        let bad = register(&registry, "alice", &alice, &alice, &forged, 1_000).unwrap_err();
+        assert_eq!(bad.code, KeyResultCode::INVITE_REQUIRED);
+        let token = Registry::mint_invite(&[2; 32], [1; 16]);
+        let first = register(&registry, "alice", &alice, &alice, &token, 1_000).unwrap();
+        let second = register(&registry, "bob", &bob, &bob, &token, 1_000).unwrap();
+        let results = commit(&mut registry, &[first, second]);
+        assert_eq!(results[0], Ok(()));
+        assert!(results[1].is_err(), "one token, one registration");
+        let later = register(&registry, "bob", &bob, &bob, &token, 2_000).unwrap_err();
+        assert_eq!(later.code, KeyResultCode::INVITE_REQUIRED);
+    }
+
+    #[test]
+    fn a_batch_is_signed_once_and_every_record_proves_into_its_root() {
+        let mut registry = registry(RegistrationMode::Open);
+        let keys = [signer("alice", ALICE_PEM), signer("bob", BOB_PEM)];
+        let ops: Vec<Operation> = ["a", "b", "c"]
+            .iter()
+            .zip(keys.iter().cycle())
+            .map(|(name, key)| Operation::Register {
+                name: (*name).into(),
+                public_key: key.public_key_der().to_vec(),
+                invite: None,
+            })
+            .collect();
+        commit(&mut registry, &ops);
+        let mut signatures = BTreeSet::new();
+        for name in ["a", "b", "c"] {
+            let bytes = &registry.record(name).unwrap().bytes;
+            let record = KeyRecord::decode(&mut Reader::new(bytes, 0), "r").unwrap();
+            assert_eq!(record.batch.size, 3);
+            let fields = record_fields(
+                name,
+                record.public_key.as_bytes(),
+                record.serial,
+                record.issued_at_ms,
+                record.status,
+            )
+            .unwrap();
+            let root = merkle::root_from_proof(
+                &merkle::leaf_hash(&fields),
+                u64::from(record.batch.index),
+                u64::from(record.batch.size),
+                record.batch.path.iter().copied(),
+            )
+            .expect("the proof folds into a root");
+            let manager = signer("_keymgr", CAROL_PEM);
+            let mut keyring = RsaKeyring::new();
+            keyring
+                .insert_der("_keymgr", manager.public_key_der())
+                .unwrap();
+            keyring
+                .verify(
+                    "_keymgr",
+                    &merkle::batch_signing_input(3, &root),
+                    record.signature.as_bytes(),
+                )
+                .expect("the root is signed by the manager");
+            signatures.insert(record.signature.as_bytes().to_vec());
+        }
+        assert_eq!(signatures.len(), 1, "one signature for the whole batch");
+    }
 }
