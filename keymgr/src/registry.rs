@@ -480,12 +480,13 @@ fn sign_batch(
     };
     let size = leaves.len() as u32;
     let signature = manager.sign(rng, &merkle::batch_signing_input(size, &root));
+    let proofs = merkle::inclusion_proofs(&leaves);
     fields
         .iter()
         .zip(encoded)
+        .zip(proofs)
         .enumerate()
-        .filter_map(|(index, ((name, key, serial, status), head))| {
-            let path = merkle::inclusion_proof(&leaves, index)?;
+        .filter_map(|(index, (((name, key, serial, status), head), path))| {
             let path_refs: Vec<&[u8; 32]> = path.iter().collect();
             let batch = BatchProof {
                 size,

@@ -28,22 +28,21 @@
 //!   `fsync`, so its throughput is bounded by batch size ÷ fsync latency, not 1 ÷ fsync latency.
 //! - **One process.** redb locks the file; a second key manager on the same file gets
 //!   [`StoreError::Locked`] instead of two writers corrupting each other's view.
-//! - **The file is never trusted.** Every open verifies the checksums of the whole database
-//!   ([`redb::Builder::set_check_integrity_on_open`]), because redb may otherwise panic on a
-//!   file altered outside it; every error, from a garbage file to a full disk, is a
-//!   [`StoreError`], never a panic. The database is small (one record per node), so the
-//!   check costs little at start-up.
+//! - **The file is not trusted at open.** Every open verifies the checksums of the whole
+//!   database ([`redb::Builder::set_check_integrity_on_open`]), because a plain redb open
+//!   trusts the file and may panic later on one altered outside redb (a test here shows it
+//!   does). So a garbage, truncated or damaged file is a [`StoreError`], never a panic, and
+//!   never silently altered data. The database is small (one record per node), so the check
+//!   costs little at start-up. Damage that appears while the manager runs is outside what
+//!   this check covers.
 //!
 //! [`Store`] is `Send + Sync`; reads run concurrently with a commit and see the state before
 //! or after it, never part of it. Write transactions are serialized by redb, so concurrent
 //! callers of [`Store::commit`] queue up; the server should have one committer.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// name → KEY_RECORD frame body.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -73,8 +72,8 @@ pub enum StoreError {
     Open {
         /// The database file.
         path: PathBuf,
-        /// What redb said.
-        error: DatabaseError,
+        /// What redb said (boxed: redb's errors are large, and errors are rare).
+        error: Box<DatabaseError>,
     },
     /// A file-system operation around the database failed.
     #[error("key database {}: {action}: {error}", path.display())]
@@ -95,8 +94,8 @@ pub enum StoreError {
         path: PathBuf,
         /// What we were doing.
         action: &'static str,
-        /// What redb said.
-        error: redb::Error,
+        /// What redb said (boxed: redb's errors are large, and errors are rare).
+        error: Box<redb::Error>,
     },
 }
 
@@ -144,7 +143,7 @@ impl Store {
                 }
                 error => StoreError::Open {
                     path: path.to_path_buf(),
-                    error,
+                    error: Box::new(error),
                 },
             })?;
         let store = Store {
@@ -176,9 +175,7 @@ impl Store {
         let table = txn
             .open_table(RECORDS)
             .map_err(|e| self.db_error("open table records", e))?;
-        let iter = table
-            .iter()
-            .map_err(|e| self.db_error("read records", e))?;
+        let iter = table.iter().map_err(|e| self.db_error("read records", e))?;
         let mut records = Vec::new();
         for entry in iter {
             let (name, bytes) = entry.map_err(|e| self.db_error("read records", e))?;
@@ -293,7 +290,7 @@ impl Store {
         StoreError::Db {
             path: self.path.clone(),
             action,
-            error: error.into(),
+            error: Box::new(error.into()),
         }
     }
 
@@ -308,7 +305,7 @@ impl Store {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => Path::new("."),
             };
-            File::open(dir)
+            std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|error| StoreError::Io {
                     path: self.path.clone(),
@@ -361,6 +358,12 @@ mod tests {
             name: name.to_owned(),
             bytes: bytes.to_vec(),
         }
+    }
+
+    #[test]
+    fn store_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Store>();
     }
 
     #[test]
@@ -520,10 +523,7 @@ mod tests {
             }
         }
         assert!(holding, "child did not open the database");
-        assert!(matches!(
-            Store::open(&path),
-            Err(StoreError::Locked { .. })
-        ));
+        assert!(matches!(Store::open(&path), Err(StoreError::Locked { .. })));
         drop(child);
         Store::open(&path).expect("open after the child exited");
     }
@@ -576,7 +576,10 @@ mod tests {
         let len = original.len();
         let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
         for cut in [len / 2, 4096, 600, 100] {
-            cases.push((format!("truncated to {cut}"), original[..cut.min(len)].to_vec()));
+            cases.push((
+                format!("truncated to {cut}"),
+                original[..cut.min(len)].to_vec(),
+            ));
         }
         for at in (0..len).step_by(len / 16 + 1) {
             let mut bytes = original.clone();
