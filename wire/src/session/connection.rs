@@ -617,19 +617,23 @@ impl Connection {
             State::Closed => return None,
             _ => {}
         }
-        let mut deadlines = vec![self.last_received + config.idle_timeout];
-        if !self.is_established() {
-            deadlines.push(self.handshake_started + config.handshake_timeout);
-        }
-        deadlines.extend(self.handshake_retry_at);
-        deadlines.extend(self.ack_deadline);
-        deadlines.extend(self.loss.timeout());
-        deadlines.extend(
-            self.loss
-                .silent_since()
-                .map(|since| since + config.unreachable_after),
-        );
-        deadlines.into_iter().min()
+        let handshake_deadline =
+            (!self.is_established()).then(|| self.handshake_started + config.handshake_timeout);
+        let unreachable_deadline = self
+            .loss
+            .silent_since()
+            .map(|since| since + config.unreachable_after);
+        [
+            Some(self.last_received + config.idle_timeout),
+            handshake_deadline,
+            self.handshake_retry_at,
+            self.ack_deadline,
+            self.loss.timeout(),
+            unreachable_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ----- handshake -----------------------------------------------------------------

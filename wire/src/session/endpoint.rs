@@ -253,7 +253,7 @@ impl Endpoint {
             .connections
             .iter_mut()
             .find_map(|(handle, connection)| connection.poll_event().map(|e| (*handle, e)));
-        if next.is_none() {
+        if next.is_none() && self.connections.values().any(Connection::is_closed) {
             self.forget_finished();
         }
         next
