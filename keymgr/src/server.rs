@@ -1,1 +1,795 @@
-//! (being written)
+//! The key manager's network driver: UDP and TCP on one port, around the sans-IO
+//! [`handler`](crate::handler) and [`Registry`].
+//!
+//! ```text
+//!  UDP workers ─┐                      ┌─ read ─ RwLock<Registry> ─ write ─┐
+//!  TCP conns  ──┼─ handle_request ─────┤                                   │
+//!               │   Reply / Drop       └─ Commit ─▶ mpsc ─▶ committer ─────┘
+//!               │                                   plan_batch (sign once, blocking pool)
+//!               ◀────────── reply after commit ──── Store::commit (fsync, blocking pool)
+//!                                                   Registry::apply
+//! ```
+//!
+//! - Lookups and challenges are answered from memory under a read lock.
+//! - Registrations and rotations are checked (signatures verified) by the handler, then
+//!   queued for the single committer. It takes everything queued (up to
+//!   [`ServeConfig::max_batch`]): that is the group commit; it signs the batch once,
+//!   commits it durably, applies it and only then replies. A full queue is answered at once
+//!   with `UNAVAILABLE` (retry), so overload sheds instead of piling up.
+//! - Over UDP no answer exceeds three times the request (SPEC.md §4); the handler sees to
+//!   it, and [`fit_udp`] is a last guard.
+//! - TCP: at most [`ServeConfig::max_tcp_connections`] connections (more are closed at
+//!   once); one packet at a time, each to be read whole within
+//!   [`ServeConfig::tcp_read_timeout`] of its first byte (a client trickling bytes is
+//!   dropped), at most [`ServeConfig::tcp_idle_timeout`] between packets; the first packet
+//!   that fails to decode closes the connection (SPEC.md §2).
+//! - Shutdown stops intake, lets the committer finish what was queued (so every accepted
+//!   registration is answered), then returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use rand_chacha::ChaCha20Rng;
+use sockmsg_wire::frame::{Frame, KeyResultCode};
+use sockmsg_wire::session::crypto::RsaSigner;
+use sockmsg_wire::{Datagram, DecodeError, Packet, PacketType, HEADER_LEN};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::datadir::{self, UsedInvites};
+use crate::handler::{self, Action, Transport};
+use crate::registry::{Operation, Refusal, RegistrationMode, Registry};
+use crate::store::Store;
+
+/// What [`Server::bind`] needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The data directory made by `sockmsg-keymgr init`.
+    pub data_dir: PathBuf,
+    /// UDP and TCP address (same port). Port 0 picks a free port for both.
+    pub listen: SocketAddr,
+    /// Whether registering a free name needs an invite.
+    pub registration: RegistrationMode,
+    /// Time allowed to read one TCP packet, from its first byte to its last.
+    pub tcp_read_timeout: Duration,
+    /// Time a TCP connection may stay silent between packets.
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most; more are closed at once.
+    pub max_tcp_connections: usize,
+    /// Operations in one group commit at most.
+    pub max_batch: usize,
+    /// Operations waiting for the committer at most; more are refused `UNAVAILABLE`.
+    pub commit_queue: usize,
+    /// Tasks receiving UDP datagrams.
+    pub udp_workers: usize,
+}
+
+impl ServeConfig {
+    /// The defaults: 5 s per TCP packet, 30 s idle, 256 connections, batches of 1024.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr, registration: RegistrationMode) -> Self {
+        ServeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            registration,
+            tcp_read_timeout: Duration::from_secs(5),
+            tcp_idle_timeout: Duration::from_secs(30),
+            max_tcp_connections: 256,
+            max_batch: 1024,
+            commit_queue: 8192,
+            udp_workers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(1, 8),
+        }
+    }
+}
+
+/// Maps the config file's setting to the registry's.
+pub fn registration_mode(registration: sockmsg_config::Registration) -> RegistrationMode {
+    match registration {
+        sockmsg_config::Registration::Open => RegistrationMode::Open,
+        sockmsg_config::Registration::Invite => RegistrationMode::Invite,
+    }
+}
+
+macro_rules! stats {
+    ($( $(#[$meta:meta])* $field:ident, )*) => {
+        /// Counters, updated as the server runs (relaxed atomics: for logs and tests).
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$meta])* pub $field: AtomicU64, )*
+        }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[$meta])* pub $field: u64, )*
+        }
+
+        impl Stats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// UDP datagrams received.
+    udp_datagrams,
+    /// TCP packets received whole.
+    tcp_packets,
+    /// Responses sent (UDP or TCP).
+    replies,
+    /// Responses that were a KEY_RESULT other than OK.
+    refused,
+    /// Requests not answered: not sockmsg, malformed, not a REQUEST.
+    dropped,
+    /// UDP answers replaced by a short refusal to stay within 3× the request.
+    amplification_guarded,
+    /// Operations refused `UNAVAILABLE` because the commit queue was full.
+    busy,
+    /// Operations acknowledged `OK` after their batch was committed.
+    committed,
+    /// Group commits written.
+    batches,
+    /// Group commits that failed (answered `UNAVAILABLE`).
+    commit_failures,
+    /// TCP connections accepted.
+    tcp_accepted,
+    /// TCP connections closed at once: over the connection limit.
+    tcp_rejected,
+    /// TCP connections closed because a packet took too long to arrive.
+    tcp_read_timeouts,
+    /// TCP connections closed because they stayed idle too long.
+    tcp_idle_timeouts,
+    /// TCP connections closed on a packet that failed to decode.
+    tcp_bad_packets,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A registration or rotation waiting for the committer.
+struct Pending {
+    operation: Operation,
+    request_id: u64,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// State every task shares.
+struct Shared {
+    registry: RwLock<Registry>,
+    stats: Arc<Stats>,
+    commits: mpsc::Sender<Pending>,
+    tcp_read_timeout: Duration,
+    tcp_idle_timeout: Duration,
+}
+
+impl Shared {
+    fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the registry half-changed (apply is
+        // a pair of map extends), so a poisoned lock is still usable.
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides what to do with `request`.
+    fn handle(&self, client: SocketAddr, transport: Transport, request: &[u8]) -> Action {
+        let registry = self.registry();
+        handler::handle_request(&registry, client, transport, request, datadir::now_ms())
+    }
+
+    /// Queues an operation for the committer; `Err` holds the refusal to send at once.
+    fn submit(
+        &self,
+        operation: Operation,
+        request_id: u64,
+    ) -> Result<oneshot::Receiver<Vec<u8>>, Vec<u8>> {
+        let (reply, receiver) = oneshot::channel();
+        let pending = Pending {
+            operation,
+            request_id,
+            reply,
+        };
+        match self.commits.try_send(pending) {
+            Ok(()) => Ok(receiver),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&self.stats.busy);
+                Err(unavailable(request_id, "the key manager is busy: retry shortly"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(unavailable(request_id, "the key manager is shutting down"))
+            }
+        }
+    }
+
+    /// Counts a response about to be sent.
+    fn count_reply(&self, reply: &[u8]) {
+        bump(&self.stats.replies);
+        if result_code(reply).is_some_and(|code| code != KeyResultCode::OK) {
+            bump(&self.stats.refused);
+        }
+    }
+}
+
+fn unavailable(request_id: u64, reason: &str) -> Vec<u8> {
+    handler::refusal_response(
+        request_id,
+        &Refusal {
+            code: KeyResultCode::UNAVAILABLE,
+            reason: reason.to_owned(),
+        },
+    )
+}
+
+/// The code of a KEY_RESULT response, if `reply` is one.
+fn result_code(reply: &[u8]) -> Option<KeyResultCode> {
+    let packet = Datagram::new(reply).next()?.ok()?;
+    match packet.frames().next()?.ok()? {
+        Frame::KeyResult(result) => Some(result.code),
+        _ => None,
+    }
+}
+
+/// Awaits the committer's answer to a queued operation.
+async fn commit_reply(receiver: oneshot::Receiver<Vec<u8>>, request_id: u64) -> Vec<u8> {
+    receiver.await.unwrap_or_else(|_| {
+        unavailable(request_id, "the key manager could not complete the request: retry")
+    })
+}
+
+/// Keeps a UDP answer within three times the request (SPEC.md §4). The handler already
+/// does; this guard makes sure no future answer breaks the rule: an oversized answer is
+/// replaced by a KEY_RESULT with the same code (or `BAD_REQUEST`) and a reason cut to fit.
+pub fn fit_udp(request: &[u8], reply: Vec<u8>, stats: &Stats) -> Option<Vec<u8>> {
+    let limit = request.len().saturating_mul(3);
+    if reply.len() <= limit {
+        return Some(reply);
+    }
+    bump(&stats.amplification_guarded);
+    let request_id = u64::from_be_bytes(request.get(8..16)?.try_into().ok()?);
+    let code = result_code(&reply).unwrap_or(KeyResultCode::BAD_REQUEST);
+    let room = limit.saturating_sub(HEADER_LEN + 3);
+    let reason = "pad the request or use TCP";
+    let short = handler::refusal_response(
+        request_id,
+        &Refusal {
+            code,
+            reason: reason[..reason.len().min(room)].to_owned(),
+        },
+    );
+    debug!(
+        reply = reply.len(),
+        request = request.len(),
+        "UDP answer over 3x the request: sent a short refusal instead"
+    );
+    (short.len() <= limit).then_some(short)
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    committer: Committer,
+    config: ServeConfig,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the data directory, loads the registry and binds UDP and TCP.
+    pub async fn bind(config: ServeConfig) -> Result<Server> {
+        let dir = config.data_dir.clone();
+        let data = tokio::task::spawn_blocking(move || datadir::open(&dir))
+            .await
+            .map_err(|e| anyhow!("opening the data directory failed: {e}"))??;
+        let fingerprint = data.fingerprint();
+        let nonce_secret = datadir::random_bytes()?;
+        let (registry, used_invites) = datadir::load_registry(
+            data.store(),
+            config.registration,
+            nonce_secret,
+            *data.invite_secret(),
+        )?;
+        let records = registry.records().count();
+        let (manager, invite_secret, store) = data.into_parts();
+
+        let (udp, tcp) = bind_pair(config.listen).await?;
+        let local_addr = udp.local_addr().context("UDP socket address")?;
+
+        let (commits, queue) = mpsc::channel(config.commit_queue.max(1));
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            registry: RwLock::new(registry),
+            stats,
+            commits,
+            tcp_read_timeout: config.tcp_read_timeout,
+            tcp_idle_timeout: config.tcp_idle_timeout,
+        });
+        let committer = Committer {
+            shared: Arc::clone(&shared),
+            queue,
+            store: Some(Arc::new(store)),
+            store_path: config.data_dir.join(datadir::STORE_FILE),
+            manager,
+            rng: datadir::os_rng()?,
+            used_invites,
+            max_batch: config.max_batch.max(1),
+            mode: config.registration,
+            nonce_secret,
+            invite_secret,
+        };
+        info!(
+            %local_addr,
+            data_dir = %config.data_dir.display(),
+            registration = ?config.registration,
+            records,
+            %fingerprint,
+            "key manager listening (UDP and TCP)"
+        );
+        Ok(Server {
+            udp: Arc::new(udp),
+            tcp,
+            local_addr,
+            shared,
+            committer,
+            config,
+            fingerprint,
+        })
+    }
+
+    /// The bound address (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The manager key's fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests, finishes the
+    /// registrations already accepted and returns. Fails only if a task of the server
+    /// dies unexpectedly.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (stop, stopping) = watch::channel(false);
+        let mut intake = JoinSet::new();
+        for _ in 0..self.config.udp_workers.max(1) {
+            intake.spawn(udp_worker(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.udp),
+                stopping.clone(),
+            ));
+        }
+        intake.spawn(tcp_acceptor(
+            Arc::clone(&self.shared),
+            self.tcp,
+            self.config.max_tcp_connections.max(1),
+            stopping.clone(),
+        ));
+        let mut committer = tokio::spawn(self.committer.run(stopping.clone()));
+
+        let mut committer_ended = false;
+        let outcome = tokio::select! {
+            () = shutdown => {
+                info!("shutting down: finishing the registrations already accepted");
+                Ok(())
+            }
+            ended = intake.join_next() => {
+                Err(anyhow!("a server task stopped unexpectedly: {ended:?}"))
+            }
+            ended = &mut committer => {
+                committer_ended = true;
+                Err(anyhow!("the committer stopped unexpectedly: {ended:?}"))
+            }
+        };
+        let _ = stop.send(true);
+        while intake.join_next().await.is_some() {}
+        if !committer_ended {
+            if let Err(e) = committer.await {
+                error!("the committer failed while shutting down: {e}");
+            }
+        }
+        info!("key manager stopped");
+        outcome
+    }
+}
+
+/// Binds a UDP socket and a TCP listener on the same address. With port 0, retries until
+/// the port the system gave UDP is free for TCP too.
+async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
+    let attempts = if listen.port() == 0 { 32 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind UDP {listen}"))?;
+        let addr = udp.local_addr().context("UDP socket address")?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let e = last_error.map_or_else(|| "no attempt".to_owned(), |e| e.to_string());
+    Err(anyhow!(
+        "cannot bind TCP {listen}: {e} (is another key manager running on this port?)"
+    ))
+}
+
+/// Resolves once a stop was requested (at once if it already was).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stopping: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                // E.g. ICMP port unreachable reported for an earlier reply: not ours to fix.
+                Err(e) => {
+                    debug!("UDP receive error: {e}");
+                    continue;
+                }
+            },
+        };
+        bump(&shared.stats.udp_datagrams);
+        let request = &buf[..len];
+        match shared.handle(from, Transport::Udp, request) {
+            Action::Reply(reply) => send_udp(&shared, &socket, request, reply, from).await,
+            Action::Commit {
+                operation,
+                request_id,
+            } => match shared.submit(operation, request_id) {
+                Ok(receiver) => {
+                    let (shared, socket) = (Arc::clone(&shared), Arc::clone(&socket));
+                    let request = request.to_vec();
+                    tokio::spawn(async move {
+                        let reply = commit_reply(receiver, request_id).await;
+                        send_udp(&shared, &socket, &request, reply, from).await;
+                    });
+                }
+                Err(reply) => send_udp(&shared, &socket, request, reply, from).await,
+            },
+            Action::Drop { reason } => {
+                bump(&shared.stats.dropped);
+                debug!(%from, len, reason, "UDP datagram dropped");
+            }
+        }
+    }
+}
+
+async fn send_udp(shared: &Shared, socket: &UdpSocket, request: &[u8], reply: Vec<u8>, to: SocketAddr) {
+    let Some(reply) = fit_udp(request, reply, &shared.stats) else {
+        return;
+    };
+    shared.count_reply(&reply);
+    if let Err(e) = socket.send_to(&reply, to).await {
+        debug!(%to, "UDP send failed: {e}");
+    }
+}
+
+async fn tcp_acceptor(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    max_connections: usize,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => {
+                        bump(&shared.stats.tcp_accepted);
+                        let shared = Arc::clone(&shared);
+                        let stopping = stopping.clone();
+                        connections.spawn(async move {
+                            let reason = connection(&shared, stream, peer, stopping).await;
+                            debug!(%peer, reason, "TCP connection closed");
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        bump(&shared.stats.tcp_rejected);
+                        debug!(%peer, "TCP connection refused: connection limit reached");
+                        drop(stream);
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    warn!("TCP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    // Connections notice the stop between packets; give those mid-request a moment.
+    let drained = timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// The payload length announced by a packet header, or `None` if the header fails to
+/// decode or is not a REQUEST.
+fn request_payload_len(header: &[u8; HEADER_LEN]) -> Option<usize> {
+    if header[3] != PacketType::REQUEST.0 {
+        return None;
+    }
+    match Packet::parse(header, 0) {
+        // The header is sound and its payload is still to come.
+        Err(DecodeError::Truncated {
+            field: "payload", ..
+        }) => Some(usize::from(u16::from_be_bytes([header[6], header[7]]))),
+        _ => None,
+    }
+}
+
+/// Serves one TCP connection; returns why it ended.
+async fn connection(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut stopping: watch::Receiver<bool>,
+) -> &'static str {
+    let _ = stream.set_nodelay(true);
+    let mut packet = Vec::with_capacity(2048);
+    loop {
+        packet.clear();
+        packet.resize(HEADER_LEN, 0);
+        // Between packets: wait for the first byte, up to the idle timeout.
+        let first = tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => return "shutting down",
+            read = timeout(shared.tcp_idle_timeout, stream.read(&mut packet[..1])) => read,
+        };
+        match first {
+            Err(_) => {
+                bump(&shared.stats.tcp_idle_timeouts);
+                return "idle timeout";
+            }
+            Ok(Ok(0)) => return "closed by the client",
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "read error",
+        }
+        // The rest of the packet must follow within the read timeout.
+        let deadline = Instant::now() + shared.tcp_read_timeout;
+        let header = match timeout_at(deadline, stream.read_exact(&mut packet[1..HEADER_LEN])).await {
+            Err(_) => {
+                bump(&shared.stats.tcp_read_timeouts);
+                return "read timeout";
+            }
+            Ok(Err(_)) => return "closed mid-packet",
+            Ok(Ok(_)) => {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&packet[..HEADER_LEN]);
+                header
+            }
+        };
+        let Some(payload_len) = request_payload_len(&header) else {
+            bump(&shared.stats.tcp_bad_packets);
+            bump(&shared.stats.dropped);
+            return "undecodable header";
+        };
+        packet.resize(HEADER_LEN + payload_len, 0);
+        match timeout_at(deadline, stream.read_exact(&mut packet[HEADER_LEN..])).await {
+            Err(_) => {
+                bump(&shared.stats.tcp_read_timeouts);
+                return "read timeout";
+            }
+            Ok(Err(_)) => return "closed mid-packet",
+            Ok(Ok(_)) => {}
+        }
+        bump(&shared.stats.tcp_packets);
+        let reply = match shared.handle(peer, Transport::Tcp, &packet) {
+            Action::Reply(reply) => reply,
+            Action::Commit {
+                operation,
+                request_id,
+            } => match shared.submit(operation, request_id) {
+                Ok(receiver) => commit_reply(receiver, request_id).await,
+                Err(reply) => reply,
+            },
+            Action::Drop { reason } => {
+                bump(&shared.stats.tcp_bad_packets);
+                bump(&shared.stats.dropped);
+                debug!(%peer, reason, "TCP packet dropped: closing the connection");
+                return "undecodable packet";
+            }
+        };
+        shared.count_reply(&reply);
+        // A client that does not read its answers is dropped like one that does not write.
+        match timeout(shared.tcp_read_timeout, stream.write_all(&reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return "write error",
+            Err(_) => return "write timeout",
+        }
+    }
+}
+
+/// The single writer: group commits.
+struct Committer {
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Pending>,
+    /// `None` after a failed commit until the database is reopened.
+    store: Option<Arc<Store>>,
+    store_path: PathBuf,
+    manager: Arc<RsaSigner>,
+    rng: ChaCha20Rng,
+    used_invites: UsedInvites,
+    max_batch: usize,
+    mode: RegistrationMode,
+    nonce_secret: [u8; 32],
+    invite_secret: [u8; 32],
+}
+
+impl Committer {
+    async fn run(mut self, mut stopping: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut closing = false;
+        loop {
+            let received = if closing {
+                self.queue.recv_many(&mut batch, self.max_batch).await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut stopping) => {
+                        // Take no more; what is queued is still committed and answered.
+                        self.queue.close();
+                        closing = true;
+                        continue;
+                    }
+                    received = self.queue.recv_many(&mut batch, self.max_batch) => received,
+                }
+            };
+            if received == 0 {
+                return;
+            }
+            self.commit(&mut batch).await;
+        }
+    }
+
+    /// Plans, commits, applies and answers `batch` (left empty).
+    async fn commit(&mut self, batch: &mut Vec<Pending>) {
+        let operations: Vec<Operation> = batch.iter().map(|p| p.operation.clone()).collect();
+        let replies = match self.write(operations).await {
+            Ok(results) => results
+                .into_iter()
+                .zip(batch.iter())
+                .map(|(result, pending)| match result {
+                    Ok(()) => {
+                        bump(&self.shared.stats.committed);
+                        handler::ok_response(pending.request_id)
+                    }
+                    Err(refusal) => handler::refusal_response(pending.request_id, &refusal),
+                })
+                .collect(),
+            Err(e) => {
+                bump(&self.shared.stats.commit_failures);
+                error!("group commit of {} operation(s) failed: {e:#}", batch.len());
+                self.recover().await;
+                batch
+                    .iter()
+                    .map(|p| unavailable(p.request_id, "the key database could not be written: retry later"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        for (pending, reply) in batch.drain(..).zip(replies) {
+            // The requester may have gone (connection closed): nothing to do then.
+            let _ = pending.reply.send(reply);
+        }
+    }
+
+    /// Signs `operations` as one batch, commits it durably and applies it. Returns one
+    /// result per operation.
+    async fn write(&mut self, operations: Vec<Operation>) -> Result<Vec<Result<(), Refusal>>> {
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| anyhow!("the key database is not open"))?;
+        let count = operations.len();
+        let shared = Arc::clone(&self.shared);
+        let manager = Arc::clone(&self.manager);
+        let mut rng = self.rng.clone();
+        let now = datadir::now_ms();
+        // RSA signing: milliseconds of CPU, off the async workers.
+        let (mut planned, rng) = tokio::task::spawn_blocking(move || {
+            let planned = shared
+                .registry()
+                .plan_batch(&operations, now, &*manager, &mut rng);
+            (planned, rng)
+        })
+        .await
+        .map_err(|e| anyhow!("signing the batch failed: {e}"))?;
+        // Never reuse randomness: the clone given away has advanced.
+        self.rng = rng;
+        let used_invites = self.used_invites.extend_batch(&mut planned.writes);
+        if !planned.writes.is_empty() {
+            let planned_writes = std::mem::take(&mut planned.writes);
+            let writes = tokio::task::spawn_blocking(move || {
+                store.commit(&planned_writes).map(|()| planned_writes)
+            })
+            .await
+            .map_err(|e| anyhow!("the commit task failed: {e}"))??;
+            planned.writes = writes;
+            bump(&self.shared.stats.batches);
+        }
+        if let Some(used) = used_invites {
+            self.used_invites = used;
+        }
+        let results = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(planned);
+        debug!(operations = count, "group commit done");
+        Ok(results)
+    }
+
+    /// After a failed commit the database refuses writes and may or may not hold the
+    /// batch: reopen it and reload the registry from what is really on disk.
+    async fn recover(&mut self) {
+        self.store = None;
+        let path = self.store_path.clone();
+        let (mode, nonce_secret, invite_secret) = (self.mode, self.nonce_secret, self.invite_secret);
+        let reopened = tokio::task::spawn_blocking(move || -> Result<_> {
+            let store = Store::open(&path)?;
+            let (registry, used) = datadir::load_registry(&store, mode, nonce_secret, invite_secret)?;
+            Ok((store, registry, used))
+        })
+        .await;
+        match reopened {
+            Ok(Ok((store, registry, used))) => {
+                *self.shared.registry.write().unwrap_or_else(|e| e.into_inner()) = registry;
+                self.used_invites = used;
+                self.store = Some(Arc::new(store));
+                info!("key database reopened after a failed commit");
+            }
+            Ok(Err(e)) => error!("cannot reopen the key database: {e:#}; registrations are refused until it can be"),
+            Err(e) => error!("cannot reopen the key database: {e}"),
+        }
+    }
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
