@@ -351,10 +351,12 @@ impl KeymgrClient {
             Ok(request) => request,
             Err(e) => return Some(Err(e)),
         };
-        let local: SocketAddr = if self.server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
+        // A loopback manager is reached from loopback; else let routing pick the source.
+        let local: SocketAddr = match (self.server.is_ipv4(), self.server.ip().is_loopback()) {
+            (true, true) => (Ipv4Addr::LOCALHOST, 0).into(),
+            (true, false) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (false, true) => (Ipv6Addr::LOCALHOST, 0).into(),
+            (false, false) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = match UdpSocket::bind(local).await {
             Ok(socket) => socket,
