@@ -30,7 +30,7 @@ use sockmsg_wire::{Decode as _, Reader};
 use crate::registry::{
     self, Operation, RegistrationMode, Registry, StoredRecord, INVITE_LEN, MANAGER_NAME,
 };
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Store, StoreError};
 
 /// The manager's private key.
 pub const MANAGER_KEY_FILE: &str = "manager.pem";
@@ -42,13 +42,6 @@ pub const STORE_FILE: &str = "keys.redb";
 pub const DEFAULT_KEY_BITS: usize = 3072;
 /// Accepted manager key sizes (as `sockmsg-config` and the wire crate accept).
 pub const KEY_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
-
-/// Meta entry mirroring the used invite ids (16 bytes each, concatenated).
-///
-/// [`Store`] has a `used_invites` table but no way to list it, and the registry needs every
-/// used id at start-up; until the store can list them, the committer keeps this entry up to
-/// date in the same transaction as the `InviteUsed` writes (see [`UsedInvites`]).
-pub const USED_INVITES_META: &str = "used_invite_ids";
 
 /// The user's default data directory for the key manager:
 /// `$XDG_DATA_HOME/sockmsg/keymgr`, else `~/.local/share/sockmsg/keymgr`.
@@ -301,8 +294,8 @@ pub fn load_manager_key(dir: &Path) -> Result<RsaSigner> {
     check_dir(dir)?;
     let path = dir.join(MANAGER_KEY_FILE);
     let pem = read_secret(&path, dir)?;
-    let pem = std::str::from_utf8(&pem)
-        .map_err(|_| anyhow!("{} is not a PEM file", path.display()))?;
+    let pem =
+        std::str::from_utf8(&pem).map_err(|_| anyhow!("{} is not a PEM file", path.display()))?;
     RsaSigner::from_pkcs8_pem(MANAGER_NAME, pem)
         .map_err(|e| anyhow!("{}: unusable manager key: {e}", path.display()))
 }
@@ -335,9 +328,9 @@ pub fn mint_invite(dir: &Path) -> Result<[u8; INVITE_LEN]> {
 
 fn open_store(dir: &Path) -> Result<Store> {
     Store::open(&dir.join(STORE_FILE)).map_err(|e| match e {
-        StoreError::Locked { .. } => anyhow!(
-            "{e}. Stop the running key manager first (or use it over the network)."
-        ),
+        StoreError::Locked { .. } => {
+            anyhow!("{e}. Stop it first: this command needs the key database to itself.")
+        }
         e => anyhow!(e),
     })
 }
@@ -411,7 +404,7 @@ impl DataDir {
     }
 
     /// The registry as stored, with a fresh nonce secret.
-    pub fn registry(&self, mode: RegistrationMode) -> Result<(Registry, UsedInvites)> {
+    pub fn registry(&self, mode: RegistrationMode) -> Result<Registry> {
         load_registry(&self.store, mode, random_bytes()?, self.invite_secret)
     }
 
@@ -440,7 +433,7 @@ impl DataDir {
         if name == MANAGER_NAME {
             bail!("{MANAGER_NAME} is the manager's own key: it cannot be revoked, only replaced by a new init");
         }
-        let (registry, _) = self.registry(RegistrationMode::Open)?;
+        let registry = self.registry(RegistrationMode::Open)?;
         match registry.record(name) {
             None => bail!("no key is registered under the name {name:?}"),
             Some(record) if record.status == KeyStatus::REVOKED => {
@@ -465,74 +458,25 @@ impl DataDir {
     }
 }
 
-/// Builds the registry from what `store` holds.
+/// Builds the registry from what `store` holds: every record and every used invite.
 pub fn load_registry(
     store: &Store,
     mode: RegistrationMode,
     nonce_secret: [u8; 32],
     invite_secret: [u8; 32],
-) -> Result<(Registry, UsedInvites)> {
+) -> Result<Registry> {
     let mut records = Vec::new();
     for (name, bytes) in store.load_records()? {
         let record = StoredRecord::decode(bytes)
             .ok_or_else(|| anyhow!("the stored record of {name:?} is damaged"))?;
         records.push(record);
     }
-    let used = UsedInvites::load(store)?;
-    let registry = Registry::new(
+    let used_invites = store.load_used_invites()?;
+    Ok(Registry::new(
         records,
-        used.ids.iter().cloned(),
+        used_invites,
         mode,
         nonce_secret,
         invite_secret,
-    );
-    Ok((registry, used))
-}
-
-/// The ids of the used invite tokens, as the committer mirrors them in the meta entry
-/// [`USED_INVITES_META`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UsedInvites {
-    ids: Vec<Vec<u8>>,
-}
-
-impl UsedInvites {
-    /// The ids recorded in `store`.
-    pub fn load(store: &Store) -> Result<UsedInvites> {
-        let bytes = store.meta(USED_INVITES_META)?.unwrap_or_default();
-        if bytes.len() % 16 != 0 {
-            bail!("the list of used invites in the key database is damaged");
-        }
-        Ok(UsedInvites {
-            ids: bytes.chunks(16).map(<[u8]>::to_vec).collect(),
-        })
-    }
-
-    pub fn ids(&self) -> &[Vec<u8>] {
-        &self.ids
-    }
-
-    /// If `writes` use invites, appends the meta write that records them along with the
-    /// earlier ones, and returns the list to adopt once the batch is committed.
-    pub fn extend_batch(&self, writes: &mut Vec<Write>) -> Option<UsedInvites> {
-        let new: Vec<Vec<u8>> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::InviteUsed { id, .. } if id.len() == 16 && !self.ids.contains(id) => {
-                    Some(id.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        if new.is_empty() {
-            return None;
-        }
-        let mut ids = self.ids.clone();
-        ids.extend(new);
-        writes.push(Write::Meta {
-            key: USED_INVITES_META.to_owned(),
-            value: ids.concat(),
-        });
-        Some(UsedInvites { ids })
-    }
+    ))
 }

@@ -94,13 +94,11 @@ pub fn handle_request(
                 ),
             };
             if reply.len() > limit {
+                // Short on purpose: even this refusal must fit within 3x the smallest
+                // possible lookup (SPEC.md §4).
                 return refuse(Refusal {
                     code: KeyResultCode::BAD_REQUEST,
-                    reason: format!(
-                        "the answer is {} bytes: pad the request to {} bytes or use TCP",
-                        reply.len(),
-                        reply.len().div_ceil(3)
-                    ),
+                    reason: "pad or use TCP".into(),
                 });
             }
             Action::Reply(reply)

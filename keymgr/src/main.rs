@@ -138,12 +138,19 @@ fn data_dir(arg: &DataDirArg, config: &Config) -> Result<PathBuf> {
 fn run(cli: Cli) -> Result<()> {
     let config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Init { data_dir: arg, bits } => {
+        Command::Init {
+            data_dir: arg,
+            bits,
+        } => {
             let dir = data_dir(&arg, &config)?;
             let bits = match bits {
                 Some(bits) => bits,
                 None => usize::try_from(config.keymgr.key_bits)?,
             };
+            if dir.join(datadir::MANAGER_KEY_FILE).exists() {
+                // init refuses too; say so before promising a key.
+                return datadir::init(&dir, bits).map(drop);
+            }
             eprintln!("generating a {bits}-bit RSA key for the key manager (this may take a few seconds)...");
             let fingerprint = datadir::init(&dir, bits)?;
             eprintln!("initialised {}", dir.display());
@@ -174,7 +181,9 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data_dir(&arg, &config)?;
             let token = datadir::mint_invite(&dir)?;
             println!("{}", hex(&token));
-            eprintln!("one-time invite: a node registers with it once (serve --registration invite)");
+            eprintln!(
+                "one-time invite: a node registers with it once (serve --registration invite)"
+            );
             Ok(())
         }
         Command::List { data_dir: arg } => {
@@ -265,4 +274,3 @@ fn utc(ms: u64) -> String {
         rem % 60
     )
 }
-

@@ -1,5 +1,5 @@
 //! The key manager's network driver: UDP and TCP on one port, around the sans-IO
-//! [`handler`](crate::handler) and [`Registry`].
+//! [`crate::handler`] and [`Registry`].
 //!
 //! ```text
 //!  UDP workers ─┐                      ┌─ read ─ RwLock<Registry> ─ write ─┐
@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, error, info, warn};
 
-use crate::datadir::{self, UsedInvites};
+use crate::datadir;
 use crate::handler::{self, Action, Transport};
 use crate::registry::{Operation, Refusal, RegistrationMode, Registry};
 use crate::store::Store;
@@ -75,7 +75,11 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// The defaults: 5 s per TCP packet, 30 s idle, 256 connections, batches of 1024.
-    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr, registration: RegistrationMode) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        registration: RegistrationMode,
+    ) -> Self {
         ServeConfig {
             data_dir: data_dir.into(),
             listen,
@@ -204,7 +208,10 @@ impl Shared {
             Ok(()) => Ok(receiver),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&self.stats.busy);
-                Err(unavailable(request_id, "the key manager is busy: retry shortly"))
+                Err(unavailable(
+                    request_id,
+                    "the key manager is busy: retry shortly",
+                ))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Err(unavailable(request_id, "the key manager is shutting down"))
@@ -243,7 +250,10 @@ fn result_code(reply: &[u8]) -> Option<KeyResultCode> {
 /// Awaits the committer's answer to a queued operation.
 async fn commit_reply(receiver: oneshot::Receiver<Vec<u8>>, request_id: u64) -> Vec<u8> {
     receiver.await.unwrap_or_else(|_| {
-        unavailable(request_id, "the key manager could not complete the request: retry")
+        unavailable(
+            request_id,
+            "the key manager could not complete the request: retry",
+        )
     })
 }
 
@@ -304,7 +314,7 @@ impl Server {
             .map_err(|e| anyhow!("opening the data directory failed: {e}"))??;
         let fingerprint = data.fingerprint();
         let nonce_secret = datadir::random_bytes()?;
-        let (registry, used_invites) = datadir::load_registry(
+        let registry = datadir::load_registry(
             data.store(),
             config.registration,
             nonce_secret,
@@ -332,7 +342,6 @@ impl Server {
             store_path: config.data_dir.join(datadir::STORE_FILE),
             manager,
             rng: datadir::os_rng()?,
-            used_invites,
             max_batch: config.max_batch.max(1),
             mode: config.registration,
             nonce_secret,
@@ -425,9 +434,9 @@ async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
     let attempts = if listen.port() == 0 { 32 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .with_context(|| format!("cannot bind UDP {listen}"))?;
+        let udp = UdpSocket::bind(listen).await.with_context(|| {
+            format!("cannot bind UDP {listen} (is another key manager running on this port?)")
+        })?;
         let addr = udp.local_addr().context("UDP socket address")?;
         match TcpListener::bind(addr).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -446,7 +455,11 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stopping: watch::Receiver<bool>) {
+async fn udp_worker(
+    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let (len, from) = tokio::select! {
@@ -487,7 +500,13 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, mut stopping: w
     }
 }
 
-async fn send_udp(shared: &Shared, socket: &UdpSocket, request: &[u8], reply: Vec<u8>, to: SocketAddr) {
+async fn send_udp(
+    shared: &Shared,
+    socket: &UdpSocket,
+    request: &[u8],
+    reply: Vec<u8>,
+    to: SocketAddr,
+) {
     let Some(reply) = fit_udp(request, reply, &shared.stats) else {
         return;
     };
@@ -590,7 +609,8 @@ async fn connection(
         }
         // The rest of the packet must follow within the read timeout.
         let deadline = Instant::now() + shared.tcp_read_timeout;
-        let header = match timeout_at(deadline, stream.read_exact(&mut packet[1..HEADER_LEN])).await {
+        let header = match timeout_at(deadline, stream.read_exact(&mut packet[1..HEADER_LEN])).await
+        {
             Err(_) => {
                 bump(&shared.stats.tcp_read_timeouts);
                 return "read timeout";
@@ -652,7 +672,6 @@ struct Committer {
     store_path: PathBuf,
     manager: Arc<RsaSigner>,
     rng: ChaCha20Rng,
-    used_invites: UsedInvites,
     max_batch: usize,
     mode: RegistrationMode,
     nonce_secret: [u8; 32],
@@ -706,7 +725,12 @@ impl Committer {
                 self.recover().await;
                 batch
                     .iter()
-                    .map(|p| unavailable(p.request_id, "the key database could not be written: retry later"))
+                    .map(|p| {
+                        unavailable(
+                            p.request_id,
+                            "the key database could not be written: retry later",
+                        )
+                    })
                     .collect::<Vec<_>>()
             }
         };
@@ -729,29 +753,36 @@ impl Committer {
         let mut rng = self.rng.clone();
         let now = datadir::now_ms();
         // RSA signing: milliseconds of CPU, off the async workers.
-        let (mut planned, rng) = tokio::task::spawn_blocking(move || {
+        let planned = tokio::task::spawn_blocking(move || {
             let planned = shared
                 .registry()
                 .plan_batch(&operations, now, &*manager, &mut rng);
             (planned, rng)
         })
-        .await
-        .map_err(|e| anyhow!("signing the batch failed: {e}"))?;
-        // Never reuse randomness: the clone given away has advanced.
+        .await;
+        // Never reuse randomness: take back the generator that advanced, or reseed.
+        let (mut planned, rng) = match planned {
+            Ok(planned) => planned,
+            Err(e) => {
+                match datadir::os_rng() {
+                    Ok(rng) => self.rng = rng,
+                    // A stream the lost copy never touched.
+                    Err(_) => {
+                        let stream = self.rng.get_stream().wrapping_add(1);
+                        self.rng.set_stream(stream);
+                    }
+                }
+                return Err(anyhow!("signing the batch failed: {e}"));
+            }
+        };
         self.rng = rng;
-        let used_invites = self.used_invites.extend_batch(&mut planned.writes);
         if !planned.writes.is_empty() {
-            let planned_writes = std::mem::take(&mut planned.writes);
-            let writes = tokio::task::spawn_blocking(move || {
-                store.commit(&planned_writes).map(|()| planned_writes)
-            })
-            .await
-            .map_err(|e| anyhow!("the commit task failed: {e}"))??;
-            planned.writes = writes;
+            // Durable before anything is applied or acknowledged.
+            let writes = std::mem::take(&mut planned.writes);
+            tokio::task::spawn_blocking(move || store.commit(&writes))
+                .await
+                .map_err(|e| anyhow!("the commit task failed: {e}"))??;
             bump(&self.shared.stats.batches);
-        }
-        if let Some(used) = used_invites {
-            self.used_invites = used;
         }
         let results = self
             .shared
@@ -768,21 +799,27 @@ impl Committer {
     async fn recover(&mut self) {
         self.store = None;
         let path = self.store_path.clone();
-        let (mode, nonce_secret, invite_secret) = (self.mode, self.nonce_secret, self.invite_secret);
+        let (mode, nonce_secret, invite_secret) =
+            (self.mode, self.nonce_secret, self.invite_secret);
         let reopened = tokio::task::spawn_blocking(move || -> Result<_> {
             let store = Store::open(&path)?;
-            let (registry, used) = datadir::load_registry(&store, mode, nonce_secret, invite_secret)?;
-            Ok((store, registry, used))
+            let registry = datadir::load_registry(&store, mode, nonce_secret, invite_secret)?;
+            Ok((store, registry))
         })
         .await;
         match reopened {
-            Ok(Ok((store, registry, used))) => {
-                *self.shared.registry.write().unwrap_or_else(|e| e.into_inner()) = registry;
-                self.used_invites = used;
+            Ok(Ok((store, registry))) => {
+                *self
+                    .shared
+                    .registry
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = registry;
                 self.store = Some(Arc::new(store));
                 info!("key database reopened after a failed commit");
             }
-            Ok(Err(e)) => error!("cannot reopen the key database: {e:#}; registrations are refused until it can be"),
+            Ok(Err(e)) => error!(
+                "cannot reopen the key database: {e:#}; registrations are refused until it can be"
+            ),
             Err(e) => error!("cannot reopen the key database: {e}"),
         }
     }
@@ -793,3 +830,65 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()>) -> R
     Server::bind(config).await?.run(shutdown).await
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(id: u64, payload_len: usize) -> Vec<u8> {
+        let mut bytes = sockmsg_wire::Header::new(
+            PacketType::REQUEST,
+            sockmsg_wire::PacketFlags::empty(),
+            id,
+            0,
+            payload_len as u16,
+        )
+        .as_wire_bytes()
+        .to_vec();
+        bytes.resize(HEADER_LEN + payload_len, 0);
+        bytes
+    }
+
+    #[test]
+    fn udp_answers_stay_within_three_times_the_request() {
+        let stats = Stats::default();
+        let request = packet(7, 1);
+        // Small enough: unchanged.
+        let small = handler::ok_response(7);
+        assert_eq!(fit_udp(&request, small.clone(), &stats), Some(small));
+        // Too large: a short refusal with the same code and request id.
+        let big = handler::refusal_response(
+            7,
+            &Refusal {
+                code: KeyResultCode::NOT_FOUND,
+                reason: "x".repeat(200),
+            },
+        );
+        let fitted = fit_udp(&request, big, &stats).expect("a short answer");
+        assert!(fitted.len() <= 3 * request.len());
+        assert_eq!(result_code(&fitted), Some(KeyResultCode::NOT_FOUND));
+        assert_eq!(fitted[8..16], 7u64.to_be_bytes());
+        assert_eq!(stats.snapshot().amplification_guarded, 1);
+    }
+
+    #[test]
+    fn tcp_headers_are_checked_before_the_payload_is_read() {
+        let good = packet(1, 300);
+        let header: [u8; HEADER_LEN] = good[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(request_payload_len(&header), Some(300));
+        let mut bad = header;
+        bad[0] = b'X';
+        assert_eq!(request_payload_len(&bad), None, "magic");
+        let mut bad = header;
+        bad[2] = 2;
+        assert_eq!(request_payload_len(&bad), None, "version");
+        let mut bad = header;
+        bad[3] = PacketType::RESPONSE.0;
+        assert_eq!(request_payload_len(&bad), None, "not a request");
+        let mut bad = header;
+        bad[5] = 1;
+        assert_eq!(request_payload_len(&bad), None, "reserved byte");
+        let mut bad = header;
+        bad[6..8].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(request_payload_len(&bad), None, "empty payload");
+    }
+}

@@ -184,6 +184,24 @@ impl Store {
         Ok(records)
     }
 
+    /// The ids of every used invite token, in byte order, to load into memory at
+    /// start-up (the registry refuses a token whose id it holds).
+    pub fn load_used_invites(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn
+            .open_table(USED_INVITES)
+            .map_err(|e| self.db_error("open table used_invites", e))?;
+        let iter = table
+            .iter()
+            .map_err(|e| self.db_error("read used invites", e))?;
+        let mut ids = Vec::new();
+        for entry in iter {
+            let (id, _) = entry.map_err(|e| self.db_error("read used invites", e))?;
+            ids.push(id.value().to_vec());
+        }
+        Ok(ids)
+    }
+
     /// The stored KEY_RECORD frame body of `name`, if any.
     pub fn record(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
@@ -402,6 +420,10 @@ mod tests {
         );
         assert_eq!(store.record("carol").expect("read"), None);
         assert!(store.invite_used(&[1, 2, 3]).expect("read"));
+        assert_eq!(
+            store.load_used_invites().expect("load"),
+            vec![vec![1, 2, 3]]
+        );
         assert!(!store.invite_used(&[1, 2]).expect("read"));
         assert!(!store.invite_used(&[]).expect("read"));
         assert_eq!(
