@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,20 +24,21 @@ use sockmsg_wire::frame::{
 use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
 use sockmsg_wire::session::streams::{RecvBuffer, SendQueue};
 use sockmsg_wire::session::{
-    CloseReason, ConnectionHandle, ConnectionStats, Endpoint, EndpointStats, Event, PeerKeys,
-    RsaKeyring, RsaSigner, SendError, SessionConfig, Signer,
+    CloseReason, ConnectionHandle, ConnectionStats, EndpointStats, Event, PeerKeys, RsaKeyring,
+    RsaSigner, SendError, SessionConfig, Signer,
 };
 use sockmsg_wire::{
     encode_cleartext_packet, Datagram, Frame, Name, PacketType, Signature, Token, HEADER_LEN,
 };
+
+mod common;
+use common::{Peer, GROUP};
 
 const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
 const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
 const MALLORY_PEM: &str = include_str!("../../testdata/keys/mallory.pem");
 const ALICE_PUB: &str = include_str!("../../testdata/keys/alice.pub.pem");
 const BOB_PUB: &str = include_str!("../../testdata/keys/bob.pub.pem");
-
-const GROUP: &str = "lobby";
 
 /// SPEC.md §4: an INITIAL datagram is padded to at least this many bytes.
 const MIN_INITIAL: usize = 1200;
@@ -55,199 +56,6 @@ fn carol_addr() -> SocketAddr {
 }
 
 // ----- the node wrapper -------------------------------------------------------------------
-
-/// An endpoint with everything it reported, received and sent, and the last counters of
-/// each of its connections (an endpoint forgets a closed connection once its events are
-/// drained, so they are snapshotted before every drain).
-struct Peer {
-    endpoint: Endpoint,
-    events: Vec<(ConnectionHandle, Event)>,
-    received: Vec<(SocketAddr, Vec<u8>)>,
-    sent: Vec<(SocketAddr, Vec<u8>)>,
-    last_stats: BTreeMap<ConnectionHandle, ConnectionStats>,
-    /// While set, the application does not take events (and so not messages) out.
-    hold_events: bool,
-}
-
-fn endpoint_seed(name: &str, seed: u64) -> [u8; 32] {
-    let mut rng_seed = [0; 32];
-    rng_seed[..8].copy_from_slice(&seed.to_be_bytes());
-    rng_seed[8] = name.len() as u8;
-    rng_seed[9..9 + name.len()].copy_from_slice(name.as_bytes());
-    rng_seed
-}
-
-impl Peer {
-    fn with(
-        seed_name: &str,
-        seed: u64,
-        now: Instant,
-        config: SessionConfig,
-        signer: Arc<dyn Signer>,
-        keys: Arc<dyn PeerKeys>,
-    ) -> Self {
-        Peer {
-            endpoint: Endpoint::new(
-                config,
-                GROUP,
-                signer,
-                keys,
-                endpoint_seed(seed_name, seed),
-                now,
-            ),
-            events: Vec::new(),
-            received: Vec::new(),
-            sent: Vec::new(),
-            last_stats: BTreeMap::new(),
-            hold_events: false,
-        }
-    }
-
-    /// Signs as `name` with the test signer; trusts alice, bob and carol.
-    fn test(name: &str, seed: u64, now: Instant, config: SessionConfig) -> Self {
-        Self::with(
-            name,
-            seed,
-            now,
-            config,
-            Arc::new(TestSigner::new(name)),
-            Arc::new(TestKeys::with_names(["alice", "bob", "carol"])),
-        )
-    }
-
-    fn after_input(&mut self) {
-        for (handle, connection) in self.endpoint.connections() {
-            self.last_stats.insert(handle, connection.stats());
-        }
-        if self.hold_events {
-            return;
-        }
-        while let Some(event) = self.endpoint.poll_event() {
-            self.events.push(event);
-        }
-    }
-
-    /// The live counters of a connection, or the last ones seen if it is gone.
-    fn stats(&self, handle: ConnectionHandle) -> ConnectionStats {
-        match self.endpoint.connection(handle) {
-            Some(connection) => connection.stats(),
-            None => self.last_stats[&handle],
-        }
-    }
-
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.events
-            .iter()
-            .filter_map(|(_, event)| match event {
-                Event::Message { data, .. } => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn messages_of(&self, class: MessageClass) -> Vec<Vec<u8>> {
-        self.events
-            .iter()
-            .filter_map(|(_, event)| match event {
-                Event::Message { class: c, data } if *c == class => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn count_message(&self, data: &[u8]) -> usize {
-        self.messages()
-            .iter()
-            .filter(|m| m.as_slice() == data)
-            .count()
-    }
-
-    /// The handle of the connection that reported `Connected { peer }`.
-    fn connected_to(&self, peer: &str) -> Option<ConnectionHandle> {
-        self.events.iter().find_map(|(handle, event)| match event {
-            Event::Connected { peer: p } if p == peer => Some(*handle),
-            _ => None,
-        })
-    }
-
-    fn connected_count(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|(_, e)| matches!(e, Event::Connected { .. }))
-            .count()
-    }
-
-    fn closes(&self) -> Vec<(ConnectionHandle, CloseReason)> {
-        self.events
-            .iter()
-            .filter_map(|(handle, event)| match event {
-                Event::Closed(reason) => Some((*handle, reason.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn acked_count(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|(_, e)| matches!(e, Event::Acked(_)))
-            .count()
-    }
-
-    /// Every drop counter of the endpoint and of all its connections (live or gone).
-    fn drop_total(&self) -> u64 {
-        let mut stats = self.last_stats.clone();
-        for (handle, connection) in self.endpoint.connections() {
-            stats.insert(handle, connection.stats());
-        }
-        endpoint_drops(&self.endpoint.stats()) + stats.values().map(connection_drops).sum::<u64>()
-    }
-}
-
-impl Node for Peer {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        self.received.push((from, datagram.to_vec()));
-        self.endpoint.handle_datagram(now, from, datagram);
-
-        self.after_input();
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.endpoint.handle_timeout(now);
-        self.after_input();
-    }
-
-    fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        let transmit = self.endpoint.poll_transmit(now)?;
-        self.sent
-            .push((transmit.destination, transmit.contents.clone()));
-        Some((transmit.destination, transmit.contents))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.endpoint.poll_timeout()
-    }
-}
-
-fn endpoint_drops(s: &EndpointStats) -> u64 {
-    s.malformed
-        + s.unknown_connection
-        + s.short_initial
-        + s.wrong_group
-        + s.bad_initial
-        + s.bad_cookie
-        + s.refused_full
-        + s.not_session
-}
-
-fn connection_drops(s: &ConnectionStats) -> u64 {
-    s.dropped_decrypt
-        + s.dropped_duplicate
-        + s.dropped_wrong_address
-        + s.dropped_unexpected
-        + s.refused_messages
-        + s.auth_failures
-}
 
 /// A signer that counts its signatures, to prove that a path does no RSA work.
 struct CountingSigner {

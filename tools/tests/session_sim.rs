@@ -9,93 +9,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sockmsg_tools::sim::{for_each_seed, loopback, LinkConfig, Network, Node};
+use sockmsg_tools::sim::{for_each_seed, loopback, LinkConfig, Network};
+
+mod common;
+use common::Peer;
 use sockmsg_wire::frame::MessageClass;
-use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
-use sockmsg_wire::session::{ConnectionHandle, Endpoint, Event, MessageId, SessionConfig};
-
-/// An endpoint with the events it reported and the datagrams it received.
-struct Peer {
-    endpoint: Endpoint,
-    events: Vec<(ConnectionHandle, Event)>,
-    received: Vec<Vec<u8>>,
-}
-
-impl Peer {
-    fn new(name: &str, seed: u64, now: Instant, config: SessionConfig) -> Self {
-        let keys = TestKeys::with_names(["alice", "bob", "carol"]);
-        let mut rng_seed = [0; 32];
-        rng_seed[..8].copy_from_slice(&seed.to_be_bytes());
-        rng_seed[8] = name.len() as u8;
-        rng_seed[9..9 + name.len()].copy_from_slice(name.as_bytes());
-        Peer {
-            endpoint: Endpoint::new(
-                config,
-                "lobby",
-                Arc::new(TestSigner::new(name)),
-                Arc::new(keys),
-                rng_seed,
-                now,
-            ),
-            events: Vec::new(),
-            received: Vec::new(),
-        }
-    }
-
-    fn drain_events(&mut self) {
-        while let Some(event) = self.endpoint.poll_event() {
-            self.events.push(event);
-        }
-    }
-
-    fn acked(&self) -> Vec<MessageId> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::Acked(id) => Some(*id),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn messages(&self, class: MessageClass) -> Vec<Vec<u8>> {
-        self.events
-            .iter()
-            .filter_map(|(_, event)| match event {
-                Event::Message { class: c, data } if *c == class => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Node for Peer {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        self.received.push(datagram.to_vec());
-        self.endpoint.handle_datagram(now, from, datagram);
-        self.drain_events();
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.endpoint.handle_timeout(now);
-        self.drain_events();
-    }
-
-    fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        self.endpoint
-            .poll_transmit(now)
-            .map(|t| (t.destination, t.contents))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.endpoint.poll_timeout()
-    }
-}
+use sockmsg_wire::session::{Event, SessionConfig};
 
 /// Timeouts long enough that a bad schedule delays delivery rather than ending the
 /// session: the invariant under test is delivery, not giving up.
@@ -156,9 +79,9 @@ fn run_schedule(seed: u64) -> Run {
     };
     net.set_default_link(link).expect("valid link");
     let epoch = net.now();
-    net.add_node(alice, Peer::new("alice", seed, epoch, patient_config()))
+    net.add_node(alice, Peer::test("alice", seed, epoch, patient_config()))
         .expect("alice");
-    net.add_node(bob, Peer::new("bob", seed, epoch, patient_config()))
+    net.add_node(bob, Peer::test("bob", seed, epoch, patient_config()))
         .expect("bob");
     let conn = net.node_mut(alice).endpoint.connect(epoch, bob, "bob");
 
@@ -182,8 +105,8 @@ fn run_schedule(seed: u64) -> Run {
     net.heal();
     let unfinished = |net: &Network<Peer>| {
         let bob = net.node(loopback(2, 7402));
-        bob.messages(MessageClass::Ordered).len() < counts[2]
-            || bob.messages(MessageClass::Reliable).len() < counts[1]
+        bob.messages_of(MessageClass::Ordered).len() < counts[2]
+            || bob.messages_of(MessageClass::Reliable).len() < counts[1]
             || net.node(ALICE).acked().len() < counts[1] + counts[2]
     };
     if let Err(e) = net.run_while(unfinished, Duration::from_secs(120)) {
@@ -235,18 +158,18 @@ fn check_invariants(run: &Run) {
     let bob = run.net.node(run.bob);
     // Ordered: exactly what was sent, once each, in order.
     assert_eq!(
-        bob.messages(MessageClass::Ordered),
+        bob.messages_of(MessageClass::Ordered),
         run.sent[MessageClass::Ordered as usize],
         "ordered messages"
     );
     // Reliable: each exactly once, nothing that was not sent.
-    let mut reliable = bob.messages(MessageClass::Reliable);
+    let mut reliable = bob.messages_of(MessageClass::Reliable);
     let mut expected = run.sent[MessageClass::Reliable as usize].clone();
     reliable.sort();
     expected.sort();
     assert_eq!(reliable, expected, "reliable messages");
     // Unreliable: at most once each, only what was sent, never older after newer.
-    let unreliable = bob.messages(MessageClass::Unreliable);
+    let unreliable = bob.messages_of(MessageClass::Unreliable);
     let indexes: Vec<usize> = unreliable.iter().map(|d| index_of(d)).collect();
     assert!(
         indexes.windows(2).all(|w| w[0] < w[1]),
