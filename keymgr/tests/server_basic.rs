@@ -802,3 +802,85 @@ async fn connections_over_the_limit_are_closed_at_once() {
     assert!(third.is_some(), "a slot was freed");
     server.stop().await;
 }
+
+/// The node-side client against the real server: lookups verify against the pinned
+/// fingerprint, a rotation moves the name, and the captured original registration,
+/// replayed afterwards, cannot move it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rotation_and_a_replayed_registration() {
+    use sockmsg_keymgr::client::{KeymgrClient, Trust};
+
+    let (dir, fingerprint) = init_dir("rotate");
+    let server = Running::start(config(dir.path(), RegistrationMode::Open)).await;
+    let alice = signer("alice", ALICE_PEM);
+    let dave = signer("alice", DAVE_PEM);
+
+    // A registration captured on the wire, to be replayed later.
+    let mut udp = UdpClient::connect(server.addr).await;
+    let nonce = udp.challenge().await;
+    let id = udp.id();
+    let captured = register_request(id, &alice, "alice", &nonce, &[]);
+    expect_ok(udp.call(id, &captured).await);
+
+    let client = KeymgrClient::new(server.addr, Trust::Pinned(fingerprint)).expect("client");
+    let record = timeout(WAIT, client.lookup("alice"))
+        .await
+        .expect("in time")
+        .expect("verified record");
+    assert_eq!(record.public_key_der, alice.public_key_der());
+
+    timeout(WAIT, client.rotate("alice", &alice, &dave))
+        .await
+        .expect("in time")
+        .expect("rotation accepted");
+    let record = timeout(WAIT, client.lookup("alice"))
+        .await
+        .expect("in time")
+        .expect("verified record");
+    assert_eq!(record.public_key_der, dave.public_key_der());
+    assert_eq!(record.serial, 2);
+
+    // The replay is refused: the name is bound to another key now.
+    let answer = udp.call(id, &captured).await;
+    expect_code(answer, KeyResultCode::NAME_TAKEN);
+    let record = expect_record(udp.lookup("alice").await);
+    assert_eq!(record.public_key, dave.public_key_der());
+
+    server.stop().await;
+}
+
+/// A truncated packet, and a header announcing more bytes than ever come, each cost the
+/// sender its connection and nobody else anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_overlong_tcp_frames_are_dropped() {
+    let (dir, _) = init_dir("frames");
+    let server = Running::start(config(dir.path(), RegistrationMode::Open)).await;
+    let bob = signer("bob", BOB_PEM);
+    let mut good = TcpClient::connect(server.addr).await;
+    expect_ok(good.register(&bob, "bob", &[]).await);
+
+    // Half a lookup, then the client goes quiet: dropped after the read timeout.
+    let mut truncated = TcpClient::connect(server.addr).await;
+    let packet = lookup_request(1, "bob", 0);
+    truncated
+        .stream
+        .write_all(&packet[..packet.len() / 2])
+        .await
+        .unwrap();
+    // A header that announces 65,535 bytes of payload and sends 10.
+    let mut overlong = TcpClient::connect(server.addr).await;
+    let mut header = packet[..HEADER_LEN].to_vec();
+    header[6..8].copy_from_slice(&u16::MAX.to_be_bytes());
+    overlong.stream.write_all(&header).await.unwrap();
+    overlong.stream.write_all(&[0; 10]).await.unwrap();
+
+    // Meanwhile the well-behaved client is served.
+    expect_record(good.lookup("bob").await);
+    for stream in [&mut truncated.stream, &mut overlong.stream] {
+        assert!(timeout(WAIT, closed_by_server(stream))
+            .await
+            .expect("closed in time"));
+    }
+    expect_record(good.lookup("bob").await);
+    server.stop().await;
+}
