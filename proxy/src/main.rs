@@ -1,0 +1,158 @@
+//! `sockmsg-proxy`: the proxy's command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::Parser;
+use sockmsg_config::Config;
+use sockmsg_keymgr::client::Trust;
+use sockmsg_proxy::server::{self, ServeConfig};
+
+/// The sockmsg proxy: tells a joining node who leads its group.
+///
+/// A node asks "who leads group G?" and gets the leader's signed record, or "no leader":
+/// then it may claim term 1, and the first valid claim wins. Every record must be signed
+/// by its leader's key as registered at the key manager; a new term is accepted only with
+/// the signed votes of a majority of the membership the proxy last accepted. Records
+/// expire unless the leader re-announces them (proxy.record_ttl_ms), so the proxy keeps
+/// nothing on disk and may be restarted at any time.
+///
+/// UDP and TCP on the same port. Log level: RUST_LOG (default info).
+#[derive(Debug, Parser)]
+#[command(name = "sockmsg-proxy", version)]
+struct Cli {
+    /// Configuration file to read instead of the built-in defaults (config.yml); flags
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to bind, UDP and TCP. Default: proxy.listen (127.0.0.1:7400). Serving the
+    /// LAN is a choice: e.g. 0.0.0.0:7400.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// The key manager, which vouches for the leaders' and voters' keys. Default:
+    /// keymgr.address (127.0.0.1:7401).
+    #[arg(long, value_name = "ADDR")]
+    keymgr: Option<SocketAddr>,
+
+    /// The key manager's key fingerprint, as `sockmsg-keymgr init` printed it. Default:
+    /// keymgr.fingerprint; if that is unset too, the key seen first is trusted and
+    /// remembered in DATA_DIR/known_hosts (as ssh does), and a different key later is
+    /// refused.
+    #[arg(long, value_name = "FP")]
+    keymgr_fingerprint: Option<String>,
+
+    /// Where the known_hosts file lives (trust on first use only). Default:
+    /// $XDG_DATA_HOME/sockmsg/proxy (~/.local/share/sockmsg/proxy).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Lifetime (ms) of a record that is not re-announced. Default: proxy.record_ttl_ms
+    /// (5000).
+    #[arg(long, value_name = "MS")]
+    record_ttl_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockmsg-proxy: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(path) => Config::load(path).with_context(|| format!("reading {}", path.display())),
+        None => Ok(Config::default()),
+    }
+}
+
+/// `$XDG_DATA_HOME/sockmsg/proxy`, else `~/.local/share/sockmsg/proxy`.
+fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".local").join("share"))
+        })?;
+    Some(base.join("sockmsg").join("proxy"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = load_config(cli.config.as_deref())?;
+    let listen = cli.listen.unwrap_or(config.proxy.listen);
+    let keymgr = cli.keymgr.unwrap_or(config.keymgr.address);
+    let trust = match cli
+        .keymgr_fingerprint
+        .or_else(|| config.keymgr.fingerprint.clone())
+        .filter(|fp| !fp.trim().is_empty())
+    {
+        Some(fingerprint) => Trust::Pinned(fingerprint),
+        None => {
+            let dir = cli.data_dir.or_else(default_data_dir).ok_or_else(|| {
+                anyhow!(
+                    "cannot tell where to keep known_hosts (no HOME): give --data-dir DIR \
+                     or --keymgr-fingerprint FP"
+                )
+            })?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Trust::TrustOnFirstUse {
+                known_hosts: dir.join("known_hosts"),
+            }
+        }
+    };
+    let mut serve_config = ServeConfig::new(listen, keymgr, trust);
+    serve_config.directory.record_ttl_ms = cli.record_ttl_ms.unwrap_or(config.proxy.record_ttl_ms);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime
+        .block_on(server::serve(serve_config, shutdown_signal()))
+        .map_err(Into::into)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
