@@ -19,12 +19,9 @@ use sockmsg_wire::{
 
 use crate::registry::{Operation, Refusal, Registry};
 
-/// How a request arrived: UDP answers are bounded by the request's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
+/// How a request arrived (shared with the other services): UDP answers are bounded by
+/// the request's size.
+pub use sockmsg_service::Transport;
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,28 +25,31 @@
 //!   that fails to decode closes the connection (SPEC.md §2).
 //! - Shutdown stops intake, lets the committer finish what was queued (so every accepted
 //!   registration is answered), then returns.
+//!
+//! The UDP workers and TCP connections (and the limits above) are [`sockmsg_service`]'s,
+//! shared with the proxy; this module is the key manager's [`Handler`] and its committer.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use rand_chacha::ChaCha20Rng;
+use sockmsg_service::{
+    bind_pair, bump, stopped, Handler, Response, ServiceLimits, ServiceStats, Transport,
+};
 use sockmsg_wire::frame::{Frame, KeyResultCode};
 use sockmsg_wire::session::crypto::RsaSigner;
-use sockmsg_wire::{Datagram, DecodeError, Packet, PacketType, HEADER_LEN};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use sockmsg_wire::{Datagram, HEADER_LEN};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::datadir;
-use crate::handler::{self, Action, Transport};
+use crate::handler::{self, Action};
 use crate::registry::{Operation, Refusal, RegistrationMode, Registry};
 use crate::store::Store;
 
@@ -104,41 +107,9 @@ pub fn registration_mode(registration: sockmsg_config::Registration) -> Registra
     }
 }
 
-macro_rules! stats {
-    ($( $(#[$meta:meta])* $field:ident, )*) => {
-        /// Counters, updated as the server runs (relaxed atomics: for logs and tests).
-        #[derive(Debug, Default)]
-        pub struct Stats {
-            $( $(#[$meta])* pub $field: AtomicU64, )*
-        }
-
-        /// A copy of [`Stats`] at one moment.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct StatsSnapshot {
-            $( $(#[$meta])* pub $field: u64, )*
-        }
-
-        impl Stats {
-            pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
-            }
-        }
-    };
-}
-
-stats! {
-    /// UDP datagrams received.
-    udp_datagrams,
-    /// TCP packets received whole.
-    tcp_packets,
-    /// Responses sent (UDP or TCP).
-    replies,
+sockmsg_service::service_stats! {
     /// Responses that were a KEY_RESULT other than OK.
     refused,
-    /// Requests not answered: not sockmsg, malformed, not a REQUEST.
-    dropped,
-    /// UDP answers replaced by a short refusal to stay within 3× the request.
-    amplification_guarded,
     /// Operations refused `UNAVAILABLE` because the commit queue was full.
     busy,
     /// Operations acknowledged `OK` after their batch was committed.
@@ -147,20 +118,6 @@ stats! {
     batches,
     /// Group commits that failed (answered `UNAVAILABLE`).
     commit_failures,
-    /// TCP connections accepted.
-    tcp_accepted,
-    /// TCP connections closed at once: over the connection limit.
-    tcp_rejected,
-    /// TCP connections closed because a packet took too long to arrive.
-    tcp_read_timeouts,
-    /// TCP connections closed because they stayed idle too long.
-    tcp_idle_timeouts,
-    /// TCP connections closed on a packet that failed to decode.
-    tcp_bad_packets,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A registration or rotation waiting for the committer.
@@ -175,8 +132,6 @@ struct Shared {
     registry: RwLock<Registry>,
     stats: Arc<Stats>,
     commits: mpsc::Sender<Pending>,
-    tcp_read_timeout: Duration,
-    tcp_idle_timeout: Duration,
 }
 
 impl Shared {
@@ -187,7 +142,7 @@ impl Shared {
     }
 
     /// Decides what to do with `request`.
-    fn handle(&self, client: SocketAddr, transport: Transport, request: &[u8]) -> Action {
+    fn decide(&self, client: SocketAddr, transport: Transport, request: &[u8]) -> Action {
         let registry = self.registry();
         handler::handle_request(&registry, client, transport, request, datadir::now_ms())
     }
@@ -218,14 +173,71 @@ impl Shared {
             }
         }
     }
+}
 
-    /// Counts a response about to be sent.
-    fn count_reply(&self, reply: &[u8]) {
-        bump(&self.stats.replies);
+/// The key manager as seen by the shared UDP/TCP machinery.
+impl Handler for Shared {
+    fn handle(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        transport: Transport,
+        request: &[u8],
+    ) -> Response {
+        match self.decide(client, transport, request) {
+            Action::Reply(reply) => Response::Reply(reply),
+            // Submitted here, on the receiving task, so that queue order is arrival order;
+            // only the wait for the batch is deferred.
+            Action::Commit {
+                operation,
+                request_id,
+            } => match self.submit(operation, request_id) {
+                Ok(receiver) => Response::Later(Box::pin(async move {
+                    Ok(commit_reply(receiver, request_id).await)
+                })),
+                Err(reply) => Response::Reply(reply),
+            },
+            Action::Drop { reason } => Response::Drop { reason },
+        }
+    }
+
+    fn stats(&self) -> &ServiceStats {
+        &self.stats.service
+    }
+
+    /// Counts a response about to be sent by its KEY_RESULT code.
+    fn replied(&self, reply: &[u8]) {
         if result_code(reply).is_some_and(|code| code != KeyResultCode::OK) {
             bump(&self.stats.refused);
         }
     }
+
+    fn shorten(&self, request_id: u64, reply: &[u8], limit: usize) -> Option<Vec<u8>> {
+        Some(short_refusal(request_id, reply, limit))
+    }
+}
+
+/// Keeps a UDP answer within three times the request (SPEC.md §4). The handler already
+/// does; this guard makes sure no future answer breaks the rule: an oversized answer is
+/// replaced by a KEY_RESULT with the same code (or `BAD_REQUEST`) and a reason cut to fit.
+pub fn fit_udp(request: &[u8], reply: Vec<u8>, stats: &Stats) -> Option<Vec<u8>> {
+    sockmsg_service::fit_udp(request, reply, &stats.service, |id, reply, limit| {
+        Some(short_refusal(id, reply, limit))
+    })
+}
+
+/// A KEY_RESULT for `request_id` with `reply`'s code (or `BAD_REQUEST`), its reason cut
+/// to fit within `limit` bytes if at all possible.
+fn short_refusal(request_id: u64, reply: &[u8], limit: usize) -> Vec<u8> {
+    let code = result_code(reply).unwrap_or(KeyResultCode::BAD_REQUEST);
+    let room = limit.saturating_sub(HEADER_LEN + 3);
+    let reason = "pad the request or use TCP";
+    handler::refusal_response(
+        request_id,
+        &Refusal {
+            code,
+            reason: reason[..reason.len().min(room)].to_owned(),
+        },
+    )
 }
 
 fn unavailable(request_id: u64, reason: &str) -> Vec<u8> {
@@ -257,37 +269,9 @@ async fn commit_reply(receiver: oneshot::Receiver<Vec<u8>>, request_id: u64) -> 
     })
 }
 
-/// Keeps a UDP answer within three times the request (SPEC.md §4). The handler already
-/// does; this guard makes sure no future answer breaks the rule: an oversized answer is
-/// replaced by a KEY_RESULT with the same code (or `BAD_REQUEST`) and a reason cut to fit.
-pub fn fit_udp(request: &[u8], reply: Vec<u8>, stats: &Stats) -> Option<Vec<u8>> {
-    let limit = request.len().saturating_mul(3);
-    if reply.len() <= limit {
-        return Some(reply);
-    }
-    bump(&stats.amplification_guarded);
-    let request_id = u64::from_be_bytes(request.get(8..16)?.try_into().ok()?);
-    let code = result_code(&reply).unwrap_or(KeyResultCode::BAD_REQUEST);
-    let room = limit.saturating_sub(HEADER_LEN + 3);
-    let reason = "pad the request or use TCP";
-    let short = handler::refusal_response(
-        request_id,
-        &Refusal {
-            code,
-            reason: reason[..reason.len().min(room)].to_owned(),
-        },
-    );
-    debug!(
-        reply = reply.len(),
-        request = request.len(),
-        "UDP answer over 3x the request: sent a short refusal instead"
-    );
-    (short.len() <= limit).then_some(short)
-}
-
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    udp: Arc<UdpSocket>,
+    udp: UdpSocket,
     tcp: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -299,6 +283,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
+            .field("fingerprint", &self.fingerprint)
             .field("local_addr", &self.local_addr)
             .field("data_dir", &self.config.data_dir)
             .finish_non_exhaustive()
@@ -323,7 +308,9 @@ impl Server {
         let records = registry.records().count();
         let (manager, invite_secret, store) = data.into_parts();
 
-        let (udp, tcp) = bind_pair(config.listen).await?;
+        let (udp, tcp) = bind_pair(config.listen)
+            .await
+            .map_err(|e| anyhow!("{e} (is another key manager running on this port?)"))?;
         let local_addr = udp.local_addr().context("UDP socket address")?;
 
         let (commits, queue) = mpsc::channel(config.commit_queue.max(1));
@@ -332,8 +319,6 @@ impl Server {
             registry: RwLock::new(registry),
             stats,
             commits,
-            tcp_read_timeout: config.tcp_read_timeout,
-            tcp_idle_timeout: config.tcp_idle_timeout,
         });
         let committer = Committer {
             shared: Arc::clone(&shared),
@@ -356,7 +341,7 @@ impl Server {
             "key manager listening (UDP and TCP)"
         );
         Ok(Server {
-            udp: Arc::new(udp),
+            udp,
             tcp,
             local_addr,
             shared,
@@ -387,19 +372,20 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop, stopping) = watch::channel(false);
         let mut intake = JoinSet::new();
-        for _ in 0..self.config.udp_workers.max(1) {
-            intake.spawn(udp_worker(
-                Arc::clone(&self.shared),
-                Arc::clone(&self.udp),
-                stopping.clone(),
-            ));
-        }
-        intake.spawn(tcp_acceptor(
-            Arc::clone(&self.shared),
+        let limits = ServiceLimits {
+            tcp_read_timeout: self.config.tcp_read_timeout,
+            tcp_idle_timeout: self.config.tcp_idle_timeout,
+            max_tcp_connections: self.config.max_tcp_connections,
+            udp_workers: self.config.udp_workers,
+        };
+        sockmsg_service::spawn(
+            &mut intake,
+            self.udp,
             self.tcp,
-            self.config.max_tcp_connections.max(1),
-            stopping.clone(),
-        ));
+            Arc::clone(&self.shared),
+            &limits,
+            &stopping,
+        );
         let mut committer = tokio::spawn(self.committer.run(stopping.clone()));
 
         let mut committer_ended = false;
@@ -425,241 +411,6 @@ impl Server {
         }
         info!("key manager stopped");
         outcome
-    }
-}
-
-/// Binds a UDP socket and a TCP listener on the same address. With port 0, retries until
-/// the port the system gave UDP is free for TCP too.
-async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener)> {
-    let attempts = if listen.port() == 0 { 32 } else { 1 };
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let udp = UdpSocket::bind(listen).await.with_context(|| {
-            format!("cannot bind UDP {listen} (is another key manager running on this port?)")
-        })?;
-        let addr = udp.local_addr().context("UDP socket address")?;
-        match TcpListener::bind(addr).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    let e = last_error.map_or_else(|| "no attempt".to_owned(), |e| e.to_string());
-    Err(anyhow!(
-        "cannot bind TCP {listen}: {e} (is another key manager running on this port?)"
-    ))
-}
-
-/// Resolves once a stop was requested (at once if it already was).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which also means stop.
-    let _ = stopping.wait_for(|stop| *stop).await;
-}
-
-async fn udp_worker(
-    shared: Arc<Shared>,
-    socket: Arc<UdpSocket>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (len, from) = tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                // E.g. ICMP port unreachable reported for an earlier reply: not ours to fix.
-                Err(e) => {
-                    debug!("UDP receive error: {e}");
-                    continue;
-                }
-            },
-        };
-        bump(&shared.stats.udp_datagrams);
-        let request = &buf[..len];
-        match shared.handle(from, Transport::Udp, request) {
-            Action::Reply(reply) => send_udp(&shared, &socket, request, reply, from).await,
-            Action::Commit {
-                operation,
-                request_id,
-            } => match shared.submit(operation, request_id) {
-                Ok(receiver) => {
-                    let (shared, socket) = (Arc::clone(&shared), Arc::clone(&socket));
-                    let request = request.to_vec();
-                    tokio::spawn(async move {
-                        let reply = commit_reply(receiver, request_id).await;
-                        send_udp(&shared, &socket, &request, reply, from).await;
-                    });
-                }
-                Err(reply) => send_udp(&shared, &socket, request, reply, from).await,
-            },
-            Action::Drop { reason } => {
-                bump(&shared.stats.dropped);
-                debug!(%from, len, reason, "UDP datagram dropped");
-            }
-        }
-    }
-}
-
-async fn send_udp(
-    shared: &Shared,
-    socket: &UdpSocket,
-    request: &[u8],
-    reply: Vec<u8>,
-    to: SocketAddr,
-) {
-    let Some(reply) = fit_udp(request, reply, &shared.stats) else {
-        return;
-    };
-    shared.count_reply(&reply);
-    if let Err(e) = socket.send_to(&reply, to).await {
-        debug!(%to, "UDP send failed: {e}");
-    }
-}
-
-async fn tcp_acceptor(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    max_connections: usize,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        bump(&shared.stats.tcp_accepted);
-                        let shared = Arc::clone(&shared);
-                        let stopping = stopping.clone();
-                        connections.spawn(async move {
-                            let reason = connection(&shared, stream, peer, stopping).await;
-                            debug!(%peer, reason, "TCP connection closed");
-                            drop(slot);
-                        });
-                    }
-                    Err(_) => {
-                        bump(&shared.stats.tcp_rejected);
-                        debug!(%peer, "TCP connection refused: connection limit reached");
-                        drop(stream);
-                    }
-                },
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    warn!("TCP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    // Connections notice the stop between packets; give those mid-request a moment.
-    let drained = timeout(Duration::from_secs(2), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-    }
-}
-
-/// The payload length announced by a packet header, or `None` if the header fails to
-/// decode or is not a REQUEST.
-fn request_payload_len(header: &[u8; HEADER_LEN]) -> Option<usize> {
-    if header[3] != PacketType::REQUEST.0 {
-        return None;
-    }
-    match Packet::parse(header, 0) {
-        // The header is sound and its payload is still to come.
-        Err(DecodeError::Truncated {
-            field: "payload", ..
-        }) => Some(usize::from(u16::from_be_bytes([header[6], header[7]]))),
-        _ => None,
-    }
-}
-
-/// Serves one TCP connection; returns why it ended.
-async fn connection(
-    shared: &Shared,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut stopping: watch::Receiver<bool>,
-) -> &'static str {
-    let _ = stream.set_nodelay(true);
-    let mut packet = Vec::with_capacity(2048);
-    loop {
-        packet.clear();
-        packet.resize(HEADER_LEN, 0);
-        // Between packets: wait for the first byte, up to the idle timeout.
-        let first = tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => return "shutting down",
-            read = timeout(shared.tcp_idle_timeout, stream.read(&mut packet[..1])) => read,
-        };
-        match first {
-            Err(_) => {
-                bump(&shared.stats.tcp_idle_timeouts);
-                return "idle timeout";
-            }
-            Ok(Ok(0)) => return "closed by the client",
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return "read error",
-        }
-        // The rest of the packet must follow within the read timeout.
-        let deadline = Instant::now() + shared.tcp_read_timeout;
-        let header = match timeout_at(deadline, stream.read_exact(&mut packet[1..HEADER_LEN])).await
-        {
-            Err(_) => {
-                bump(&shared.stats.tcp_read_timeouts);
-                return "read timeout";
-            }
-            Ok(Err(_)) => return "closed mid-packet",
-            Ok(Ok(_)) => {
-                let mut header = [0u8; HEADER_LEN];
-                header.copy_from_slice(&packet[..HEADER_LEN]);
-                header
-            }
-        };
-        let Some(payload_len) = request_payload_len(&header) else {
-            bump(&shared.stats.tcp_bad_packets);
-            bump(&shared.stats.dropped);
-            return "undecodable header";
-        };
-        packet.resize(HEADER_LEN + payload_len, 0);
-        match timeout_at(deadline, stream.read_exact(&mut packet[HEADER_LEN..])).await {
-            Err(_) => {
-                bump(&shared.stats.tcp_read_timeouts);
-                return "read timeout";
-            }
-            Ok(Err(_)) => return "closed mid-packet",
-            Ok(Ok(_)) => {}
-        }
-        bump(&shared.stats.tcp_packets);
-        let reply = match shared.handle(peer, Transport::Tcp, &packet) {
-            Action::Reply(reply) => reply,
-            Action::Commit {
-                operation,
-                request_id,
-            } => match shared.submit(operation, request_id) {
-                Ok(receiver) => commit_reply(receiver, request_id).await,
-                Err(reply) => reply,
-            },
-            Action::Drop { reason } => {
-                bump(&shared.stats.tcp_bad_packets);
-                bump(&shared.stats.dropped);
-                debug!(%peer, reason, "TCP packet dropped: closing the connection");
-                return "undecodable packet";
-            }
-        };
-        shared.count_reply(&reply);
-        // A client that does not read its answers is dropped like one that does not write.
-        match timeout(shared.tcp_read_timeout, stream.write_all(&reply)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return "write error",
-            Err(_) => return "write timeout",
-        }
     }
 }
 
@@ -833,6 +584,8 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockmsg_service::request_payload_len;
+    use sockmsg_wire::PacketType;
 
     fn packet(id: u64, payload_len: usize) -> Vec<u8> {
         let mut bytes = sockmsg_wire::Header::new(

@@ -20,12 +20,9 @@ use sockmsg_wire::{
 
 use crate::directory::{Accepted, Directory, Kind, Now, Proposal, Refusal};
 
-/// How a request arrived: UDP answers are bounded by the request's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
+/// How a request arrived (shared with the other services): UDP answers are bounded by
+/// the request's size.
+pub use sockmsg_service::Transport;
 
 /// What an answer says, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

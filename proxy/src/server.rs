@@ -15,26 +15,31 @@
 //!   of its first byte, at most [`ServeConfig::tcp_idle_timeout`] between packets; the
 //!   first packet that fails to decode closes the connection (SPEC.md §10).
 //! - A sweeper forgets expired groups every half TTL (queries also expire them lazily).
+//!
+//! The UDP workers and TCP connections (and the TCP limits above) are
+//! [`sockmsg_service`]'s, shared with the key manager; this module is the proxy's
+//! [`Handler`] and its sweeper.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sockmsg_keymgr::client::{ClientConfig, ClientError, KeymgrClient, Trust};
+use sockmsg_service::{
+    bind_pair, bump, stopped, BindError, Handler, Response, ServiceLimits, ServiceStats, Transport,
+};
 use sockmsg_wire::frame::ProxyStatus;
 use sockmsg_wire::session::crypto::RsaKeyring;
-use sockmsg_wire::{DecodeError, Packet, PacketType, HEADER_LEN};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{timeout, timeout_at};
+use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::directory::{Accepted, Directory, DirectoryConfig, Evidence, Now};
-use crate::handler::{self, Action, Outcome, Parsed, Request, Transport};
+use crate::handler::{self, Action, Outcome, Parsed, Request};
 
 /// What [`Server::bind`] needs.
 #[derive(Debug, Clone)]
@@ -96,37 +101,17 @@ pub enum ServerError {
     Task(String),
 }
 
-macro_rules! stats {
-    ($( $(#[$meta:meta])* $field:ident, )*) => {
-        /// Counters, updated as the server runs (relaxed atomics: for logs and tests).
-        #[derive(Debug, Default)]
-        pub struct Stats {
-            $( $(#[$meta])* pub $field: AtomicU64, )*
+impl From<BindError> for ServerError {
+    fn from(e: BindError) -> Self {
+        ServerError::Bind {
+            addr: e.addr,
+            proto: e.proto,
+            source: e.source,
         }
-
-        /// A copy of [`Stats`] at one moment.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct StatsSnapshot {
-            $( $(#[$meta])* pub $field: u64, )*
-        }
-
-        impl Stats {
-            pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
-            }
-        }
-    };
+    }
 }
 
-stats! {
-    /// UDP datagrams received.
-    udp_datagrams,
-    /// TCP packets received whole.
-    tcp_packets,
-    /// Responses sent (UDP or TCP).
-    replies,
-    /// Requests not answered: not sockmsg, malformed, not a REQUEST.
-    dropped,
+sockmsg_service::service_stats! {
     /// LEADER_INFO answers.
     leader_answers,
     /// NO_LEADER answers.
@@ -150,26 +135,12 @@ stats! {
     keymgr_failures,
     /// Groups forgotten by the sweeper after their TTL.
     expired,
-    /// TCP connections accepted.
-    tcp_accepted,
-    /// TCP connections closed at once: over the connection limit.
-    tcp_rejected,
-    /// TCP connections closed because a packet took too long to arrive.
-    tcp_read_timeouts,
-    /// TCP connections closed because they stayed idle too long.
-    tcp_idle_timeouts,
-    /// TCP connections closed on a packet that failed to decode.
-    tcp_bad_packets,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Stats {
-    /// Counts an answer about to be sent, by what it says.
+    /// Counts an answer by what it says ([`ServiceStats::replies`] is counted as it is
+    /// sent).
     fn count(&self, outcome: Outcome) {
-        bump(&self.replies);
         let counter = match outcome {
             Outcome::Leader => &self.leader_answers,
             Outcome::NoLeader => &self.no_leader_answers,
@@ -199,8 +170,6 @@ struct Shared {
     /// Origin of the monotonic clock handed to the directory.
     epoch: Instant,
     proposals: Arc<Semaphore>,
-    tcp_read_timeout: Duration,
-    tcp_idle_timeout: Duration,
 }
 
 impl Shared {
@@ -291,6 +260,69 @@ impl Shared {
     }
 }
 
+/// The proxy as seen by the shared UDP/TCP machinery.
+impl Handler for Shared {
+    /// Queries are answered on the receiving task; claims and announcements wait for key
+    /// look-ups, so they are deferred: over UDP at most
+    /// [`ServeConfig::max_pending_proposals`] at once (more get `UNAVAILABLE`), over TCP
+    /// one per connection anyway.
+    fn handle(
+        self: &Arc<Self>,
+        _peer: SocketAddr,
+        transport: Transport,
+        request: &[u8],
+    ) -> Response {
+        let parsed = match handler::parse(request, transport) {
+            Ok(parsed) => parsed,
+            Err(action) => return self.respond(action),
+        };
+        if let Some(action) = self.answer_now(&parsed) {
+            return self.respond(action);
+        }
+        let permit = match transport {
+            Transport::Tcp => None,
+            Transport::Udp => match Arc::clone(&self.proposals).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return self.respond(handler::refusal_action(
+                        parsed.request_id,
+                        ProxyStatus::UNAVAILABLE,
+                        "busy: retry",
+                        parsed.reply_limit,
+                    ))
+                }
+            },
+        };
+        let (shared, request) = (Arc::clone(self), request.to_vec());
+        Response::Later(Box::pin(async move {
+            let action = shared.process(&request, transport).await;
+            drop(permit);
+            match shared.respond(action) {
+                Response::Reply(reply) => Ok(reply),
+                Response::Drop { reason } => Err(reason),
+                Response::Later(_) => Err("deferred twice"),
+            }
+        }))
+    }
+
+    fn stats(&self) -> &ServiceStats {
+        &self.stats.service
+    }
+}
+
+impl Shared {
+    /// Counts an answer by its outcome and hands it to the machinery.
+    fn respond(&self, action: Action) -> Response {
+        match action {
+            Action::Reply { packet, outcome } => {
+                self.stats.count(outcome);
+                Response::Reply(packet)
+            }
+            Action::Drop { reason } => Response::Drop { reason },
+        }
+    }
+}
+
 /// Looks `names` up at the key manager (concurrently; the client caches records) and
 /// builds the keyring the directory verifies with: active keys trusted, revoked ones
 /// marked, unregistered ones absent. `Err` if the key manager could not answer for one
@@ -333,7 +365,7 @@ fn wall_ms() -> u64 {
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    udp: Arc<UdpSocket>,
+    udp: UdpSocket,
     tcp: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -371,8 +403,6 @@ impl Server {
             stats: Arc::new(Stats::default()),
             epoch: Instant::now(),
             proposals: Arc::new(Semaphore::new(config.max_pending_proposals.max(1))),
-            tcp_read_timeout: config.tcp_read_timeout,
-            tcp_idle_timeout: config.tcp_idle_timeout,
         });
         info!(
             %local_addr,
@@ -381,7 +411,7 @@ impl Server {
             "proxy listening (UDP and TCP)"
         );
         Ok(Server {
-            udp: Arc::new(udp),
+            udp,
             tcp,
             local_addr,
             shared,
@@ -404,19 +434,20 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        for _ in 0..self.config.udp_workers.max(1) {
-            tasks.spawn(udp_worker(
-                Arc::clone(&self.shared),
-                Arc::clone(&self.udp),
-                stopping.clone(),
-            ));
-        }
-        tasks.spawn(tcp_acceptor(
-            Arc::clone(&self.shared),
+        let limits = ServiceLimits {
+            tcp_read_timeout: self.config.tcp_read_timeout,
+            tcp_idle_timeout: self.config.tcp_idle_timeout,
+            max_tcp_connections: self.config.max_tcp_connections,
+            udp_workers: self.config.udp_workers,
+        };
+        sockmsg_service::spawn(
+            &mut tasks,
+            self.udp,
             self.tcp,
-            self.config.max_tcp_connections.max(1),
-            stopping.clone(),
-        ));
+            Arc::clone(&self.shared),
+            &limits,
+            &stopping,
+        );
         let sweep_every = Duration::from_millis((self.config.directory.record_ttl_ms / 2).max(50));
         tasks.spawn(sweeper(
             Arc::clone(&self.shared),
@@ -445,43 +476,6 @@ impl Server {
     }
 }
 
-/// Binds UDP and TCP on the same port (port 0: a free one for both).
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServerError> {
-    // With port 0 the UDP port is picked first; TCP may find it taken: try a few times.
-    let tries = if addr.port() == 0 { 16 } else { 1 };
-    let mut last = None;
-    for _ in 0..tries {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr,
-                proto: "UDP",
-                source,
-            })?;
-        let bound = udp.local_addr().map_err(|source| ServerError::Bind {
-            addr,
-            proto: "UDP",
-            source,
-        })?;
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(source) => {
-                last = Some(ServerError::Bind {
-                    addr: bound,
-                    proto: "TCP",
-                    source,
-                })
-            }
-        }
-    }
-    Err(last.unwrap_or(ServerError::Task("bind".into())))
-}
-
-/// Resolves once `stopping` turns true (or its sender is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
-}
-
 async fn sweeper(shared: Arc<Shared>, every: Duration, mut stopping: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -501,212 +495,6 @@ async fn sweeper(shared: Arc<Shared>, every: Duration, mut stopping: watch::Rece
     }
 }
 
-async fn udp_worker(
-    shared: Arc<Shared>,
-    socket: Arc<UdpSocket>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => return,
-            received = socket.recv_from(&mut buf) => received,
-        };
-        let (len, from) = match received {
-            Ok(received) => received,
-            Err(e) => {
-                // ICMP port unreachable for an earlier answer, and the like.
-                debug!("UDP receive failed: {e}");
-                continue;
-            }
-        };
-        bump(&shared.stats.udp_datagrams);
-        let request = &buf[..len];
-        let parsed = match handler::parse(request, Transport::Udp) {
-            Ok(parsed) => parsed,
-            Err(action) => {
-                send_udp(&shared, &socket, action, from).await;
-                continue;
-            }
-        };
-        if let Some(action) = shared.answer_now(&parsed) {
-            send_udp(&shared, &socket, action, from).await;
-            continue;
-        }
-        let Ok(permit) = Arc::clone(&shared.proposals).try_acquire_owned() else {
-            let action = handler::refusal_action(
-                parsed.request_id,
-                ProxyStatus::UNAVAILABLE,
-                "busy: retry",
-                parsed.reply_limit,
-            );
-            send_udp(&shared, &socket, action, from).await;
-            continue;
-        };
-        let (shared, socket, request) =
-            (Arc::clone(&shared), Arc::clone(&socket), request.to_vec());
-        tokio::spawn(async move {
-            let action = shared.process(&request, Transport::Udp).await;
-            send_udp(&shared, &socket, action, from).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn send_udp(shared: &Shared, socket: &UdpSocket, action: Action, to: SocketAddr) {
-    match action {
-        Action::Reply { packet, outcome } => {
-            shared.stats.count(outcome);
-            if let Err(e) = socket.send_to(&packet, to).await {
-                debug!(%to, "UDP send failed: {e}");
-            }
-        }
-        Action::Drop { reason } => {
-            bump(&shared.stats.dropped);
-            debug!(%to, reason, "UDP datagram dropped");
-        }
-    }
-}
-
-async fn tcp_acceptor(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    max_connections: usize,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(slot) => {
-                        bump(&shared.stats.tcp_accepted);
-                        let shared = Arc::clone(&shared);
-                        let stopping = stopping.clone();
-                        connections.spawn(async move {
-                            let reason = connection(&shared, stream, peer, stopping).await;
-                            debug!(%peer, reason, "TCP connection closed");
-                            drop(slot);
-                        });
-                    }
-                    Err(_) => {
-                        bump(&shared.stats.tcp_rejected);
-                        debug!(%peer, "TCP connection refused: connection limit reached");
-                        drop(stream);
-                    }
-                },
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    warn!("TCP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    let drained = timeout(Duration::from_secs(2), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-    }
-}
-
-/// The payload length announced by a packet header, or `None` if the header fails to
-/// decode or is not a REQUEST.
-fn request_payload_len(header: &[u8; HEADER_LEN]) -> Option<usize> {
-    if header[3] != PacketType::REQUEST.0 {
-        return None;
-    }
-    match Packet::parse(header, 0) {
-        // The header is sound and its payload is still to come.
-        Err(DecodeError::Truncated {
-            field: "payload", ..
-        }) => Some(usize::from(u16::from_be_bytes([header[6], header[7]]))),
-        _ => None,
-    }
-}
-
-/// Serves one TCP connection; returns why it ended.
-async fn connection(
-    shared: &Shared,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut stopping: watch::Receiver<bool>,
-) -> &'static str {
-    let _ = stream.set_nodelay(true);
-    let mut packet = Vec::with_capacity(2048);
-    loop {
-        packet.clear();
-        packet.resize(HEADER_LEN, 0);
-        // Between packets: wait for the first byte, up to the idle timeout.
-        let first = tokio::select! {
-            biased;
-            () = stopped(&mut stopping) => return "shutting down",
-            read = timeout(shared.tcp_idle_timeout, stream.read(&mut packet[..1])) => read,
-        };
-        match first {
-            Err(_) => {
-                bump(&shared.stats.tcp_idle_timeouts);
-                return "idle timeout";
-            }
-            Ok(Ok(0)) => return "closed by the client",
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return "read error",
-        }
-        // The rest of the packet must follow within the read timeout.
-        let deadline = tokio::time::Instant::now() + shared.tcp_read_timeout;
-        match timeout_at(deadline, stream.read_exact(&mut packet[1..HEADER_LEN])).await {
-            Err(_) => {
-                bump(&shared.stats.tcp_read_timeouts);
-                return "read timeout";
-            }
-            Ok(Err(_)) => return "closed mid-packet",
-            Ok(Ok(_)) => {}
-        }
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&packet[..HEADER_LEN]);
-        let Some(payload_len) = request_payload_len(&header) else {
-            bump(&shared.stats.tcp_bad_packets);
-            bump(&shared.stats.dropped);
-            return "undecodable header";
-        };
-        packet.resize(HEADER_LEN + payload_len, 0);
-        match timeout_at(deadline, stream.read_exact(&mut packet[HEADER_LEN..])).await {
-            Err(_) => {
-                bump(&shared.stats.tcp_read_timeouts);
-                return "read timeout";
-            }
-            Ok(Err(_)) => return "closed mid-packet",
-            Ok(Ok(_)) => {}
-        }
-        bump(&shared.stats.tcp_packets);
-        let reply = match shared.process(&packet, Transport::Tcp).await {
-            Action::Reply { packet, outcome } => {
-                shared.stats.count(outcome);
-                packet
-            }
-            Action::Drop { reason } => {
-                bump(&shared.stats.tcp_bad_packets);
-                bump(&shared.stats.dropped);
-                debug!(%peer, reason, "TCP packet dropped: closing the connection");
-                return "undecodable packet";
-            }
-        };
-        // A client that does not read its answers is dropped like one that does not write.
-        match timeout(shared.tcp_read_timeout, stream.write_all(&reply)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return "write error",
-            Err(_) => return "write timeout",
-        }
-    }
-}
-
 /// Binds and serves until `shutdown` completes.
 pub async fn serve(
     config: ServeConfig,
@@ -717,7 +505,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sockmsg_service::request_payload_len;
+    use sockmsg_wire::{PacketType, HEADER_LEN};
 
     #[test]
     fn tcp_headers_are_checked_before_the_payload_is_read() {
