@@ -4,8 +4,9 @@
 //!
 //! Requests take two steps, so that durability is explicit (as raft-rs's `Ready`):
 //!
-//! 1. [`Registry::check_register`] and [`Registry::check_rotate`] validate a request against what is stored *now* and return an
-//!    [`Operation`] (nothing changes yet), or a refusal to send at once.
+//! 1. [`Registry::check_register`] and [`Registry::check_rotate`] validate a request
+//!    against what is stored *now* and return an [`Operation`] (nothing changes yet), or
+//!    a refusal to send at once.
 //! 2. The server gathers the operations that arrive together and calls
 //!    [`Registry::plan_batch`]: it re-checks each against the batch so far, builds the new
 //!    records as leaves of one Merkle tree and signs its root once. The server commits
