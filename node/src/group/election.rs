@@ -1,0 +1,375 @@
+//! Leader election: Raft §5.2 with pre-vote (thesis §9.6), check-quorum (thesis §6.2)
+//! and leadership transfer (thesis §3.10), timeouts biased by rank.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+
+use super::timers::Timer;
+use super::{CommandError, Group, GroupEvent, Progress, Role};
+use crate::message::{vote_signing_input, GroupMessage, VoteMsg, VoteRequestMsg};
+
+impl Group {
+    /// A randomised election timeout in `[min + margin, max)`, biased by rank: the
+    /// members other than the known leader are sorted by rank (highest first) and the
+    /// range is cut into one slot per member, so the highest-ranked live follower
+    /// usually times out first and split votes are rare. The small margin above `min`
+    /// keeps a candidate from asking voters whose pre-vote lease (heard from the leader
+    /// within `min`) has not quite run out because the last heartbeat reached them a
+    /// fraction of a millisecond later.
+    pub(super) fn election_timeout(&mut self) -> Duration {
+        let min = self.config.election_timeout_min;
+        let max = self.config.election_timeout_max;
+        let margin = (self.config.heartbeat_interval / 10).min((max - min) / 10);
+        let low = min + margin;
+        let mut ranked: Vec<(u64, &str)> = self
+            .members
+            .iter()
+            .filter(|m| Some(m.name.as_str()) != self.leader.as_deref() || m.name == self.me.name)
+            .map(|m| (m.rank, m.name.as_str()))
+            .collect();
+        ranked.sort_by(|a, b| b.cmp(a));
+        let slots = ranked.len().max(1) as u32;
+        let slot = ranked
+            .iter()
+            .position(|&(_, name)| name == self.me.name)
+            .unwrap_or(ranked.len().saturating_sub(1)) as u32;
+        let width = (max - low) / slots;
+        let jitter = self.rng.random_range(0..width.as_nanos().max(1) as u64);
+        low + width * slot + Duration::from_nanos(jitter)
+    }
+
+    pub(super) fn reset_election_timer(&mut self, now: Instant) {
+        if self.is_member() && self.role != Role::Leader {
+            let timeout = self.election_timeout();
+            self.timers.set(Timer::Election, now + timeout);
+        } else {
+            self.timers.stop(Timer::Election);
+        }
+    }
+
+    pub(super) fn on_election_timeout(&mut self, now: Instant) {
+        if !self.is_member() || self.role == Role::Leader {
+            return;
+        }
+        self.start_pre_vote(now);
+    }
+
+    /// Thesis §9.6: ask whether we could win in term + 1 before disturbing anyone.
+    fn start_pre_vote(&mut self, now: Instant) {
+        self.role = Role::PreCandidate;
+        self.votes.clear();
+        self.votes.insert(self.me.name.clone(), Vec::new());
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.quorum() {
+            self.start_election(now);
+            return;
+        }
+        let req = self.vote_request(self.hard.term + 1);
+        for to in self.others() {
+            self.send(&to, GroupMessage::PreVoteRequest(req.clone()));
+        }
+    }
+
+    /// Raft §5.2: increment the term, vote for ourselves, ask everyone.
+    pub(super) fn start_election(&mut self, now: Instant) {
+        self.role = Role::Candidate;
+        self.hard.term += 1;
+        self.hard.voted_for = Some(self.me.name.clone());
+        self.persist();
+        self.leader = None;
+        self.announce_leader();
+        self.votes.clear();
+        let input = self.signing_input(self.hard.term, &self.me.name.clone());
+        let own = self.signer.sign_vote(&input);
+        self.votes.insert(self.me.name.clone(), own);
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.quorum() {
+            self.become_leader(now);
+            return;
+        }
+        let req = self.vote_request(self.hard.term);
+        for to in self.others() {
+            self.send(&to, GroupMessage::VoteRequest(req.clone()));
+        }
+    }
+
+    fn vote_request(&self, term: u64) -> VoteRequestMsg {
+        VoteRequestMsg {
+            term,
+            candidate: self.me.name.clone(),
+            membership_version: self.version,
+            rank: self.me.rank,
+        }
+    }
+
+    fn signing_input(&self, term: u64, candidate: &str) -> Vec<u8> {
+        // Names were checked at construction and on decode, so building cannot fail;
+        // an empty input would only make a signature the proxy rejects.
+        vote_signing_input(
+            &self.config.group,
+            term,
+            &self.me.name,
+            candidate,
+            false,
+            true,
+        )
+        .unwrap_or_default()
+    }
+
+    fn answer(&mut self, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
+        let signature = if granted && !pre_vote {
+            let input = self.signing_input(term, candidate);
+            self.signer.sign_vote(&input)
+        } else {
+            Vec::new()
+        };
+        let vote = VoteMsg {
+            group: self.config.group.clone(),
+            term,
+            voter: self.me.name.clone(),
+            candidate: candidate.to_owned(),
+            pre_vote,
+            granted,
+            signature,
+        };
+        self.send(candidate, GroupMessage::Vote(vote));
+    }
+
+    /// Whether we heard from a live leader within the minimum election timeout (the
+    /// lease that makes a voter refuse pre-votes, thesis §9.6 / §4.2.3).
+    fn leader_lease_active(&self, now: Instant) -> bool {
+        self.role == Role::Leader
+            || (self.leader.is_some()
+                && self
+                    .last_heard_leader
+                    .is_some_and(|t| now.duration_since(t) < self.config.election_timeout_min))
+    }
+
+    /// Thesis §9.6: a pre-vote changes neither our term nor our vote.
+    pub(super) fn on_pre_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
+        self.tell_removed(&req.candidate);
+        let granted = req.term > self.hard.term
+            && req.membership_version >= self.version
+            && !self.leader_lease_active(now);
+        // A grant names the asked term; a refusal our own, so a candidate behind us
+        // catches up (as raft-rs does).
+        let term = if granted { req.term } else { self.hard.term };
+        self.answer(term, &req.candidate, true, granted);
+    }
+
+    /// Raft §5.1/§5.2 RequestVote receiver.
+    pub(super) fn on_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
+        if req.term > self.hard.term {
+            // §5.1: a higher term makes us a follower of no one yet.
+            self.become_follower(now, req.term, None);
+        }
+        let granted = req.term == self.hard.term
+            && self.role != Role::Leader
+            && req.membership_version >= self.version
+            && self
+                .hard
+                .voted_for
+                .as_deref()
+                .is_none_or(|v| v == req.candidate);
+        if granted {
+            if self.hard.voted_for.is_none() {
+                self.hard.voted_for = Some(req.candidate.clone());
+                // Persisted before the vote that follows it in output order.
+                self.persist();
+            }
+            self.reset_election_timer(now);
+        }
+        self.answer(self.hard.term, &req.candidate, false, granted);
+    }
+
+    pub(super) fn on_vote(&mut self, now: Instant, vote: VoteMsg) {
+        if vote.pre_vote {
+            // A refusal carries the voter's term: a newer one we follow (Raft §5.1).
+            if !vote.granted && vote.term > self.hard.term {
+                self.become_follower(now, vote.term, None);
+                return;
+            }
+            if self.role == Role::PreCandidate
+                && vote.term == self.hard.term + 1
+                && vote.candidate == self.me.name
+                && vote.granted
+                && self.is_voter(&vote.voter)
+            {
+                self.votes.insert(vote.voter, Vec::new());
+                if self.votes.len() >= self.quorum() {
+                    self.start_election(now);
+                }
+            }
+            return;
+        }
+        if vote.term > self.hard.term {
+            self.become_follower(now, vote.term, None);
+            return;
+        }
+        if self.role == Role::Candidate
+            && vote.term == self.hard.term
+            && vote.candidate == self.me.name
+            && vote.granted
+            && self.is_voter(&vote.voter)
+        {
+            self.votes.insert(vote.voter, vote.signature);
+            if self.votes.len() >= self.quorum() {
+                self.become_leader(now);
+            }
+        }
+    }
+
+    fn is_voter(&self, name: &str) -> bool {
+        self.members.iter().any(|m| m.name == name)
+    }
+
+    pub(super) fn become_leader(&mut self, now: Instant) {
+        self.role = Role::Leader;
+        self.leader = Some(self.me.name.clone());
+        self.proof = self.votes.drain().collect();
+        self.proof.sort();
+        self.timers.stop(Timer::Election);
+        self.progress = self
+            .others()
+            .into_iter()
+            .map(|name| {
+                (
+                    name,
+                    Progress {
+                        last_heard: now,
+                        acked_version: 0,
+                    },
+                )
+            })
+            .collect();
+        self.pending = None;
+        self.queue.clear();
+        self.announce_leader();
+        // Announce at once (Raft §5.2: "sends heartbeat messages to all of the other
+        // servers to establish its authority").
+        self.on_heartbeat_timer(now);
+        self.timers
+            .set(Timer::CheckQuorum, now + self.config.election_timeout_max);
+        // Members that said LEAVE while someone else led.
+        let departed: Vec<String> = self.departed.keys().cloned().collect();
+        for name in departed {
+            self.propose_removal(now, &name);
+        }
+    }
+
+    /// Raft §5.1: step down to follower in `term` (persisting a new term), following
+    /// `leader` if known.
+    pub(super) fn become_follower(&mut self, now: Instant, term: u64, leader: Option<String>) {
+        if term > self.hard.term {
+            self.hard.term = term;
+            self.hard.voted_for = None;
+            self.persist();
+        }
+        let was_leader = self.role == Role::Leader;
+        self.role = Role::Follower;
+        if was_leader {
+            self.proof.clear();
+            self.progress.clear();
+            self.pending = None;
+            self.queue.clear();
+            self.timers.stop(Timer::Heartbeat);
+            self.timers.stop(Timer::CheckQuorum);
+        }
+        self.leader = leader;
+        self.announce_leader();
+        if self.leader.is_some() {
+            self.last_heard_leader = Some(now);
+        }
+        self.reset_election_timer(now);
+    }
+
+    /// Emits `LeaderChanged` when the (term, leader) pair differs from the last one told.
+    pub(super) fn announce_leader(&mut self) {
+        let now = (self.hard.term, self.leader.clone());
+        if self.announced != now {
+            self.announced = now.clone();
+            self.event(GroupEvent::LeaderChanged {
+                term: now.0,
+                leader: now.1,
+            });
+        }
+    }
+
+    /// Thesis §6.2: a leader that has not heard from a majority within an election
+    /// timeout steps down, so a leader cut off in a minority does not lead forever.
+    pub(super) fn on_check_quorum(&mut self, now: Instant) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let window = self.config.election_timeout_max;
+        let heard = 1 + self
+            .others()
+            .iter()
+            .filter(|name| {
+                self.progress
+                    .get(*name)
+                    .is_some_and(|p| now.duration_since(p.last_heard) < window)
+            })
+            .count();
+        if heard < self.quorum() {
+            self.become_follower(now, self.hard.term, None);
+        } else {
+            self.timers.set(Timer::CheckQuorum, now + window);
+        }
+    }
+
+    /// Leader: hand leadership to the most up-to-date follower (thesis §3.10).
+    pub fn transfer_leadership(&mut self, now: Instant) -> Result<String, CommandError> {
+        if self.role == Role::Left {
+            return Err(CommandError::Left);
+        }
+        if self.role != Role::Leader {
+            return Err(CommandError::NotLeader);
+        }
+        let target = self
+            .transfer_target(now)
+            .ok_or(CommandError::NoTransferTarget)?;
+        self.send(
+            &target,
+            GroupMessage::TransferLeadership {
+                term: self.hard.term,
+                target: target.clone(),
+            },
+        );
+        Ok(target)
+    }
+
+    /// The follower with the newest acknowledged membership, then heard most recently
+    /// within the check-quorum window, then of highest rank.
+    fn transfer_target(&self, now: Instant) -> Option<String> {
+        let window = self.config.election_timeout_max;
+        self.members
+            .iter()
+            .filter(|m| m.name != self.me.name)
+            .filter_map(|m| {
+                let p = self.progress.get(&m.name)?;
+                let live = now.duration_since(p.last_heard) < window;
+                Some(((live, p.acked_version, m.rank), m.name.clone()))
+            })
+            .max()
+            .map(|(_, name)| name)
+    }
+
+    /// Raft's TimeoutNow: the target stands at once, skipping pre-vote.
+    pub(super) fn on_transfer_leadership(
+        &mut self,
+        now: Instant,
+        from: &str,
+        term: u64,
+        target: String,
+    ) {
+        if target == self.me.name
+            && term == self.hard.term
+            && self.leader.as_deref() == Some(from)
+            && self.is_member()
+        {
+            self.start_election(now);
+        }
+    }
+}

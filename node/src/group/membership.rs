@@ -1,0 +1,371 @@
+//! Membership: bootstrap, join, leave, heartbeats, failure removal, and single-member
+//! changes that wait for a majority of the previous membership (Raft dissertation §4.1).
+
+use std::time::Instant;
+
+use super::timers::Timer;
+use super::{CommandError, Group, GroupEvent, Progress, Role};
+use crate::message::{GroupMessage, MemberInfo};
+use sockmsg_wire::frame::MessageClass;
+
+/// A single-member change the leader has queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Admit a member, or replace the entry of the same name (a new incarnation).
+    Add(MemberInfo),
+    Remove(String),
+}
+
+/// The change in flight: it has taken effect on the leader, and the next may start once
+/// a majority of `previous` has acknowledged `version`.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    version: u64,
+    previous: Vec<String>,
+}
+
+impl Group {
+    /// Founds the group: this node becomes its only member and leader. The proxy knew
+    /// no leader; `last_term` is the last term it knew for the group (0 if none), so the
+    /// founder stands in a term no earlier leader used.
+    pub fn bootstrap(&mut self, now: Instant, last_term: u64) -> Result<(), CommandError> {
+        if self.role == Role::Left {
+            return Err(CommandError::Left);
+        }
+        if self.hard.term < last_term {
+            self.hard.term = last_term;
+            self.hard.voted_for = None;
+        }
+        self.adopt_membership(now, self.version + 1, vec![self.me.clone()]);
+        self.start_election(now);
+        Ok(())
+    }
+
+    /// Leader: a (pre-)vote request from a node we do not list means it was removed
+    /// without hearing of it; tell it, so it stops standing and can join again.
+    pub(super) fn tell_removed(&mut self, candidate: &str) {
+        if self.role == Role::Leader && !self.members.iter().any(|m| m.name == candidate) {
+            let msg = GroupMessage::Membership {
+                term: self.hard.term,
+                version: self.version,
+                members: self.members.clone(),
+            };
+            self.send(candidate, msg);
+        }
+    }
+
+    /// Asks `leader` (from the proxy) to admit this node; repeated every `join_retry`
+    /// (to the leader heard of since, if any) until admitted.
+    pub fn join(&mut self, now: Instant, leader: &str) -> Result<(), CommandError> {
+        if self.role == Role::Left {
+            return Err(CommandError::Left);
+        }
+        self.join_target = Some(leader.to_owned());
+        self.send(leader, GroupMessage::Join(self.me.clone()));
+        self.timers
+            .set(Timer::JoinRetry, now + self.config.join_retry);
+        Ok(())
+    }
+
+    pub(super) fn on_join_retry(&mut self, now: Instant) {
+        if self.leaving.is_some() {
+            self.finish_leave();
+            return;
+        }
+        if self.joined {
+            return;
+        }
+        let target = self.leader.clone().or_else(|| self.join_target.clone());
+        if let Some(target) = target.filter(|t| *t != self.me.name) {
+            self.send(&target, GroupMessage::Join(self.me.clone()));
+        }
+        self.timers
+            .set(Timer::JoinRetry, now + self.config.join_retry);
+    }
+
+    /// Leaves the group gracefully. A leader first hands leadership to its most
+    /// up-to-date follower and stays to vote for it (so even a two-member group elects
+    /// the survivor), leaving once it has voted in a later term or after
+    /// `election_timeout_max`.
+    pub fn leave(&mut self, now: Instant) -> Result<(), CommandError> {
+        if self.role == Role::Left {
+            return Err(CommandError::Left);
+        }
+        if self.role == Role::Leader && self.transfer_leadership(now).is_ok() {
+            self.leaving = Some(self.hard.term);
+            self.timers
+                .set(Timer::JoinRetry, now + self.config.election_timeout_max);
+            return Ok(());
+        }
+        self.finish_leave();
+        Ok(())
+    }
+
+    pub(super) fn finish_leave(&mut self) {
+        self.leaving = None;
+        let leave = GroupMessage::Leave {
+            name: self.me.name.clone(),
+            incarnation: self.me.incarnation,
+        };
+        for to in self.others() {
+            self.send(&to, leave.clone());
+        }
+        self.role = Role::Left;
+        self.timers = Default::default();
+        self.event(GroupEvent::Left);
+    }
+
+    /// HEARTBEAT or MEMBERSHIP from `from`, who claims to lead `term`.
+    pub(super) fn on_leader_message(
+        &mut self,
+        now: Instant,
+        from: &str,
+        term: u64,
+        version: u64,
+        members: Vec<MemberInfo>,
+        reliable: bool,
+    ) {
+        let class = if reliable {
+            MessageClass::Reliable
+        } else {
+            MessageClass::Unreliable
+        };
+        if term < self.hard.term {
+            // Raft §5.1: reject a stale term; our answer tells the old leader of the new.
+            let ack = GroupMessage::MembershipAck {
+                term: self.hard.term,
+                version: self.version,
+            };
+            self.send_class(from, class, ack);
+            return;
+        }
+        if term == self.hard.term && self.role == Role::Leader {
+            // Two leaders in one term cannot happen (one vote per term); ignore.
+            return;
+        }
+        let same_leader = term == self.hard.term && self.leader.as_deref() == Some(from);
+        if !same_leader || self.role != Role::Follower {
+            self.become_follower(now, term, Some(from.to_owned()));
+        } else {
+            self.last_heard_leader = Some(now);
+            self.reset_election_timer(now);
+        }
+        // The leader is the authority on membership in its term; within the term its
+        // versions only grow, so a lower one is a heartbeat overtaken by a MEMBERSHIP.
+        if !same_leader || version >= self.version {
+            self.adopt_membership(now, version, members);
+        }
+        let ack = GroupMessage::MembershipAck {
+            term: self.hard.term,
+            version: self.version,
+        };
+        self.send_class(from, class, ack);
+    }
+
+    pub(super) fn adopt_membership(
+        &mut self,
+        now: Instant,
+        version: u64,
+        members: Vec<MemberInfo>,
+    ) {
+        if version == self.version && members == self.members {
+            return;
+        }
+        let was_member = self.is_member();
+        self.members = members;
+        self.version = version;
+        self.hard.membership_version = version;
+        self.hard.members = self.members.clone();
+        self.persist();
+        self.event(GroupEvent::MembersChanged {
+            version,
+            members: self.members.clone(),
+        });
+        let listed = self.members.contains(&self.me);
+        if listed && !self.joined {
+            self.joined = true;
+            self.timers.stop(Timer::JoinRetry);
+            self.event(GroupEvent::Joined);
+        }
+        if was_member && !self.is_member() {
+            self.joined = false;
+            self.event(GroupEvent::Removed);
+        }
+        if was_member != self.is_member() {
+            self.reset_election_timer(now);
+        }
+    }
+
+    pub(super) fn on_membership_ack(&mut self, now: Instant, from: &str, term: u64, version: u64) {
+        if term > self.hard.term {
+            self.become_follower(now, term, None);
+            return;
+        }
+        if self.role != Role::Leader || term != self.hard.term {
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(from) {
+            p.last_heard = now;
+            p.acked_version = p.acked_version.max(version);
+        }
+        self.maybe_commit(now);
+    }
+
+    pub(super) fn on_join(&mut self, now: Instant, member: MemberInfo) {
+        if self.role != Role::Leader {
+            return;
+        }
+        self.departed.remove(&member.name);
+        if self.members.contains(&member) {
+            // Already admitted (the MEMBERSHIP may still be on its way): say so again.
+            let msg = GroupMessage::Membership {
+                term: self.hard.term,
+                version: self.version,
+                members: self.members.clone(),
+            };
+            self.send(&member.name, msg);
+            return;
+        }
+        let change = Change::Add(member);
+        if !self.queue.contains(&change) {
+            self.queue.push_back(change);
+        }
+        self.drive_changes(now);
+    }
+
+    pub(super) fn on_leave(&mut self, now: Instant, name: String, incarnation: u64) {
+        let current = self
+            .members
+            .iter()
+            .any(|m| m.name == name && m.incarnation == incarnation);
+        if !current {
+            return;
+        }
+        self.departed.insert(name.clone(), incarnation);
+        if self.role == Role::Leader {
+            self.propose_removal(now, &name);
+        }
+    }
+
+    pub(super) fn propose_removal(&mut self, now: Instant, name: &str) {
+        let change = Change::Remove(name.to_owned());
+        if !self.queue.contains(&change) {
+            self.queue.push_back(change);
+        }
+        self.drive_changes(now);
+    }
+
+    /// Starts queued changes one at a time (dissertation §4.1: a change may start only
+    /// once the previous one is committed, so any two quorums overlap).
+    fn drive_changes(&mut self, now: Instant) {
+        while self.pending.is_none() {
+            let Some(change) = self.queue.pop_front() else {
+                return;
+            };
+            let mut next = self.members.clone();
+            match &change {
+                Change::Add(member) => match next.iter_mut().find(|m| m.name == member.name) {
+                    Some(entry) if entry == member => continue,
+                    Some(entry) => *entry = member.clone(),
+                    None => next.push(member.clone()),
+                },
+                Change::Remove(name) => {
+                    if *name == self.me.name || !next.iter().any(|m| m.name == *name) {
+                        continue;
+                    }
+                    next.retain(|m| m.name != *name);
+                }
+            }
+            let previous: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+            let version = self.version + 1;
+            for m in &next {
+                if m.name != self.me.name {
+                    self.progress.entry(m.name.clone()).or_insert(Progress {
+                        last_heard: now,
+                        acked_version: 0,
+                    });
+                }
+            }
+            self.adopt_membership(now, version, next);
+            self.pending = Some(Pending {
+                version,
+                previous: previous.clone(),
+            });
+            let msg = GroupMessage::Membership {
+                term: self.hard.term,
+                version,
+                members: self.members.clone(),
+            };
+            let mut to: Vec<String> = previous;
+            to.extend(self.members.iter().map(|m| m.name.clone()));
+            to.sort();
+            to.dedup();
+            to.retain(|n| *n != self.me.name);
+            for name in to {
+                self.send(&name, msg.clone());
+            }
+            self.maybe_commit(now);
+        }
+    }
+
+    fn maybe_commit(&mut self, now: Instant) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        let acked = pending
+            .previous
+            .iter()
+            .filter(|name| {
+                **name == self.me.name
+                    || self
+                        .progress
+                        .get(*name)
+                        .is_some_and(|p| p.acked_version >= pending.version)
+            })
+            .count();
+        if acked < pending.previous.len() / 2 + 1 {
+            return;
+        }
+        self.pending = None;
+        let members = &self.members;
+        self.progress
+            .retain(|name, _| members.iter().any(|m| m.name == *name));
+        self.departed
+            .retain(|name, _| members.iter().any(|m| m.name == *name));
+        self.drive_changes(now);
+    }
+
+    /// Leader: heartbeat every member, and remove members not heard from for
+    /// `failure_removal`.
+    pub(super) fn on_heartbeat_timer(&mut self, now: Instant) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let heartbeat = GroupMessage::Heartbeat {
+            term: self.hard.term,
+            leader: self.me.name.clone(),
+            membership_version: self.version,
+            members: self.members.clone(),
+        };
+        for to in self.others() {
+            self.send(&to, heartbeat.clone());
+        }
+        self.timers
+            .set(Timer::Heartbeat, now + self.config.heartbeat_interval);
+        let limit = self.config.failure_removal;
+        let failed: Vec<String> = self
+            .others()
+            .into_iter()
+            .filter(|name| {
+                self.progress
+                    .get(name)
+                    .is_some_and(|p| now.duration_since(p.last_heard) >= limit)
+            })
+            .filter(|name| !self.queue.contains(&Change::Remove(name.clone())))
+            .collect();
+        for name in failed {
+            self.event(GroupEvent::PeerUnreachable { name: name.clone() });
+            self.propose_removal(now, &name);
+        }
+    }
+}

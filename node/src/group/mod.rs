@@ -1,0 +1,447 @@
+//! The sans-IO [`Group`] state machine.
+//!
+//! Inputs: [`Group::step`] (a message from an authenticated peer), [`Group::tick`] (time
+//! passed) and the commands [`Group::bootstrap`], [`Group::join`], [`Group::send_chat`],
+//! [`Group::leave`], [`Group::transfer_leadership`]. Outputs: drain
+//! [`Group::poll_output`] after every input, then sleep until [`Group::poll_timeout`].
+//!
+//! Poll order and the persistence contract: outputs come out in the order the driver must
+//! perform them. An [`Output::Persist`] must be written durably *before* any output that
+//! follows it is performed; in particular a VOTE is always preceded by the `Persist` of the
+//! vote it carries (Raft §5.2 / Figure 2: "updated on stable storage before responding").
+
+mod chat;
+mod election;
+mod membership;
+mod timers;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use sockmsg_wire::frame::MessageClass;
+
+use crate::message::{GroupMessage, MemberInfo};
+use timers::{Timer, Timers};
+
+/// Timing of the group protocol (config.yml `group:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The group's name (signed into votes).
+    pub group: String,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// A leader removes a member it has not heard from for this long. Must exceed
+    /// `election_timeout_max` (the check-quorum window) so that a leader cut off in a
+    /// minority steps down before it could shrink the group to what it still reaches.
+    pub failure_removal: Duration,
+    /// A joining node repeats its JOIN this often until it is admitted.
+    pub join_retry: Duration,
+}
+
+impl GroupConfig {
+    pub fn new(group: impl Into<String>) -> Self {
+        GroupConfig {
+            group: group.into(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            failure_removal: Duration::from_millis(1000),
+            join_retry: Duration::from_millis(300),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.election_timeout_min
+        {
+            return Err(ConfigError(
+                "heartbeat_interval must be in (0, election_timeout_min)",
+            ));
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(ConfigError(
+                "election_timeout_min must be < election_timeout_max",
+            ));
+        }
+        if self.failure_removal <= self.election_timeout_max {
+            return Err(ConfigError(
+                "failure_removal must exceed election_timeout_max (the check-quorum window)",
+            ));
+        }
+        if self.join_retry.is_zero() {
+            return Err(ConfigError("join_retry must be positive"));
+        }
+        sockmsg_wire::Name::new(&self.group)
+            .map_err(|_| ConfigError("group is not a valid name"))?;
+        Ok(())
+    }
+}
+
+/// An invalid [`GroupConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid group config: {0}")]
+pub struct ConfigError(pub &'static str);
+
+/// What must survive a restart: Raft Figure 2's currentTerm and votedFor, and the
+/// membership (Raft keeps its configuration in the persistent log). Without the
+/// membership a restarted voter would forget its version and could vote for a candidate
+/// with a stale membership whose quorum does not overlap the current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub voted_for: Option<String>,
+    pub membership_version: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+/// Signs granted votes (SPEC.md §9). The driver plugs in the node's RSA key; the
+/// simulator a cheap deterministic signer.
+pub trait VoteSigner {
+    fn sign_vote(&self, input: &[u8]) -> Vec<u8>;
+}
+
+/// What the state machine tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// This node is listed, with its incarnation, in a membership from a leader.
+    Joined,
+    MembersChanged {
+        version: u64,
+        members: Vec<MemberInfo>,
+    },
+    /// The leader this node knows changed (`None`: none known in `term`).
+    LeaderChanged { term: u64, leader: Option<String> },
+    ChatReceived {
+        sender: String,
+        incarnation: u64,
+        seq: u64,
+        text: String,
+    },
+    /// The leader has not heard from `name` for `failure_removal` and removes it.
+    PeerUnreachable { name: String },
+    /// The leader removed this node from the group; it may [`Group::join`] again.
+    Removed,
+    /// [`Group::leave`] finished; the node takes no further part.
+    Left,
+}
+
+/// One thing for the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Send {
+        to: String,
+        class: MessageClass,
+        frame: GroupMessage,
+    },
+    /// Write durably before performing any later output (see the module docs).
+    Persist(HardState),
+    Event(GroupEvent),
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("this node is not a member of the group")]
+    NotMember,
+    #[error("this node has left the group")]
+    Left,
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("no other member to hand leadership to")]
+    NoTransferTarget,
+    #[error("chat line is empty or longer than {max} bytes")]
+    LineLength { max: usize },
+}
+
+/// Raft roles (§5.1), with the pre-vote phase (thesis §9.6) as its own role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// Left the group (after [`Group::leave`]).
+    Left,
+}
+
+/// What the leader knows about one follower.
+#[derive(Debug, Clone)]
+struct Progress {
+    last_heard: Instant,
+    acked_version: u64,
+}
+
+/// The group state machine of one node.
+pub struct Group {
+    config: GroupConfig,
+    me: MemberInfo,
+    signer: Box<dyn VoteSigner>,
+    rng: ChaCha8Rng,
+    outputs: VecDeque<Output>,
+    timers: Timers,
+
+    // Raft state.
+    hard: HardState,
+    role: Role,
+    leader: Option<String>,
+    /// The (term, leader) last told in `GroupEvent::LeaderChanged`.
+    announced: (u64, Option<String>),
+    /// When this node last heard from a live leader (pre-vote lease, thesis §9.6).
+    last_heard_leader: Option<Instant>,
+    /// Pre-votes or votes granted to us in the current (pre-)election, with signatures.
+    votes: HashMap<String, Vec<u8>>,
+    /// The granted, signed votes that elected us (kept while we lead).
+    proof: Vec<(String, Vec<u8>)>,
+
+    // Membership.
+    members: Vec<MemberInfo>,
+    version: u64,
+    joined: bool,
+    join_target: Option<String>,
+    /// Leader only: per follower.
+    progress: HashMap<String, Progress>,
+    /// Leader only: the change in flight and the previous membership it needs a majority of.
+    pending: Option<membership::Pending>,
+    /// Leader only: changes waiting for the one in flight.
+    queue: VecDeque<membership::Change>,
+    /// leave() was called while leading, in this term: we stay until we have voted in a
+    /// later term (for the transfer target) or the deadline passes.
+    leaving: Option<u64>,
+    /// Names that said LEAVE, with the incarnation: removed when we lead.
+    departed: HashMap<String, u64>,
+
+    // Chat.
+    chat: chat::ChatState,
+}
+
+impl Group {
+    /// A node starting at `now`. `hard` is what it persisted before (default for a new
+    /// node): a node whose persisted membership lists it is a member at once (it votes
+    /// and stands), but should still [`Group::join`] to announce its new incarnation; any
+    /// other node calls [`Group::bootstrap`] or [`Group::join`]. `rng` seeds the
+    /// election timeouts, so a run replays from its seed.
+    pub fn new(
+        config: GroupConfig,
+        me: MemberInfo,
+        hard: HardState,
+        rng: ChaCha8Rng,
+        signer: Box<dyn VoteSigner>,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        sockmsg_wire::Name::new(&me.name).map_err(|_| ConfigError("member name is invalid"))?;
+        let hard_term = hard.term;
+        let members = hard.members.clone();
+        let version = hard.membership_version;
+        let mut group = Group {
+            config,
+            me,
+            signer,
+            rng,
+            outputs: VecDeque::new(),
+            timers: Timers::default(),
+            hard,
+            role: Role::Follower,
+            leader: None,
+            announced: (hard_term, None),
+            last_heard_leader: None,
+            votes: HashMap::new(),
+            proof: Vec::new(),
+            members,
+            version,
+            joined: false,
+            join_target: None,
+            progress: HashMap::new(),
+            pending: None,
+            queue: VecDeque::new(),
+            departed: HashMap::new(),
+            leaving: None,
+            chat: chat::ChatState::default(),
+        };
+        group.reset_election_timer(now);
+        Ok(group)
+    }
+
+    // ---- getters ----
+
+    pub fn name(&self) -> &str {
+        &self.me.name
+    }
+    pub fn me(&self) -> &MemberInfo {
+        &self.me
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> u64 {
+        self.hard.term
+    }
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard
+    }
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+    pub fn members(&self) -> &[MemberInfo] {
+        &self.members
+    }
+    pub fn membership_version(&self) -> u64 {
+        self.version
+    }
+    /// Whether [`Group::leave`] was called and the node stays only to vote for the
+    /// member it handed leadership to.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.is_some()
+    }
+    /// Whether this node is listed in its own view of the membership.
+    pub fn is_member(&self) -> bool {
+        self.role != Role::Left && self.members.iter().any(|m| m.name == self.me.name)
+    }
+    /// The granted, signed votes that elected this node (empty unless it leads), for the
+    /// proxy announcement.
+    pub fn election_proof(&self) -> Vec<(String, Vec<u8>)> {
+        self.proof.clone()
+    }
+
+    // ---- inputs ----
+
+    /// A message from the authenticated session peer `from`.
+    pub fn step(&mut self, now: Instant, from: &str, msg: GroupMessage) {
+        if self.role == Role::Left {
+            return;
+        }
+        match msg {
+            GroupMessage::Heartbeat {
+                term,
+                leader,
+                membership_version,
+                members,
+            } => {
+                if leader == from {
+                    self.on_leader_message(now, from, term, membership_version, members, false);
+                }
+            }
+            GroupMessage::Membership {
+                term,
+                version,
+                members,
+            } => self.on_leader_message(now, from, term, version, members, true),
+            GroupMessage::MembershipAck { term, version } => {
+                self.on_membership_ack(now, from, term, version)
+            }
+            GroupMessage::PreVoteRequest(req) => {
+                if req.candidate == from {
+                    self.on_pre_vote_request(now, req)
+                }
+            }
+            GroupMessage::VoteRequest(req) => {
+                if req.candidate == from {
+                    self.on_vote_request(now, req)
+                }
+            }
+            GroupMessage::Vote(vote) => {
+                if vote.voter == from && vote.group == self.config.group {
+                    self.on_vote(now, vote)
+                }
+            }
+            GroupMessage::TransferLeadership { term, target } => {
+                self.on_transfer_leadership(now, from, term, target)
+            }
+            GroupMessage::Join(member) => {
+                if member.name == from {
+                    self.on_join(now, member)
+                }
+            }
+            GroupMessage::Leave { name, incarnation } => {
+                if name == from {
+                    self.on_leave(now, name, incarnation)
+                }
+            }
+            GroupMessage::Chat(line) => {
+                if line.sender == from {
+                    self.on_chat(line)
+                }
+            }
+        }
+        if let Some(led) = self.leaving {
+            let voted = self.hard.term > led
+                && self
+                    .hard
+                    .voted_for
+                    .as_ref()
+                    .is_some_and(|v| *v != self.me.name);
+            if voted && self.role != Role::Leader {
+                self.finish_leave();
+            }
+        }
+    }
+
+    /// Time has passed: fire every timer due at `now`.
+    pub fn tick(&mut self, now: Instant) {
+        if self.role == Role::Left {
+            return;
+        }
+        while let Some(timer) = self.timers.expired(now) {
+            match timer {
+                Timer::Election => self.on_election_timeout(now),
+                Timer::Heartbeat => self.on_heartbeat_timer(now),
+                Timer::CheckQuorum => self.on_check_quorum(now),
+                Timer::JoinRetry => self.on_join_retry(now),
+            }
+        }
+    }
+
+    // ---- outputs ----
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest instant [`Group::tick`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.role == Role::Left {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    // ---- helpers shared by the submodules ----
+
+    fn send(&mut self, to: &str, frame: GroupMessage) {
+        let class = frame.class();
+        self.send_class(to, class, frame);
+    }
+
+    fn send_class(&mut self, to: &str, class: MessageClass, frame: GroupMessage) {
+        self.outputs.push_back(Output::Send {
+            to: to.to_owned(),
+            class,
+            frame,
+        });
+    }
+
+    fn event(&mut self, event: GroupEvent) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn persist(&mut self) {
+        self.outputs.push_back(Output::Persist(self.hard.clone()));
+    }
+
+    /// Names of the other members, in membership order.
+    fn others(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.name != self.me.name)
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests;

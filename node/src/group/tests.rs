@@ -1,0 +1,694 @@
+//! Unit tests of the election and membership rules, named after the Raft paper (§)
+//! and Ongaro's dissertation ("thesis §").
+
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::message::{ChatLine, VoteMsg, VoteRequestMsg};
+
+struct TestSigner(String);
+
+impl VoteSigner for TestSigner {
+    fn sign_vote(&self, input: &[u8]) -> Vec<u8> {
+        let mut sig = self.0.as_bytes().to_vec();
+        sig.extend_from_slice(&(input.len() as u32).to_be_bytes());
+        sig
+    }
+}
+
+fn info(name: &str, rank: u64) -> MemberInfo {
+    MemberInfo {
+        name: name.into(),
+        addr: "127.0.0.1:7402".parse().unwrap(),
+        rank,
+        incarnation: 1,
+    }
+}
+
+fn node(name: &str, rank: u64) -> Group {
+    Group::new(
+        GroupConfig::new("lobby"),
+        info(name, rank),
+        HardState::default(),
+        ChaCha8Rng::seed_from_u64(rank),
+        Box::new(TestSigner(name.into())),
+        Instant::now(),
+    )
+    .unwrap()
+}
+
+/// A follower of `members` (names with rank = position from the end) in `term`, with no
+/// known leader and its election timer armed.
+fn follower(name: &str, names: &[&str], term: u64, now: Instant) -> Group {
+    let members: Vec<MemberInfo> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| info(n, (names.len() - i) as u64))
+        .collect();
+    let rank = members.iter().find(|m| m.name == name).unwrap().rank;
+    let mut g = node(name, rank);
+    g.hard.term = term;
+    g.members = members;
+    g.version = 1;
+    g.joined = true;
+    g.reset_election_timer(now);
+    g
+}
+
+fn drain(g: &mut Group) -> Vec<Output> {
+    std::iter::from_fn(|| g.poll_output()).collect()
+}
+
+fn sends(outputs: &[Output]) -> Vec<(String, GroupMessage)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame, .. } => Some((to.clone(), frame.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vote_request(term: u64, candidate: &str, version: u64) -> VoteRequestMsg {
+    VoteRequestMsg {
+        term,
+        candidate: candidate.into(),
+        membership_version: version,
+        rank: 0,
+    }
+}
+
+fn the_vote(outputs: &[Output]) -> VoteMsg {
+    let votes: Vec<VoteMsg> = sends(outputs)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            GroupMessage::Vote(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(votes.len(), 1, "exactly one VOTE in {outputs:?}");
+    votes.into_iter().next().unwrap()
+}
+
+/// Delivers every message instantly until no node has anything to send.
+fn settle(nodes: &mut [Group], now: Instant) -> Vec<(String, GroupMessage)> {
+    let mut log = Vec::new();
+    loop {
+        let mut queue = Vec::new();
+        for g in nodes.iter_mut() {
+            let from = g.name().to_owned();
+            for o in drain(g) {
+                if let Output::Send { to, frame, .. } = o {
+                    queue.push((from.clone(), to, frame));
+                }
+            }
+        }
+        if queue.is_empty() {
+            return log;
+        }
+        for (from, to, frame) in queue {
+            log.push((from.clone(), frame.clone()));
+            if let Some(g) = nodes.iter_mut().find(|g| g.name() == to) {
+                g.step(now, &from, frame);
+            }
+        }
+    }
+}
+
+/// A settled group of `names` led by the first, in term 1.
+fn group_of(names: &[&str], now: Instant) -> Vec<Group> {
+    let mut nodes: Vec<Group> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| node(n, 100 - i as u64))
+        .collect();
+    nodes[0].bootstrap(now, 0).unwrap();
+    for i in 1..nodes.len() {
+        nodes[i].join(now, names[0]).unwrap();
+        settle(&mut nodes, now);
+    }
+    settle(&mut nodes, now);
+    for g in &nodes {
+        assert_eq!(g.members().len(), names.len(), "{} sees everyone", g.name());
+        assert_eq!(g.leader(), Some(names[0]));
+    }
+    nodes
+}
+
+#[test]
+fn raft_5_2_a_node_grants_one_vote_per_term() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    assert!(the_vote(&drain(&mut g)).granted);
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
+    let refused = the_vote(&drain(&mut g));
+    assert!(!refused.granted, "a second candidate in the same term");
+    // The same candidate asking again (a retransmission) gets the same answer.
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    assert!(the_vote(&drain(&mut g)).granted);
+    // A new term frees the vote.
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 1)));
+    assert!(the_vote(&drain(&mut g)).granted);
+}
+
+#[test]
+fn raft_5_2_the_vote_is_persisted_before_it_is_sent() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    let out = drain(&mut g);
+    let persisted = out
+        .iter()
+        .rposition(|o| {
+            matches!(o, Output::Persist(h) if h.term == 2 && h.voted_for.as_deref() == Some("a"))
+        })
+        .expect("the vote is persisted");
+    let sent = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    frame: GroupMessage::Vote(_),
+                    ..
+                }
+            )
+        })
+        .expect("the vote is sent");
+    assert!(
+        persisted < sent,
+        "Persist must come before the VOTE: {out:?}"
+    );
+}
+
+#[test]
+fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    drain(&mut g);
+    // The driver writes each Persist; a restart reads back the last one.
+    let mut g = node("b", 2);
+    g.step(
+        now,
+        "a",
+        GroupMessage::Membership {
+            term: 1,
+            version: 4,
+            members: vec![info("a", 3), info("b", 2), info("c", 1)],
+        },
+    );
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 4)));
+    let last = drain(&mut g)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Persist(h) => Some(h),
+            _ => None,
+        })
+        .next_back()
+        .unwrap();
+    let mut restarted = Group::new(
+        GroupConfig::new("lobby"),
+        info("b", 2),
+        last,
+        ChaCha8Rng::seed_from_u64(9),
+        Box::new(TestSigner("b".into())),
+        now,
+    )
+    .unwrap();
+    restarted.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 4)));
+    assert!(
+        !the_vote(&drain(&mut restarted)).granted,
+        "already voted in term 2"
+    );
+    assert!(restarted.is_member(), "the membership survived");
+    assert!(
+        restarted.poll_timeout().is_some(),
+        "a member's election timer runs"
+    );
+    // A candidate with an older membership than the persisted one is refused.
+    restarted.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 3)));
+    assert!(!the_vote(&drain(&mut restarted)).granted);
+}
+
+#[test]
+fn raft_5_2_granted_votes_are_signed_per_spec_9() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    let vote = the_vote(&drain(&mut g));
+    let input = crate::vote_signing_input("lobby", 2, "b", "a", false, true).unwrap();
+    assert_eq!(vote.signature, TestSigner("b".into()).sign_vote(&input));
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
+    assert!(
+        the_vote(&drain(&mut g)).signature.is_empty(),
+        "refusals are unsigned"
+    );
+}
+
+#[test]
+fn raft_5_1_a_higher_term_makes_a_leader_step_down() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    assert_eq!(a.role(), Role::Leader);
+    a.step(now, "c", GroupMessage::VoteRequest(vote_request(7, "c", 0)));
+    assert_eq!(a.role(), Role::Follower);
+    assert_eq!(a.term(), 7);
+    let out = drain(a);
+    assert!(out.contains(&Output::Event(GroupEvent::LeaderChanged {
+        term: 7,
+        leader: None
+    })));
+    assert!(a.election_proof().is_empty(), "no proof once deposed");
+}
+
+#[test]
+fn raft_5_1_a_stale_term_is_refused() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 3, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    let vote = the_vote(&drain(&mut g));
+    assert!(!vote.granted);
+    assert_eq!(
+        vote.term, 3,
+        "the refusal tells the candidate the newer term"
+    );
+    g.step(
+        now,
+        "a",
+        GroupMessage::Heartbeat {
+            term: 2,
+            leader: "a".into(),
+            membership_version: 1,
+            members: g.members.clone(),
+        },
+    );
+    assert_eq!(g.leader(), None, "a stale leader is not followed");
+    let out = drain(&mut g);
+    assert!(sends(&out).contains(&(
+        "a".into(),
+        GroupMessage::MembershipAck {
+            term: 3,
+            version: 1
+        }
+    )));
+}
+
+#[test]
+fn vote_requires_the_candidates_membership_version_at_least_the_voters() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.version = 5;
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 4)));
+    assert!(!the_vote(&drain(&mut g)).granted);
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 5)));
+    assert!(the_vote(&drain(&mut g)).granted);
+}
+
+#[test]
+fn thesis_9_6_a_pre_vote_changes_neither_term_nor_vote() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 4, now);
+    g.step(
+        now,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(5, "c", 1)),
+    );
+    let vote = the_vote(&drain(&mut g));
+    assert!(vote.granted && vote.pre_vote);
+    assert_eq!(g.hard_state().term, 4);
+    assert_eq!(g.hard_state().voted_for, None);
+    assert!(
+        !drain(&mut g)
+            .iter()
+            .any(|o| matches!(o, Output::Persist(_))),
+        "nothing to persist"
+    );
+}
+
+#[test]
+fn thesis_9_6_pre_vote_does_not_disturb_a_healthy_leader() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    // c was partitioned and comes back asking to stand in a later term.
+    let later = now + Duration::from_millis(40);
+    nodes[1].step(
+        later,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+    );
+    let vote = the_vote(&drain(&mut nodes[1]));
+    assert!(
+        !vote.granted,
+        "b heard from a live leader within the minimum timeout"
+    );
+    nodes[0].step(
+        later,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+    );
+    assert!(
+        !the_vote(&drain(&mut nodes[0])).granted,
+        "the leader refuses"
+    );
+    assert_eq!(nodes[0].role(), Role::Leader);
+    assert_eq!(nodes[0].term(), 1);
+    assert_eq!(nodes[1].term(), 1);
+    // Once the lease has run out (no heartbeat for the minimum timeout), b would agree.
+    let stale = now + Duration::from_millis(151);
+    nodes[1].step(
+        stale,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+    );
+    assert!(the_vote(&drain(&mut nodes[1])).granted);
+}
+
+#[test]
+fn raft_5_2_a_candidate_with_a_majority_leads_and_keeps_the_signed_votes() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    // a crashes; time passes until b and c stand.
+    let mut rest: Vec<Group> = nodes.drain(1..).collect();
+    let mut t = now;
+    while !rest.iter().any(|g| g.role() == Role::Leader) {
+        t = rest.iter().filter_map(|g| g.poll_timeout()).min().unwrap();
+        for g in rest.iter_mut() {
+            g.tick(t);
+        }
+        settle(&mut rest, t);
+        assert!(t < now + Duration::from_secs(1));
+    }
+    let leader = rest.iter().find(|g| g.role() == Role::Leader).unwrap();
+    assert_eq!(leader.term(), 2, "elected in one round");
+    assert!(
+        t - now >= Duration::from_millis(150),
+        "not before the election timeout"
+    );
+    let proof = leader.election_proof();
+    assert_eq!(proof.len(), 2, "own vote and one other: a majority of 3");
+    for (voter, signature) in &proof {
+        let input =
+            crate::vote_signing_input("lobby", 2, voter, leader.name(), false, true).unwrap();
+        assert_eq!(*signature, TestSigner(voter.clone()).sign_vote(&input));
+    }
+    let follower = rest.iter().find(|g| g.role() != Role::Leader).unwrap();
+    assert_eq!(follower.leader(), Some(leader.name()));
+}
+
+#[test]
+fn rank_bias_makes_the_highest_ranked_follower_time_out_first() {
+    let now = Instant::now();
+    let names = ["a", "b", "c", "d", "e"];
+    // a leads; b has the highest rank of the followers.
+    for seed in 0..50 {
+        let mut timeouts: Vec<(Duration, String)> = names[1..]
+            .iter()
+            .map(|n| {
+                let mut g = follower(n, &names, 1, now);
+                g.rng = ChaCha8Rng::seed_from_u64(seed);
+                g.leader = Some("a".into());
+                (g.election_timeout(), n.to_string())
+            })
+            .collect();
+        timeouts.sort();
+        assert_eq!(timeouts[0].1, "b", "seed {seed}: {timeouts:?}");
+        for (t, _) in &timeouts {
+            assert!(*t >= Duration::from_millis(150) && *t < Duration::from_millis(300));
+        }
+    }
+}
+
+#[test]
+fn thesis_6_2_check_quorum_a_leader_without_a_majority_steps_down() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    // b keeps answering, c is silent: a majority (a, b) — a stays.
+    let mut t = now;
+    while t < now + Duration::from_millis(700) {
+        t = a.poll_timeout().unwrap();
+        a.tick(t);
+        drain(a);
+        a.step(
+            t,
+            "b",
+            GroupMessage::MembershipAck {
+                term: 1,
+                version: a.version,
+            },
+        );
+    }
+    assert_eq!(a.role(), Role::Leader, "b is a majority with a");
+    // Now no one answers: a steps down within two check-quorum windows.
+    let silent_from = t;
+    while a.role() == Role::Leader {
+        t = a.poll_timeout().unwrap();
+        a.tick(t);
+        drain(a);
+        assert!(
+            t - silent_from <= Duration::from_millis(600),
+            "stepped down in time"
+        );
+    }
+    assert_eq!(a.role(), Role::Follower);
+    assert_eq!(a.leader(), None);
+}
+
+#[test]
+fn thesis_3_10_transfer_elects_the_target_in_one_round() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let target = nodes[0].transfer_leadership(now).unwrap();
+    let log = settle(&mut nodes, now);
+    let t = nodes.iter().find(|g| g.name() == target).unwrap();
+    assert_eq!(t.role(), Role::Leader);
+    assert_eq!(t.term(), 2, "one election, term + 1");
+    assert!(
+        !log.iter()
+            .any(|(_, m)| matches!(m, GroupMessage::PreVoteRequest(_))),
+        "TimeoutNow skips pre-vote"
+    );
+    for g in &nodes {
+        assert_eq!(g.leader(), Some(target.as_str()));
+    }
+}
+
+#[test]
+fn a_leaving_leader_hands_over_even_in_a_group_of_two() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    nodes[0].leave(now).unwrap();
+    settle(&mut nodes, now);
+    assert_eq!(nodes[0].role(), Role::Left);
+    assert_eq!(nodes[1].role(), Role::Leader);
+    assert_eq!(nodes[1].members().len(), 1, "a was removed");
+    assert!(nodes[1].members().iter().all(|m| m.name == "b"));
+}
+
+#[test]
+fn dissertation_4_1_one_membership_change_at_a_time() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let v = nodes[0].membership_version();
+    // Two joins arrive; b and c do not answer yet.
+    nodes[0].step(now, "d", GroupMessage::Join(info("d", 5)));
+    nodes[0].step(now, "e", GroupMessage::Join(info("e", 6)));
+    assert_eq!(nodes[0].membership_version(), v + 1, "only d is in flight");
+    assert_eq!(nodes[0].members().len(), 4);
+    // b's acknowledgement makes a majority (a, b) of the previous three: e may follow.
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::MembershipAck {
+            term: 1,
+            version: v + 1,
+        },
+    );
+    assert_eq!(nodes[0].membership_version(), v + 2);
+    assert_eq!(nodes[0].members().len(), 5);
+}
+
+#[test]
+fn a_member_not_heard_from_is_removed_after_failure_removal() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    let mut t = now;
+    let mut unreachable = None;
+    while t < now + Duration::from_millis(1200) {
+        t = a.poll_timeout().unwrap();
+        a.tick(t);
+        for o in drain(a) {
+            if let Output::Event(GroupEvent::PeerUnreachable { name }) = o {
+                unreachable.get_or_insert((name, t - now));
+            }
+        }
+        a.step(
+            t,
+            "b",
+            GroupMessage::MembershipAck {
+                term: 1,
+                version: a.version,
+            },
+        );
+    }
+    let (name, after) = unreachable.expect("c reported");
+    assert_eq!(name, "c");
+    assert!(after >= Duration::from_millis(1000) && after < Duration::from_millis(1100));
+    assert!(a.members().iter().all(|m| m.name != "c"));
+    assert_eq!(a.role(), Role::Leader);
+}
+
+#[test]
+fn chat_lines_are_delivered_once_in_order_per_incarnation() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    for text in ["one", "two", "three"] {
+        nodes[1].send_chat(text).unwrap();
+    }
+    let out = drain(&mut nodes[1]);
+    let to_c: Vec<GroupMessage> = sends(&out)
+        .into_iter()
+        .filter(|(to, m)| to == "c" && matches!(m, GroupMessage::Chat(_)))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(to_c.len(), 3, "sent directly to every member");
+    let c = &mut nodes[2];
+    drain(c);
+    for m in to_c.iter().chain(to_c.iter()) {
+        c.step(now, "b", m.clone());
+    }
+    // A restarted b (new incarnation) starts again at seq 1.
+    c.step(
+        now,
+        "b",
+        GroupMessage::Chat(ChatLine {
+            sender: "b".into(),
+            incarnation: 2,
+            seq: 1,
+            direct: false,
+            text: "again".into(),
+        }),
+    );
+    // A line naming a sender other than the session peer is dropped.
+    c.step(
+        now,
+        "a",
+        GroupMessage::Chat(ChatLine {
+            sender: "b".into(),
+            incarnation: 2,
+            seq: 2,
+            direct: false,
+            text: "forged".into(),
+        }),
+    );
+    let got: Vec<(u64, u64, String)> = drain(c)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(GroupEvent::ChatReceived {
+                incarnation,
+                seq,
+                text,
+                ..
+            }) => Some((incarnation, seq, text)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 1, "one".to_string()),
+            (1, 2, "two".into()),
+            (1, 3, "three".into()),
+            (2, 1, "again".into())
+        ]
+    );
+}
+
+#[test]
+fn config_rejects_failure_removal_within_the_check_quorum_window() {
+    let mut config = GroupConfig::new("lobby");
+    config.failure_removal = Duration::from_millis(300);
+    let err = Group::new(
+        config,
+        info("a", 1),
+        HardState::default(),
+        ChaCha8Rng::seed_from_u64(1),
+        Box::new(TestSigner("a".into())),
+        Instant::now(),
+    )
+    .err();
+    assert!(err.is_some());
+}
+
+#[test]
+fn bootstrap_stands_after_the_last_term_the_proxy_knew() {
+    let now = Instant::now();
+    let mut g = node("a", 1);
+    g.bootstrap(now, 6).unwrap();
+    assert_eq!(g.role(), Role::Leader);
+    assert_eq!(g.term(), 7);
+    assert!(g.is_member());
+    let out = drain(&mut g);
+    assert!(out.contains(&Output::Event(GroupEvent::Joined)));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Persist(h) if h.term == 7 && h.voted_for.as_deref() == Some("a")
+            && h.members == [info("a", 1)]
+    )));
+}
+
+#[test]
+fn a_removed_node_that_stands_is_told_the_membership() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    let a = &mut nodes[0];
+    a.step(
+        now,
+        "z",
+        GroupMessage::PreVoteRequest(vote_request(2, "z", 9)),
+    );
+    let out = drain(a);
+    assert!(sends(&out)
+        .iter()
+        .any(|(to, m)| to == "z" && matches!(m, GroupMessage::Membership { .. })));
+    let mut z = follower("z", &["a", "b", "z"], 1, now);
+    for (to, m) in sends(&out) {
+        if to == "z" {
+            z.step(now, "a", m);
+        }
+    }
+    assert!(!z.is_member());
+    assert!(drain(&mut z).contains(&Output::Event(GroupEvent::Removed)));
+    assert_eq!(z.poll_timeout(), None, "a non-member does not stand");
+}
+
+#[test]
+fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    nodes[0].leave(now).unwrap();
+    drain(&mut nodes[0]);
+    // The target's answer to a heartbeat, already in the new term, overtakes its
+    // vote request.
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::MembershipAck {
+            term: 2,
+            version: 2,
+        },
+    );
+    assert_ne!(nodes[0].role(), Role::Left, "has not voted yet");
+    nodes[0].step(now, "b", GroupMessage::VoteRequest(vote_request(2, "b", 2)));
+    let out = drain(&mut nodes[0]);
+    assert!(the_vote(&out).granted);
+    assert_eq!(nodes[0].role(), Role::Left);
+    assert!(out.contains(&Output::Event(GroupEvent::Left)));
+}

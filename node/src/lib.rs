@@ -1,0 +1,31 @@
+//! sockmsg node: the group protocol as a sans-IO state machine.
+//!
+//! The [`Group`] knows nothing of sockets, sessions or keys: the driver feeds it messages
+//! from authenticated session peers and the passing of time, and performs what it asks.
+//!
+//! ```text
+//!   session message ──► GroupMessage::from_wire ──► Group::step(now, peer, msg)
+//!   timer fired     ─────────────────────────────► Group::tick(now)
+//!   user command    ─────────────────────────────► Group::send_chat / leave / …
+//!
+//!   loop { match group.poll_output() {
+//!       Some(Output::Persist(hs))               => write hs durably (before anything after it),
+//!       Some(Output::Send { to, class, frame }) => session(to).send(class, frame.to_wire()),
+//!       Some(Output::Event(e))                  => show e,
+//!       None                                    => break,
+//!   } }
+//!   sleep until group.poll_timeout()
+//! ```
+//!
+//! Panics: none on any input; a panic is a bug.
+
+pub mod group;
+pub mod message;
+
+pub use group::{
+    CommandError, ConfigError, Group, GroupConfig, GroupEvent, HardState, Output, Role, VoteSigner,
+};
+pub use message::{
+    vote_signing_input, ChatLine, FromWireError, GroupMessage, MemberInfo, ToWireError, VoteMsg,
+    VoteRequestMsg,
+};
