@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use sockmsg_wire::frame::{
-    Chat, ChatFlags, Fragment, Heartbeat, Leave, Member, Membership, MessageClass,
+    Chat, ChatFlags, Fragment, Heartbeat, Leave, Member, Membership, MembershipAck, MessageClass,
     TransferLeadership, Vote, VoteFlags, VoteRequest,
 };
 use sockmsg_wire::{BuildError, Encode, Frame, List, Name, Signature};
@@ -91,10 +91,7 @@ pub enum GroupMessage {
     /// A follower's answer to a HEARTBEAT (unreliable) or MEMBERSHIP (reliable): the
     /// follower's term and the membership version it now holds. The leader uses it for
     /// check-quorum, failure detection and to commit a membership change.
-    ///
-    /// NOT YET IN SPEC.md: it has no frame type, so [`GroupMessage::to_wire`] refuses
-    /// it. SPEC.md needs a MEMBERSHIP_ACK frame (term u64, version u64) before the
-    /// group runs over real sessions.
+    /// SPEC.md §7.18 MEMBERSHIP_ACK.
     MembershipAck {
         term: u64,
         version: u64,
@@ -106,8 +103,6 @@ pub enum GroupMessage {
 pub enum ToWireError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("{0} has no wire frame yet (see SPEC.md TODO)")]
-    NoWireFrame(&'static str),
 }
 
 /// Why a decoded frame is not a group message we accept.
@@ -242,9 +237,13 @@ impl GroupMessage {
                 }),
                 out,
             ),
-            GroupMessage::MembershipAck { .. } => {
-                return Err(ToWireError::NoWireFrame("MEMBERSHIP_ACK"))
-            }
+            GroupMessage::MembershipAck { term, version } => encode(
+                Frame::MembershipAck(MembershipAck {
+                    term: *term,
+                    version: *version,
+                }),
+                out,
+            ),
         }
         Ok(())
     }
@@ -305,6 +304,10 @@ impl GroupMessage {
             Frame::TransferLeadership(t) => GroupMessage::TransferLeadership {
                 term: t.term,
                 target: t.target.as_str().to_owned(),
+            },
+            Frame::MembershipAck(a) => GroupMessage::MembershipAck {
+                term: a.term,
+                version: a.version,
             },
             Frame::Chat(c) => {
                 if !c.fragment.is_whole() {
@@ -483,16 +486,12 @@ mod tests {
     }
 
     #[test]
-    fn membership_ack_has_no_wire_frame_yet() {
-        let mut out = Vec::new();
-        assert_eq!(
-            GroupMessage::MembershipAck {
-                term: 1,
-                version: 1
-            }
-            .to_wire(&mut out),
-            Err(ToWireError::NoWireFrame("MEMBERSHIP_ACK"))
-        );
+    fn membership_ack_round_trips_through_its_frame() {
+        let ack = GroupMessage::MembershipAck {
+            term: 7,
+            version: 3,
+        };
+        assert_eq!(roundtrip(&ack), ack);
     }
 
     #[test]

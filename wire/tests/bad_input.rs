@@ -11,8 +11,9 @@ use sockmsg_wire::frame::{
     Ack, AckRange, BatchProof, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment,
     HandshakeFinish, HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup,
     KeyRecord, KeyRegister, KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce,
-    LeaderQuery, LeaderRecord, Leave, Member, Membership, Message, MessageClass, NoLeader, Padding,
-    ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
+    LeaderQuery, LeaderRecord, Leave, Member, Membership, MembershipAck, Message, MessageClass,
+    NoLeader, Padding, ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags,
+    VoteProof, VoteRequest,
 };
 use sockmsg_wire::{
     encode_cleartext_packet, Datagram, DecodeError, Encode, Frame, FrameType, Frames, Header, List,
@@ -425,6 +426,10 @@ fn encode_message_payloads() -> Vec<u8> {
             term: 5,
             target: n("carol"),
         }),
+        Frame::MembershipAck(MembershipAck {
+            term: 5,
+            version: 3,
+        }),
     ];
     encoded_all(&frames)
 }
@@ -812,7 +817,7 @@ fn payload_shorter_than_its_type_allows() {
 
 #[test]
 fn unknown_frame_type() {
-    for frame_type in [0x05, 0x0c, 0x19, 0x37, 0xff] {
+    for frame_type in [0x05, 0x0c, 0x1a, 0x37, 0xff] {
         assert!(FrameType(frame_type).name().is_none());
         let bytes = packet_bytes(PacketType::REQUEST, &[frame_type, 0, 0]);
         assert_eq!(

@@ -15,8 +15,9 @@ use sockmsg_wire::frame::{
     Ack, AckRange, BatchProof, Carrier, Chat, ChatFlags, Close, CloseCode, Fragment,
     HandshakeFinish, HandshakeInit, HandshakeResponse, Heartbeat, KeyChallenge, KeyLookup,
     KeyRecord, KeyRegister, KeyResult, KeyResultCode, KeyRotate, KeyStatus, LeaderAnnounce,
-    LeaderQuery, LeaderRecord, Leave, Member, Membership, Message, MessageClass, NoLeader, Padding,
-    ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags, VoteProof, VoteRequest,
+    LeaderQuery, LeaderRecord, Leave, Member, Membership, MembershipAck, Message, MessageClass,
+    NoLeader, Padding, ProxyResult, ProxyStatus, Retry, TransferLeadership, Vote, VoteFlags,
+    VoteProof, VoteRequest,
 };
 use sockmsg_wire::limits::{
     MAX_ACK_RANGES, MAX_MEMBERS, MAX_NAME_LEN, MAX_PAYLOAD_LEN, MAX_PUBLIC_KEY_LEN, MAX_REASON_LEN,
@@ -273,6 +274,9 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
                     fragment,
                 })
             })
+            .boxed(),
+        FrameType::MEMBERSHIP_ACK => (any::<u64>(), any::<u64>())
+            .prop_map(|(term, version)| Frame::MembershipAck(MembershipAck { term, version }))
             .boxed(),
         FrameType::HANDSHAKE_INIT => (name(), name(), any::<u64>(), array(), token())
             .prop_map(|(group, initiator, initiator_cid, ephemeral, cookie)| {
@@ -674,6 +678,7 @@ frame_roundtrips! {
     membership_roundtrips => MEMBERSHIP,
     leave_roundtrips => LEAVE,
     transfer_leadership_roundtrips => TRANSFER_LEADERSHIP,
+    membership_ack_roundtrips => MEMBERSHIP_ACK,
     leader_query_roundtrips => LEADER_QUERY,
     leader_info_roundtrips => LEADER_INFO,
     no_leader_roundtrips => NO_LEADER,

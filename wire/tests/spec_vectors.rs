@@ -221,6 +221,13 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             })),
         ),
         (
+            "frame.membership_ack",
+            F(Frame::MembershipAck(MembershipAck {
+                term: 2,
+                version: 5,
+            })),
+        ),
+        (
             "frame.leader_query",
             F(Frame::LeaderQuery(LeaderQuery {
                 group: name("lobby"),

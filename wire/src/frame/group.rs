@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 
 use super::Fragment;
-use crate::codec::{flags, wire_struct, List, Name, Signature};
+use bytes::BufMut;
+
+use crate::codec::{flags, wire_struct, Decode, Encode, List, Name, Reader, Signature};
+use crate::error::DecodeError;
 
 flags! {
     /// CHAT flags.
@@ -113,5 +116,34 @@ wire_struct! {
     pub struct TransferLeadership<'a> {
         pub term: u64,
         pub target: Name<'a>,
+    }
+}
+
+/// A member's acknowledgement of the leader's HEARTBEAT (sent unreliably) or MEMBERSHIP
+/// (sent reliably): the member's term and the membership version it now holds. The
+/// leader uses these for check-quorum, failure detection, and to know when a majority
+/// of the previous membership holds a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembershipAck {
+    pub term: u64,
+    pub version: u64,
+}
+
+impl Encode for MembershipAck {
+    fn encoded_len(&self) -> usize {
+        16
+    }
+    fn encode<B: BufMut>(&self, buf: &mut B) {
+        self.term.encode(buf);
+        self.version.encode(buf);
+    }
+}
+
+impl<'a> Decode<'a> for MembershipAck {
+    fn decode(r: &mut Reader<'a>, _field: &'static str) -> Result<Self, DecodeError> {
+        Ok(MembershipAck {
+            term: u64::decode(r, "MembershipAck.term")?,
+            version: u64::decode(r, "MembershipAck.version")?,
+        })
     }
 }

@@ -11,8 +11,8 @@ mod proxy;
 mod transport;
 
 pub use group::{
-    Chat, ChatFlags, Heartbeat, Leave, Member, Membership, TransferLeadership, Vote, VoteFlags,
-    VoteRequest,
+    Chat, ChatFlags, Heartbeat, Leave, Member, Membership, MembershipAck, TransferLeadership, Vote,
+    VoteFlags, VoteRequest,
 };
 pub use handshake::{HandshakeFinish, HandshakeInit, HandshakeResponse, Retry};
 pub use keymgr::{
@@ -206,6 +206,8 @@ frame_table! {
     0x17 LEAVE => Leave(Leave<'a>) in [MESSAGE];
     /// The leader tells the target to stand for election now.
     0x18 TRANSFER_LEADERSHIP => TransferLeadership(TransferLeadership<'a>) in [MESSAGE];
+    /// A member acknowledges a HEARTBEAT or MEMBERSHIP.
+    0x19 MEMBERSHIP_ACK => MembershipAck(MembershipAck) in [MESSAGE];
     /// Who leads this group?
     0x20 LEADER_QUERY => LeaderQuery(LeaderQuery<'a>) in [REQUEST];
     /// The current leader record.
