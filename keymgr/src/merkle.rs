@@ -1,4 +1,4 @@
-//! Merkle trees over key-record batches (SPEC.md §7.25 and §9; RFC 9162 §2.1 with SHA-256).
+//! Merkle trees over key-record batches (SPEC.md §7.26 and §9; RFC 9162 §2.1 with SHA-256).
 //!
 //! The key manager commits registrations in groups and signs each group once: the records
 //! of a batch are the leaves of a Merkle tree, the manager signs
@@ -54,7 +54,7 @@ const NODE_PREFIX: u8 = 0x01;
 /// record_fields)`.
 ///
 /// `record_fields` must be the wire encoding of the record's `name ‖ public_key ‖ serial ‖
-/// issued_at_ms ‖ status` (SPEC.md §7.25), i.e. the KEY_RECORD body up to, not including,
+/// issued_at_ms ‖ status` (SPEC.md §7.26), i.e. the KEY_RECORD body up to, not including,
 /// `batch`. The function hashes whatever it is given; getting those bytes right is the
 /// caller's job.
 pub fn leaf_hash(record_fields: &[u8]) -> Digest {

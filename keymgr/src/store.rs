@@ -4,7 +4,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `records` | name (`&str`) | the KEY_RECORD frame body as served (SPEC.md §7.25): record fields, batch proof and signature |
+//! | `records` | name (`&str`) | the KEY_RECORD frame body as served (SPEC.md §7.26): record fields, batch proof and signature |
 //! | `used_invites` | invite token id (`&[u8]`) | when it was used, ms since the Unix epoch (`u64`) |
 //! | `meta` | key (`&str`) | anything else (`&[u8]`) |
 //!

@@ -1,4 +1,4 @@
-//! Checking a key record the key manager signed (SPEC.md §7.25, §9). Sans-IO.
+//! Checking a key record the key manager signed (SPEC.md §7.26, §9). Sans-IO.
 //!
 //! A KEY_RECORD is trusted because of the manager's signature over the root of the Merkle
 //! batch it was committed in, not because of where it came from: a node may receive one

@@ -1,5 +1,5 @@
 //! [`GroupMessage`]: the group frames as owned values, and their conversion to and from
-//! the borrowed `sockmsg_wire` frames (SPEC.md §7.10–7.17).
+//! the borrowed `sockmsg_wire` frames (SPEC.md §7.10–7.18).
 //!
 //! The state machine works on owned data so that it never borrows from a datagram; the
 //! driver decodes a MESSAGE payload with `sockmsg_wire::Frames`, converts each frame
