@@ -29,6 +29,8 @@ pub struct VoteRequestMsg {
     /// The term the candidate stands in (for a pre-vote: would stand in).
     pub term: u64,
     pub candidate: String,
+    /// The term of the leader that created the candidate's membership.
+    pub membership_term: u64,
     pub membership_version: u64,
     pub rank: u64,
 }
@@ -67,6 +69,8 @@ pub enum GroupMessage {
     Heartbeat {
         term: u64,
         leader: String,
+        /// The term of the leader that created `members`.
+        membership_term: u64,
         membership_version: u64,
         members: Vec<MemberInfo>,
     },
@@ -76,6 +80,8 @@ pub enum GroupMessage {
     Join(MemberInfo),
     Membership {
         term: u64,
+        /// The term of the leader that created `members`.
+        membership_term: u64,
         version: u64,
         members: Vec<MemberInfo>,
     },
@@ -154,6 +160,7 @@ impl GroupMessage {
             Ok(VoteRequest {
                 term: v.term,
                 candidate: Name::new(&v.candidate)?,
+                membership_term: v.membership_term,
                 membership_version: v.membership_version,
                 rank: v.rank,
             })
@@ -166,6 +173,7 @@ impl GroupMessage {
             GroupMessage::Heartbeat {
                 term,
                 leader,
+                membership_term,
                 membership_version,
                 members: list,
             } => {
@@ -174,6 +182,7 @@ impl GroupMessage {
                     Frame::Heartbeat(Heartbeat {
                         term: *term,
                         leader: Name::new(leader)?,
+                        membership_term: *membership_term,
                         membership_version: *membership_version,
                         members: List::new(&items)?,
                     }),
@@ -196,6 +205,7 @@ impl GroupMessage {
             GroupMessage::Join(m) => encode(Frame::Join(member(m)?), out),
             GroupMessage::Membership {
                 term,
+                membership_term,
                 version,
                 members: list,
             } => {
@@ -203,6 +213,7 @@ impl GroupMessage {
                 encode(
                     Frame::Membership(Membership {
                         term: *term,
+                        membership_term: *membership_term,
                         version: *version,
                         members: List::new(&items)?,
                     }),
@@ -264,6 +275,7 @@ impl GroupMessage {
             VoteRequestMsg {
                 term: v.term,
                 candidate: v.candidate.as_str().to_owned(),
+                membership_term: v.membership_term,
                 membership_version: v.membership_version,
                 rank: v.rank,
             }
@@ -272,6 +284,7 @@ impl GroupMessage {
             Frame::Heartbeat(h) => GroupMessage::Heartbeat {
                 term: h.term,
                 leader: h.leader.as_str().to_owned(),
+                membership_term: h.membership_term,
                 membership_version: h.membership_version,
                 members: members(&h.members),
             },
@@ -294,6 +307,7 @@ impl GroupMessage {
             }),
             Frame::Membership(m) => GroupMessage::Membership {
                 term: m.term,
+                membership_term: m.membership_term,
                 version: m.version,
                 members: members(&m.members),
             },
@@ -410,6 +424,7 @@ mod tests {
         let msg = GroupMessage::Heartbeat {
             term: 2,
             leader: "alice".into(),
+            membership_term: 1,
             membership_version: 4,
             members: vec![alice(), bob()],
         };
@@ -417,7 +432,7 @@ mod tests {
         msg.to_wire(&mut bytes).unwrap();
         assert_eq!(bytes[0], 0x11);
         assert_eq!(&bytes[1..9], &2u64.to_be_bytes());
-        assert_eq!(bytes.len(), 92);
+        assert_eq!(bytes.len(), 100);
         assert_eq!(roundtrip(&msg), msg);
     }
 
@@ -437,6 +452,7 @@ mod tests {
         let req = VoteRequestMsg {
             term: 5,
             candidate: "bob".into(),
+            membership_term: 2,
             membership_version: 4,
             rank: 3,
         };
@@ -444,6 +460,7 @@ mod tests {
             GroupMessage::Heartbeat {
                 term: 2,
                 leader: "alice".into(),
+                membership_term: 1,
                 membership_version: 4,
                 members: vec![alice(), bob()],
             },
@@ -461,6 +478,7 @@ mod tests {
             GroupMessage::Join(alice()),
             GroupMessage::Membership {
                 term: 2,
+                membership_term: 1,
                 version: 5,
                 members: vec![alice(), bob()],
             },

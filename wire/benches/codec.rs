@@ -92,6 +92,7 @@ fn bench_heartbeat(c: &mut Criterion) {
     let frame = Frame::Heartbeat(Heartbeat {
         term: 12,
         leader: Name::new("member-00").unwrap(),
+        membership_term: 11,
         membership_version: 31,
         members: List::new(members).unwrap(),
     });

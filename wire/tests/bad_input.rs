@@ -385,6 +385,7 @@ fn encode_message_payloads() -> Vec<u8> {
     let vote_request = VoteRequest {
         term: 5,
         candidate: n("bob"),
+        membership_term: 4,
         membership_version: 2,
         rank: 77,
     };
@@ -399,6 +400,7 @@ fn encode_message_payloads() -> Vec<u8> {
         Frame::Heartbeat(Heartbeat {
             term: 5,
             leader: n("alice"),
+            membership_term: 4,
             membership_version: 2,
             members: members(),
         }),
@@ -415,6 +417,7 @@ fn encode_message_payloads() -> Vec<u8> {
         Frame::Join(members().iter().next().unwrap()),
         Frame::Membership(Membership {
             term: 5,
+            membership_term: 4,
             version: 3,
             members: members(),
         }),
@@ -890,11 +893,12 @@ fn list_count_of_65() {
     let mut heartbeat = encoded(Frame::Heartbeat(Heartbeat {
         term: 1,
         leader: n("alice"),
+        membership_term: 1,
         membership_version: 1,
         members: members(),
     }));
-    // type, term (8), leader (1 + 5), version (8), then the count.
-    let count_at = 1 + 8 + 6 + 8;
+    // type, term (8), leader (1 + 5), membership term (8), version (8), then the count.
+    let count_at = 1 + 8 + 6 + 8 + 8;
     assert_eq!(heartbeat[count_at], 2);
     heartbeat[count_at] = 65;
     assert_eq!(

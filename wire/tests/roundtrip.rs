@@ -204,14 +204,22 @@ fn member() -> impl Strategy<Value = Member<'static>> {
 }
 
 fn vote_request() -> impl Strategy<Value = VoteRequest<'static>> {
-    (any::<u64>(), name(), any::<u64>(), any::<u64>()).prop_map(
-        |(term, candidate, membership_version, rank)| VoteRequest {
-            term,
-            candidate,
-            membership_version,
-            rank,
-        },
+    (
+        any::<u64>(),
+        name(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(term, candidate, membership_term, membership_version, rank)| VoteRequest {
+                term,
+                candidate,
+                membership_term,
+                membership_version,
+                rank,
+            },
+        )
 }
 
 fn leader_record() -> impl Strategy<Value = LeaderRecord<'static>> {
@@ -316,15 +324,24 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
                 })
             })
             .boxed(),
-        FrameType::HEARTBEAT => (any::<u64>(), name(), any::<u64>(), list(member()))
-            .prop_map(|(term, leader, membership_version, members)| {
-                Frame::Heartbeat(Heartbeat {
-                    term,
-                    leader,
-                    membership_version,
-                    members,
-                })
-            })
+        FrameType::HEARTBEAT => (
+            any::<u64>(),
+            name(),
+            any::<u64>(),
+            any::<u64>(),
+            list(member()),
+        )
+            .prop_map(
+                |(term, leader, membership_term, membership_version, members)| {
+                    Frame::Heartbeat(Heartbeat {
+                        term,
+                        leader,
+                        membership_term,
+                        membership_version,
+                        members,
+                    })
+                },
+            )
             .boxed(),
         FrameType::PRE_VOTE_REQUEST => vote_request().prop_map(Frame::PreVoteRequest).boxed(),
         FrameType::VOTE_REQUEST => vote_request().prop_map(Frame::VoteRequest).boxed(),
@@ -348,10 +365,11 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
             })
             .boxed(),
         FrameType::JOIN => member().prop_map(Frame::Join).boxed(),
-        FrameType::MEMBERSHIP => (any::<u64>(), any::<u64>(), list(member()))
-            .prop_map(|(term, version, members)| {
+        FrameType::MEMBERSHIP => (any::<u64>(), any::<u64>(), any::<u64>(), list(member()))
+            .prop_map(|(term, membership_term, version, members)| {
                 Frame::Membership(Membership {
                     term,
+                    membership_term,
                     version,
                     members,
                 })

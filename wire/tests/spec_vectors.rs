@@ -88,6 +88,7 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
     let vote_request = VoteRequest {
         term: 5,
         candidate: name("bob"),
+        membership_term: 2,
         membership_version: 4,
         rank: 3,
     };
@@ -169,6 +170,7 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             F(Frame::Heartbeat(Heartbeat {
                 term: 2,
                 leader: name("alice"),
+                membership_term: 1,
                 membership_version: 4,
                 members: members(),
             })),
@@ -202,6 +204,7 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             "frame.membership",
             F(Frame::Membership(Membership {
                 term: 2,
+                membership_term: 1,
                 version: 5,
                 members: members(),
             })),

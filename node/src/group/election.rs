@@ -98,6 +98,7 @@ impl Group {
         VoteRequestMsg {
             term,
             candidate: self.me.name.clone(),
+            membership_term: self.membership_term,
             membership_version: self.version,
             rank: self.me.rank,
         }
@@ -146,11 +147,19 @@ impl Group {
                     .is_some_and(|t| now.duration_since(t) < self.config.election_timeout_min))
     }
 
+    /// Dissertation §4.1 (as corrected in 2015): the candidate's membership must be at
+    /// least as up-to-date as ours, comparing (creating leader's term, version)
+    /// lexicographically like (lastLogTerm, lastLogIndex). Versions alone are not enough:
+    /// leaders of different terms can each create version v + 1 with different members.
+    pub(super) fn membership_up_to_date(&self, req: &VoteRequestMsg) -> bool {
+        (req.membership_term, req.membership_version) >= (self.membership_term, self.version)
+    }
+
     /// Thesis §9.6: a pre-vote changes neither our term nor our vote.
     pub(super) fn on_pre_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
         self.tell_removed(&req.candidate);
         let granted = req.term > self.hard.term
-            && req.membership_version >= self.version
+            && self.membership_up_to_date(&req)
             && !self.leader_lease_active(now);
         // A grant names the asked term; a refusal our own, so a candidate behind us
         // catches up (as raft-rs does).
@@ -166,7 +175,7 @@ impl Group {
         }
         let granted = req.term == self.hard.term
             && self.role != Role::Leader
-            && req.membership_version >= self.version
+            && self.membership_up_to_date(&req)
             && self
                 .hard
                 .voted_for
@@ -246,6 +255,8 @@ impl Group {
         self.pending = None;
         self.queue.clear();
         self.announce_leader();
+        // Before any heartbeat: every message of this term carries our stamp.
+        self.commit_own_term_first(now);
         // Announce at once (Raft §5.2: "sends heartbeat messages to all of the other
         // servers to establish its authority").
         self.on_heartbeat_timer(now);

@@ -36,7 +36,9 @@ impl Group {
             self.hard.term = last_term;
             self.hard.voted_for = None;
         }
-        self.adopt_membership(now, self.version + 1, vec![self.me.clone()]);
+        // Stamped with the term we are about to lead in (start_election increments it).
+        let stamp = (self.hard.term + 1, self.version + 1);
+        self.adopt_membership(now, stamp, vec![self.me.clone()]);
         self.start_election(now);
         Ok(())
     }
@@ -45,13 +47,41 @@ impl Group {
     /// without hearing of it; tell it, so it stops standing and can join again.
     pub(super) fn tell_removed(&mut self, candidate: &str) {
         if self.role == Role::Leader && !self.members.iter().any(|m| m.name == candidate) {
-            let msg = GroupMessage::Membership {
-                term: self.hard.term,
-                version: self.version,
-                members: self.members.clone(),
-            };
+            let msg = self.membership_msg();
             self.send(candidate, msg);
         }
+    }
+
+    /// MEMBERSHIP carrying our current membership in our current term.
+    fn membership_msg(&self) -> GroupMessage {
+        GroupMessage::Membership {
+            term: self.hard.term,
+            membership_term: self.membership_term,
+            version: self.version,
+            members: self.members.clone(),
+        }
+    }
+
+    /// A new leader (dissertation §4.1, as corrected in 2015: commit an entry of the new
+    /// term before changing the membership). Re-issues the current membership stamped
+    /// with our term and starts no change until a majority of it has acknowledged that
+    /// (acknowledgements in this term come only from members that adopted our stamp).
+    /// Otherwise a change from an older leader that we never saw could still win an
+    /// election with a quorum that does not overlap ours.
+    pub(super) fn commit_own_term_first(&mut self, now: Instant) {
+        let stamp = (self.hard.term, self.version);
+        self.adopt_membership(now, stamp, self.members.clone());
+        self.pending = Some(Pending {
+            version: self.version,
+            previous: self.members.iter().map(|m| m.name.clone()).collect(),
+        });
+        // Reliably, so the acknowledgements come reliably too (a leaving former leader
+        // waits for this before it goes, see `Group::step`).
+        let msg = self.membership_msg();
+        for to in self.others() {
+            self.send(&to, msg.clone());
+        }
+        self.maybe_commit(now);
     }
 
     /// Asks `leader` (from the proxy) to admit this node; repeated every `join_retry`
@@ -121,7 +151,7 @@ impl Group {
         now: Instant,
         from: &str,
         term: u64,
-        version: u64,
+        (membership_term, version): (u64, u64),
         members: Vec<MemberInfo>,
         reliable: bool,
     ) {
@@ -139,6 +169,10 @@ impl Group {
             self.send_class(from, class, ack);
             return;
         }
+        if membership_term > term {
+            // No leader can hold a membership created in a later term: malformed.
+            return;
+        }
         if term == self.hard.term && self.role == Role::Leader {
             // Two leaders in one term cannot happen (one vote per term); ignore.
             return;
@@ -151,9 +185,11 @@ impl Group {
             self.reset_election_timer(now);
         }
         // The leader is the authority on membership in its term; within the term its
-        // versions only grow, so a lower one is a heartbeat overtaken by a MEMBERSHIP.
-        if !same_leader || version >= self.version {
-            self.adopt_membership(now, version, members);
+        // (term, version) stamps only grow, so a lower one is a heartbeat overtaken by a
+        // MEMBERSHIP.
+        let stamp = (membership_term, version);
+        if !same_leader || stamp >= (self.membership_term, self.version) {
+            self.adopt_membership(now, stamp, members);
         }
         let ack = GroupMessage::MembershipAck {
             term: self.hard.term,
@@ -165,18 +201,25 @@ impl Group {
     pub(super) fn adopt_membership(
         &mut self,
         now: Instant,
-        version: u64,
+        (membership_term, version): (u64, u64),
         members: Vec<MemberInfo>,
     ) {
-        if version == self.version && members == self.members {
+        let same_members = version == self.version && members == self.members;
+        if same_members && membership_term == self.membership_term {
             return;
         }
         let was_member = self.is_member();
         self.members = members;
+        self.membership_term = membership_term;
         self.version = version;
+        self.hard.membership_term = membership_term;
         self.hard.membership_version = version;
         self.hard.members = self.members.clone();
         self.persist();
+        if same_members {
+            // Only re-stamped by a new leader: nothing the application sees changed.
+            return;
+        }
         self.event(GroupEvent::MembersChanged {
             version,
             members: self.members.clone(),
@@ -218,11 +261,7 @@ impl Group {
         self.departed.remove(&member.name);
         if self.members.contains(&member) {
             // Already admitted (the MEMBERSHIP may still be on its way): say so again.
-            let msg = GroupMessage::Membership {
-                term: self.hard.term,
-                version: self.version,
-                members: self.members.clone(),
-            };
+            let msg = self.membership_msg();
             self.send(&member.name, msg);
             return;
         }
@@ -286,16 +325,12 @@ impl Group {
                     });
                 }
             }
-            self.adopt_membership(now, version, next);
+            self.adopt_membership(now, (self.hard.term, version), next);
             self.pending = Some(Pending {
                 version,
                 previous: previous.clone(),
             });
-            let msg = GroupMessage::Membership {
-                term: self.hard.term,
-                version,
-                members: self.members.clone(),
-            };
+            let msg = self.membership_msg();
             let mut to: Vec<String> = previous;
             to.extend(self.members.iter().map(|m| m.name.clone()));
             to.sort();
@@ -344,6 +379,7 @@ impl Group {
         let heartbeat = GroupMessage::Heartbeat {
             term: self.hard.term,
             leader: self.me.name.clone(),
+            membership_term: self.membership_term,
             membership_version: self.version,
             members: self.members.clone(),
         };

@@ -87,10 +87,14 @@ pub struct ConfigError(pub &'static str);
 /// membership (Raft keeps its configuration in the persistent log). Without the
 /// membership a restarted voter would forget its version and could vote for a candidate
 /// with a stale membership whose quorum does not overlap the current one.
+/// `(membership_term, membership_version)` orders memberships like Raft's
+/// (lastLogTerm, lastLogIndex) (dissertation §4.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HardState {
     pub term: u64,
     pub voted_for: Option<String>,
+    /// The term of the leader that created the membership.
+    pub membership_term: u64,
     pub membership_version: u64,
     pub members: Vec<MemberInfo>,
 }
@@ -196,6 +200,8 @@ pub struct Group {
 
     // Membership.
     members: Vec<MemberInfo>,
+    /// The term of the leader that created `members` (compared before `version`).
+    membership_term: u64,
     version: u64,
     joined: bool,
     join_target: Option<String>,
@@ -234,6 +240,7 @@ impl Group {
         let hard_term = hard.term;
         let members = hard.members.clone();
         let version = hard.membership_version;
+        let membership_term = hard.membership_term;
         let mut group = Group {
             config,
             me,
@@ -249,6 +256,7 @@ impl Group {
             votes: HashMap::new(),
             proof: Vec::new(),
             members,
+            membership_term,
             version,
             joined: false,
             join_target: None,
@@ -289,6 +297,10 @@ impl Group {
     pub fn membership_version(&self) -> u64 {
         self.version
     }
+    /// The term of the leader that created the current membership.
+    pub fn membership_term(&self) -> u64 {
+        self.membership_term
+    }
     /// Whether [`Group::leave`] was called and the node stays only to vote for the
     /// member it handed leadership to.
     pub fn is_leaving(&self) -> bool {
@@ -311,22 +323,31 @@ impl Group {
         if self.role == Role::Left {
             return;
         }
+        let membership_stamp = match &msg {
+            GroupMessage::Membership {
+                membership_term, ..
+            } => Some(*membership_term),
+            _ => None,
+        };
         match msg {
             GroupMessage::Heartbeat {
                 term,
                 leader,
+                membership_term,
                 membership_version,
                 members,
             } => {
                 if leader == from {
-                    self.on_leader_message(now, from, term, membership_version, members, false);
+                    let stamp = (membership_term, membership_version);
+                    self.on_leader_message(now, from, term, stamp, members, false);
                 }
             }
             GroupMessage::Membership {
                 term,
+                membership_term,
                 version,
                 members,
-            } => self.on_leader_message(now, from, term, version, members, true),
+            } => self.on_leader_message(now, from, term, (membership_term, version), members, true),
             GroupMessage::MembershipAck { term, version } => {
                 self.on_membership_ack(now, from, term, version)
             }
@@ -371,7 +392,11 @@ impl Group {
                     .voted_for
                     .as_ref()
                     .is_some_and(|v| *v != self.me.name);
-            if voted && self.role != Role::Leader {
+            // Dissertation §4.1: the new leader changes no membership (so cannot remove
+            // us) until a majority holds one stamped with its term; in a group of two
+            // that needs us, so we stay until we have acknowledged its MEMBERSHIP.
+            let restamped = membership_stamp.is_some_and(|t| t > led && self.membership_term == t);
+            if voted && restamped && self.role != Role::Leader {
                 self.finish_leave();
             }
         }

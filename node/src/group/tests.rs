@@ -73,10 +73,16 @@ fn sends(outputs: &[Output]) -> Vec<(String, GroupMessage)> {
 }
 
 fn vote_request(term: u64, candidate: &str, version: u64) -> VoteRequestMsg {
+    stamped_vote_request(term, candidate, (0, version))
+}
+
+/// A vote request whose membership is stamped (creating leader's term, version).
+fn stamped_vote_request(term: u64, candidate: &str, stamp: (u64, u64)) -> VoteRequestMsg {
     VoteRequestMsg {
         term,
         candidate: candidate.into(),
-        membership_version: version,
+        membership_term: stamp.0,
+        membership_version: stamp.1,
         rank: 0,
     }
 }
@@ -198,6 +204,7 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
         "a",
         GroupMessage::Membership {
             term: 1,
+            membership_term: 0,
             version: 4,
             members: vec![info("a", 3), info("b", 2), info("c", 1)],
         },
@@ -284,6 +291,7 @@ fn raft_5_1_a_stale_term_is_refused() {
         GroupMessage::Heartbeat {
             term: 2,
             leader: "a".into(),
+            membership_term: 0,
             membership_version: 1,
             members: g.members.clone(),
         },
@@ -308,6 +316,107 @@ fn vote_requires_the_candidates_membership_version_at_least_the_voters() {
     assert!(!the_vote(&drain(&mut g)).granted);
     g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 5)));
     assert!(the_vote(&drain(&mut g)).granted);
+}
+
+#[test]
+fn raft_4_1_a_vote_needs_a_membership_at_least_as_up_to_date() {
+    // Dissertation §4.1 (2015 fix): (creating leader's term, version), lexicographic.
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c", "d"], 6, now);
+    g.membership_term = 3;
+    g.version = 5;
+    // A newer version from an older leader's term is less up to date: refused.
+    g.step(
+        now,
+        "a",
+        GroupMessage::VoteRequest(stamped_vote_request(7, "a", (2, 6))),
+    );
+    assert!(!the_vote(&drain(&mut g)).granted, "(2, 6) < (3, 5)");
+    g.step(
+        now,
+        "a",
+        GroupMessage::PreVoteRequest(stamped_vote_request(8, "a", (2, 6))),
+    );
+    assert!(!the_vote(&drain(&mut g)).granted, "no pre-vote either");
+    // The same stamp is granted...
+    g.step(
+        now,
+        "c",
+        GroupMessage::VoteRequest(stamped_vote_request(7, "c", (3, 5))),
+    );
+    assert!(the_vote(&drain(&mut g)).granted, "(3, 5) = (3, 5)");
+    // ...and so is a later term's membership with a lower version (in a new term).
+    g.step(
+        now,
+        "d",
+        GroupMessage::PreVoteRequest(stamped_vote_request(9, "d", (4, 1))),
+    );
+    assert!(
+        the_vote(&drain(&mut g)).granted,
+        "(4, 1) > (3, 5): pre-vote"
+    );
+    g.step(
+        now,
+        "d",
+        GroupMessage::VoteRequest(stamped_vote_request(9, "d", (4, 1))),
+    );
+    assert!(the_vote(&drain(&mut g)).granted, "(4, 1) > (3, 5): vote");
+}
+
+#[test]
+fn raft_4_1_a_new_leader_commits_its_own_term_before_changing_membership() {
+    let now = Instant::now();
+    let mut g = follower("a", &["a", "b", "c"], 1, now);
+    g.membership_term = 1;
+    g.start_election(now);
+    drain(&mut g);
+    for voter in ["b", "c"] {
+        g.step(
+            now,
+            voter,
+            GroupMessage::Vote(VoteMsg {
+                group: "lobby".into(),
+                term: 2,
+                voter: voter.into(),
+                candidate: "a".into(),
+                pre_vote: false,
+                granted: true,
+                signature: Vec::new(),
+            }),
+        );
+    }
+    assert_eq!(g.role(), Role::Leader);
+    assert_eq!((g.membership_term(), g.membership_version()), (2, 1));
+    assert_eq!(g.hard_state().membership_term, 2, "the stamp is persisted");
+    let out = drain(&mut g);
+    assert!(sends(&out).iter().any(|(_, m)| matches!(
+        m,
+        GroupMessage::Heartbeat {
+            membership_term: 2,
+            membership_version: 1,
+            ..
+        }
+    )));
+    // A join waits until a majority holds the membership stamped with our term.
+    g.step(now, "d", GroupMessage::Join(info("d", 9)));
+    assert_eq!(
+        g.membership_version(),
+        1,
+        "no change before our term commits"
+    );
+    assert!(!sends(&drain(&mut g))
+        .iter()
+        .any(|(_, m)| matches!(m, GroupMessage::Membership { .. })));
+    g.step(
+        now,
+        "b",
+        GroupMessage::MembershipAck {
+            term: 2,
+            version: 1,
+        },
+    );
+    assert_eq!((g.membership_term(), g.membership_version()), (2, 2));
+    assert!(g.members().iter().any(|m| m.name == "d"));
 }
 
 #[test]
@@ -340,7 +449,7 @@ fn thesis_9_6_pre_vote_does_not_disturb_a_healthy_leader() {
     nodes[1].step(
         later,
         "c",
-        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+        GroupMessage::PreVoteRequest(stamped_vote_request(9, "c", (1, 99))),
     );
     let vote = the_vote(&drain(&mut nodes[1]));
     assert!(
@@ -350,7 +459,7 @@ fn thesis_9_6_pre_vote_does_not_disturb_a_healthy_leader() {
     nodes[0].step(
         later,
         "c",
-        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+        GroupMessage::PreVoteRequest(stamped_vote_request(9, "c", (1, 99))),
     );
     assert!(
         !the_vote(&drain(&mut nodes[0])).granted,
@@ -364,7 +473,7 @@ fn thesis_9_6_pre_vote_does_not_disturb_a_healthy_leader() {
     nodes[1].step(
         stale,
         "c",
-        GroupMessage::PreVoteRequest(vote_request(9, "c", 99)),
+        GroupMessage::PreVoteRequest(stamped_vote_request(9, "c", (1, 99))),
     );
     assert!(the_vote(&drain(&mut nodes[1])).granted);
 }
@@ -686,9 +795,31 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
         },
     );
     assert_ne!(nodes[0].role(), Role::Left, "has not voted yet");
-    nodes[0].step(now, "b", GroupMessage::VoteRequest(vote_request(2, "b", 2)));
+    let (mterm, version) = (nodes[0].membership_term(), nodes[0].membership_version());
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::VoteRequest(stamped_vote_request(2, "b", (mterm, version))),
+    );
+    assert!(the_vote(&drain(&mut nodes[0])).granted);
+    assert_ne!(
+        nodes[0].role(),
+        Role::Left,
+        "stays until it holds the new leader's membership (dissertation §4.1)"
+    );
+    let members = nodes[0].members().to_vec();
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::Membership {
+            term: 2,
+            membership_term: 2,
+            version,
+            members,
+        },
+    );
     let out = drain(&mut nodes[0]);
-    assert!(the_vote(&out).granted);
+    assert!(sends(&out).contains(&("b".into(), GroupMessage::MembershipAck { term: 2, version })));
     assert_eq!(nodes[0].role(), Role::Left);
     assert!(out.contains(&Output::Event(GroupEvent::Left)));
 }

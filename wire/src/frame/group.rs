@@ -51,6 +51,8 @@ wire_struct! {
     pub struct Heartbeat<'a> {
         pub term: u64,
         pub leader: Name<'a>,
+        /// The term of the leader that created the membership.
+        pub membership_term: u64,
         pub membership_version: u64,
         pub members: List<'a, Member<'a>>,
     }
@@ -62,7 +64,10 @@ wire_struct! {
     pub struct VoteRequest<'a> {
         pub term: u64,
         pub candidate: Name<'a>,
-        /// The candidate's membership version; a voter refuses if its own is newer.
+        /// The term of the leader that created the candidate's membership.
+        pub membership_term: u64,
+        /// The candidate's membership version. A voter refuses if its own
+        /// (`membership_term`, `membership_version`) is greater, compared lexicographically.
         pub membership_version: u64,
         pub rank: u64,
     }
@@ -97,6 +102,8 @@ wire_struct! {
     /// previous membership has acknowledged it).
     pub struct Membership<'a> {
         pub term: u64,
+        /// The term of the leader that created this membership.
+        pub membership_term: u64,
         pub version: u64,
         pub members: List<'a, Member<'a>>,
     }
