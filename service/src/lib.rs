@@ -500,6 +500,32 @@ async fn connection<H: Handler>(
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM: the graceful-shutdown signal of every sockmsg service
+/// binary. If a signal cannot be watched, that source simply never fires.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
