@@ -554,6 +554,22 @@ fn check_key_bits(key: &'static str, bits: u32) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The user's data directory for one sockmsg component (`keymgr`, `proxy`, `node`):
+/// `$XDG_DATA_HOME/sockmsg/<component>`, else `~/.local/share/sockmsg/<component>`.
+/// `None` when neither variable holds an absolute path.
+pub fn default_data_dir(component: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".local").join("share"))
+        })?;
+    Some(base.join("sockmsg").join(component))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

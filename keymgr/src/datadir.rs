@@ -46,16 +46,7 @@ pub const KEY_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 /// The user's default data directory for the key manager:
 /// `$XDG_DATA_HOME/sockmsg/keymgr`, else `~/.local/share/sockmsg/keymgr`.
 pub fn default_data_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|home| home.join(".local").join("share"))
-        })?;
-    Some(base.join("sockmsg").join("keymgr"))
+    sockmsg_config::default_data_dir("keymgr")
 }
 
 /// A fresh RNG seeded from the operating system's entropy.

@@ -13,9 +13,7 @@
 use std::net::SocketAddr;
 
 use sockmsg_wire::frame::{Frame, FrameType, KeyChallenge, KeyResult, KeyResultCode};
-use sockmsg_wire::{
-    encode_cleartext_packet, Datagram, Encode, Header, PacketFlags, PacketType, Text, HEADER_LEN,
-};
+use sockmsg_wire::{encode_cleartext_packet, Datagram, Encode, PacketType, Text, HEADER_LEN};
 
 use crate::registry::{Operation, Refusal, Registry};
 
@@ -81,7 +79,9 @@ pub fn handle_request(
     match frame {
         Frame::KeyLookup(lookup) => {
             let reply = match registry.record(lookup.name.as_str()) {
-                Some(record) => record_response(request_id, &record.bytes),
+                Some(record) => {
+                    sockmsg_service::body_response(request_id, FrameType::KEY_RECORD, &record.bytes)
+                }
                 None => refusal_response(
                     request_id,
                     &Refusal {
@@ -139,23 +139,6 @@ fn response(request_id: u64, frame: Frame<'_>) -> Vec<u8> {
     packet
 }
 
-/// A RESPONSE packet holding a stored KEY_RECORD body, without re-encoding it.
-fn record_response(request_id: u64, body: &[u8]) -> Vec<u8> {
-    let payload_len = (1 + body.len()).min(usize::from(u16::MAX)) as u16;
-    let header = Header::new(
-        PacketType::RESPONSE,
-        PacketFlags::empty(),
-        request_id,
-        0,
-        payload_len,
-    );
-    let mut packet = Vec::with_capacity(HEADER_LEN + 1 + body.len());
-    packet.extend_from_slice(header.as_wire_bytes());
-    packet.push(FrameType::KEY_RECORD.0);
-    packet.extend_from_slice(body);
-    packet
-}
-
 /// KEY_RESULT `OK` for a committed request.
 pub fn ok_response(request_id: u64) -> Vec<u8> {
     response(
@@ -169,18 +152,11 @@ pub fn ok_response(request_id: u64) -> Vec<u8> {
 
 /// KEY_RESULT with a refusal's code and reason (cut to fit the field).
 pub fn refusal_response(request_id: u64, refusal: &Refusal) -> Vec<u8> {
-    let mut end = refusal
-        .reason
-        .len()
-        .min(sockmsg_wire::limits::MAX_REASON_LEN);
-    while !refusal.reason.is_char_boundary(end) {
-        end -= 1;
-    }
     response(
         request_id,
         Frame::KeyResult(KeyResult {
             code: refusal.code,
-            reason: Text::new(&refusal.reason[..end]).unwrap_or_default(),
+            reason: Text::truncated(&refusal.reason),
         }),
     )
 }

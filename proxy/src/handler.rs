@@ -13,10 +13,7 @@
 use sockmsg_wire::frame::{
     Frame, FrameType, LeaderAnnounce, LeaderRecord, NoLeader, ProxyResult, ProxyStatus,
 };
-use sockmsg_wire::{
-    encode_cleartext_packet, Datagram, Encode, Header, Name, PacketFlags, PacketType, Text,
-    HEADER_LEN,
-};
+use sockmsg_wire::{encode_cleartext_packet, Datagram, Encode, Name, PacketType, Text, HEADER_LEN};
 
 use crate::directory::{Accepted, Directory, Kind, Now, Proposal, Refusal};
 
@@ -139,7 +136,7 @@ pub fn answer_query(
 ) -> Action {
     let (packet, outcome) = match directory.query(group.as_str(), now) {
         Some(record) => (
-            body_response(request_id, FrameType::LEADER_INFO, record),
+            sockmsg_service::body_response(request_id, FrameType::LEADER_INFO, record),
             Outcome::Leader,
         ),
         None => (
@@ -213,35 +210,13 @@ fn response(request_id: u64, frame: Frame<'_>) -> Vec<u8> {
     packet
 }
 
-/// A RESPONSE packet holding one frame whose encoded body is `body`, without decoding
-/// and re-encoding it.
-fn body_response(request_id: u64, frame_type: FrameType, body: &[u8]) -> Vec<u8> {
-    let payload_len = u16::try_from(1 + body.len()).unwrap_or(u16::MAX);
-    let header = Header::new(
-        PacketType::RESPONSE,
-        PacketFlags::empty(),
-        request_id,
-        0,
-        payload_len,
-    );
-    let mut packet = Vec::with_capacity(HEADER_LEN + 1 + body.len());
-    packet.extend_from_slice(header.as_wire_bytes());
-    packet.push(frame_type.0);
-    packet.extend_from_slice(body);
-    packet
-}
-
 /// PROXY_RESULT, the reason cut to fit the field.
 fn result_response(request_id: u64, status: ProxyStatus, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(sockmsg_wire::limits::MAX_REASON_LEN);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
     response(
         request_id,
         Frame::ProxyResult(ProxyResult {
             status,
-            reason: Text::new(&reason[..end]).unwrap_or_default(),
+            reason: Text::truncated(reason),
         }),
     )
 }

@@ -84,20 +84,6 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-/// `$XDG_DATA_HOME/sockmsg/proxy`, else `~/.local/share/sockmsg/proxy`.
-fn default_data_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|home| home.join(".local").join("share"))
-        })?;
-    Some(base.join("sockmsg").join("proxy"))
-}
-
 fn run(cli: Cli) -> Result<()> {
     let config = load_config(cli.config.as_deref())?;
     let listen = cli.listen.unwrap_or(config.proxy.listen);
@@ -109,12 +95,15 @@ fn run(cli: Cli) -> Result<()> {
     {
         Some(fingerprint) => Trust::Pinned(fingerprint),
         None => {
-            let dir = cli.data_dir.or_else(default_data_dir).ok_or_else(|| {
-                anyhow!(
-                    "cannot tell where to keep known_hosts (no HOME): give --data-dir DIR \
+            let dir = cli
+                .data_dir
+                .or_else(|| sockmsg_config::default_data_dir("proxy"))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "cannot tell where to keep known_hosts (no HOME): give --data-dir DIR \
                      or --keymgr-fingerprint FP"
-                )
-            })?;
+                    )
+                })?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             Trust::TrustOnFirstUse {
                 known_hosts: dir.join("known_hosts"),

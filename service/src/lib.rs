@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sockmsg_wire::{DecodeError, Packet, PacketType, HEADER_LEN};
+use sockmsg_wire::{DecodeError, FrameType, Header, Packet, PacketFlags, PacketType, HEADER_LEN};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
@@ -524,6 +524,25 @@ pub async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+/// A RESPONSE packet holding one frame whose encoded body is `body` (already valid,
+/// e.g. a record stored as served), echoing `request_id`: no decode and re-encode on the
+/// lookup path.
+pub fn body_response(request_id: u64, frame_type: FrameType, body: &[u8]) -> Vec<u8> {
+    let payload_len = u16::try_from(1 + body.len()).unwrap_or(u16::MAX);
+    let header = Header::new(
+        PacketType::RESPONSE,
+        PacketFlags::empty(),
+        request_id,
+        0,
+        payload_len,
+    );
+    let mut packet = Vec::with_capacity(HEADER_LEN + 1 + body.len());
+    packet.extend_from_slice(header.as_wire_bytes());
+    packet.push(frame_type.0);
+    packet.extend_from_slice(body);
+    packet
 }
 
 #[cfg(test)]

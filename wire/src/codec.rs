@@ -266,6 +266,16 @@ impl<'a> Text<'a> {
         Ok(Text(text))
     }
 
+    /// The longest prefix of `text` that fits the field, cut at a character boundary:
+    /// for reasons built from free-form messages, which must never fail to send.
+    pub fn truncated(text: &'a str) -> Self {
+        let mut end = text.len().min(MAX_REASON_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Text(&text[..end])
+    }
+
     pub fn as_str(&self) -> &'a str {
         self.0
     }
@@ -726,3 +736,21 @@ macro_rules! flags {
     };
 }
 pub(crate) use flags;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_text_fits_the_field_and_never_splits_a_character() {
+        assert_eq!(Text::truncated("bye").as_str(), "bye");
+        let long = "é".repeat(200); // 400 bytes, 2 per character
+        let cut = Text::truncated(&long);
+        assert_eq!(
+            cut.as_str().len(),
+            254,
+            "the longest whole-character prefix"
+        );
+        assert!(Text::new(cut.as_str()).is_ok());
+    }
+}

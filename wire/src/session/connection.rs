@@ -1109,7 +1109,7 @@ impl Connection {
         self.probes_due = 0;
         let (code, reason) = self.close_frame.clone()?;
         let mut plaintext = Vec::new();
-        let reason = truncate_to_text(&reason);
+        let reason = Text::truncated(&reason);
         Frame::Close(Close { code, reason }).encode(&mut plaintext);
         let pn = self.next_pn;
         let datagram = self.seal(pn, plaintext)?;
@@ -1188,13 +1188,4 @@ enum FrameFault {
     Violation(&'static str),
     /// The peer closed the session.
     PeerClosed,
-}
-
-/// The longest prefix of `reason` that fits a [`Text`] field, cut at a character boundary.
-fn truncate_to_text(reason: &str) -> Text<'_> {
-    let mut end = reason.len().min(crate::limits::MAX_REASON_LEN);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    Text::new(&reason[..end]).unwrap_or_default()
 }
