@@ -87,14 +87,38 @@ impl Group {
     /// Asks `leader` (from the proxy) to admit this node; repeated every `join_retry`
     /// (to the leader heard of since, if any) until admitted.
     pub fn join(&mut self, now: Instant, leader: &str) -> Result<(), CommandError> {
+        self.join_via(now, &[leader])
+    }
+
+    /// Asks to be admitted through `contacts`: the leader the proxy named first, then the
+    /// other members of its record. The proxy's record may lag an election by up to its
+    /// TTL, and its leader may be gone; any live member forwards a JOIN to the leader it
+    /// follows, so one live contact suffices. Repeated every `join_retry` (to the leader
+    /// heard of since, else to every contact) until admitted.
+    pub fn join_via(&mut self, now: Instant, contacts: &[&str]) -> Result<(), CommandError> {
         if self.role == Role::Left {
             return Err(CommandError::Left);
         }
-        self.join_target = Some(leader.to_owned());
-        self.send(leader, GroupMessage::Join(self.me.clone()));
+        self.join_contacts = contacts
+            .iter()
+            .filter(|c| **c != self.me.name)
+            .take(sockmsg_wire::limits::MAX_MEMBERS)
+            .map(|c| (*c).to_owned())
+            .collect();
+        self.send_joins();
         self.timers
             .set(Timer::JoinRetry, now + self.config.join_retry);
         Ok(())
+    }
+
+    fn send_joins(&mut self) {
+        let targets = match self.leader.clone().filter(|l| *l != self.me.name) {
+            Some(leader) => vec![leader],
+            None => self.join_contacts.clone(),
+        };
+        for to in targets {
+            self.send(&to, GroupMessage::Join(self.me.clone()));
+        }
     }
 
     pub(super) fn on_join_retry(&mut self, now: Instant) {
@@ -105,10 +129,7 @@ impl Group {
         if self.joined {
             return;
         }
-        let target = self.leader.clone().or_else(|| self.join_target.clone());
-        if let Some(target) = target.filter(|t| *t != self.me.name) {
-            self.send(&target, GroupMessage::Join(self.me.clone()));
-        }
+        self.send_joins();
         self.timers
             .set(Timer::JoinRetry, now + self.config.join_retry);
     }
@@ -254,8 +275,23 @@ impl Group {
         self.maybe_commit(now);
     }
 
-    pub(super) fn on_join(&mut self, now: Instant, member: MemberInfo) {
+    /// JOIN from `from`: the joiner itself, or a member forwarding it. A follower that
+    /// knows its leader forwards a joiner's own JOIN (once: a forwarded JOIN is not
+    /// forwarded again, so no loop can form between members with stale views).
+    pub(super) fn on_join(&mut self, now: Instant, from: &str, member: MemberInfo) {
         if self.role != Role::Leader {
+            let direct = from == member.name;
+            let leader = self
+                .leader
+                .clone()
+                .filter(|l| *l != self.me.name && *l != from);
+            if let (true, Some(leader), true) = (direct, leader, self.is_member()) {
+                self.send(&leader, GroupMessage::Join(member));
+            }
+            return;
+        }
+        if from != member.name && !self.members.iter().any(|m| m.name == from) {
+            // Only members forward: anyone else must speak for itself.
             return;
         }
         self.departed.remove(&member.name);

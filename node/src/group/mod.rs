@@ -120,8 +120,20 @@ pub enum GroupEvent {
         sender: String,
         incarnation: u64,
         seq: u64,
+        /// Sent to this node alone ([`Group::send_direct`]).
+        direct: bool,
         text: String,
     },
+    /// Our line `seq` reached `to` (`None`: there was nobody to send it to); `delivered`
+    /// of the line's `of` recipients have it so far.
+    Delivered {
+        seq: u64,
+        to: Option<String>,
+        delivered: usize,
+        of: usize,
+    },
+    /// Our line `seq` could not be delivered to `to` (its session was lost first).
+    Undelivered { seq: u64, to: String },
     /// The leader has not heard from `name` for `failure_removal` and removes it.
     PeerUnreachable { name: String },
     /// The leader removed this node from the group; it may [`Group::join`] again.
@@ -154,6 +166,8 @@ pub enum CommandError {
     NotLeader,
     #[error("no other member to hand leadership to")]
     NoTransferTarget,
+    #[error("{0} is not another member of the group")]
+    UnknownMember(String),
     #[error("chat line is empty or longer than {max} bytes")]
     LineLength { max: usize },
 }
@@ -204,7 +218,8 @@ pub struct Group {
     membership_term: u64,
     version: u64,
     joined: bool,
-    join_target: Option<String>,
+    /// Whom to send JOIN while no leader is known (see [`Group::join_via`]).
+    join_contacts: Vec<String>,
     /// Leader only: per follower.
     progress: HashMap<String, Progress>,
     /// Leader only: the change in flight and the previous membership it needs a majority of.
@@ -259,7 +274,7 @@ impl Group {
             membership_term,
             version,
             joined: false,
-            join_target: None,
+            join_contacts: Vec::new(),
             progress: HashMap::new(),
             pending: None,
             queue: VecDeque::new(),
@@ -369,11 +384,7 @@ impl Group {
             GroupMessage::TransferLeadership { term, target } => {
                 self.on_transfer_leadership(now, from, term, target)
             }
-            GroupMessage::Join(member) => {
-                if member.name == from {
-                    self.on_join(now, member)
-                }
-            }
+            GroupMessage::Join(member) => self.on_join(now, from, member),
             GroupMessage::Leave { name, incarnation } => {
                 if name == from {
                     self.on_leave(now, name, incarnation)

@@ -823,3 +823,124 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
     assert_eq!(nodes[0].role(), Role::Left);
     assert!(out.contains(&Output::Event(GroupEvent::Left)));
 }
+
+#[test]
+fn a_follower_forwards_a_joiners_join_to_its_leader_once() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let mut d = node("d", 1);
+    // The proxy's record named a leader that is gone; d tries every member it lists.
+    d.join_via(now, &["x", "b", "d"]).unwrap();
+    let asked: Vec<String> = sends(&drain(&mut d))
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(asked, ["x", "b"], "every contact but itself");
+    nodes[1].step(now, "d", GroupMessage::Join(d.me().clone()));
+    let forwarded = sends(&drain(&mut nodes[1]));
+    assert_eq!(
+        forwarded,
+        [("a".into(), GroupMessage::Join(d.me().clone()))]
+    );
+    // A JOIN that a member forwards is not forwarded again (no loops between
+    // followers with stale views), and a non-member cannot speak for someone else.
+    nodes[2].step(now, "b", GroupMessage::Join(d.me().clone()));
+    assert!(sends(&drain(&mut nodes[2])).is_empty());
+    nodes[0].step(now, "x", GroupMessage::Join(d.me().clone()));
+    assert!(sends(&drain(&mut nodes[0])).is_empty(), "x is no member");
+    // The leader admits d through b's forward.
+    nodes[0].step(now, "b", GroupMessage::Join(d.me().clone()));
+    let mut all: Vec<Group> = nodes.into_iter().chain([d]).collect();
+    settle(&mut all, now);
+    assert!(all.iter().all(|g| g.members().len() == 4));
+    assert!(all[3].is_member());
+}
+
+#[test]
+fn a_direct_line_goes_to_its_addressee_alone_and_numbers_with_the_rest() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    assert_eq!(nodes[0].send_chat("all").unwrap(), 1);
+    assert_eq!(nodes[0].send_direct("c", "psst").unwrap(), 2);
+    assert_eq!(nodes[0].send_chat("all again").unwrap(), 3);
+    assert_eq!(
+        nodes[0].send_direct("a", "me"),
+        Err(CommandError::UnknownMember("a".into()))
+    );
+    assert_eq!(
+        nodes[0].send_direct("zed", "who"),
+        Err(CommandError::UnknownMember("zed".into()))
+    );
+    let out = sends(&drain(&mut nodes[0]));
+    let to = |name: &str| -> Vec<(u64, bool)> {
+        out.iter()
+            .filter_map(|(to, m)| match m {
+                GroupMessage::Chat(line) if to == name => Some((line.seq, line.direct)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(to("b"), [(1, false), (3, false)], "b sees a gap at 2");
+    assert_eq!(to("c"), [(1, false), (2, true), (3, false)]);
+    // b delivers 1 and 3 despite the gap.
+    for (_, m) in out.iter().filter(|(to, _)| to == "b") {
+        nodes[1].step(now, "a", m.clone());
+    }
+    let seqs: Vec<u64> = drain(&mut nodes[1])
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(GroupEvent::ChatReceived { seq, .. }) => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [1, 3]);
+}
+
+#[test]
+fn receipts_count_each_recipient_once() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let seq = nodes[0].send_chat("hello").unwrap();
+    drain(&mut nodes[0]);
+    nodes[0].chat_delivered("c", seq);
+    nodes[0].chat_delivered("c", seq); // a duplicate acknowledgement
+    nodes[0].chat_failed("b", seq);
+    nodes[0].chat_delivered("b", seq); // too late: already reported
+    nodes[0].chat_delivered("c", seq + 1); // no such line
+    let events: Vec<GroupEvent> = drain(&mut nodes[0])
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            GroupEvent::Delivered {
+                seq,
+                to: Some("c".into()),
+                delivered: 1,
+                of: 2
+            },
+            GroupEvent::Undelivered {
+                seq,
+                to: "b".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn receipts_are_bounded() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    for _ in 0..chat::MAX_TRACKED_LINES + 10 {
+        nodes[0].send_chat("x").unwrap();
+    }
+    drain(&mut nodes[0]);
+    assert_eq!(nodes[0].chat.receipts.len(), chat::MAX_TRACKED_LINES);
+    // The oldest were forgotten: their acknowledgements say nothing.
+    nodes[0].chat_delivered("b", 1);
+    assert!(drain(&mut nodes[0]).is_empty());
+}

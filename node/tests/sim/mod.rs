@@ -1,21 +1,38 @@
-//! A small deterministic harness: whole groups of [`Group`]s over a seeded in-memory
-//! queue of in-flight messages, with virtual time (not the session simulator).
+//! A deterministic harness: whole groups of [`Group`]s over a seeded in-memory queue of
+//! in-flight messages, with virtual time, and (unless built with [`Sim::plain`]) the key
+//! manager and the proxy beside them ([`services`]).
 //!
-//! Network model: each message takes 0.1–0.5 ms. The session layer guarantees the
-//! ordered and reliable classes, so those are delivered (ordered ones FIFO per link)
-//! unless the link is partitioned or the receiver is down or restarted since; unreliable
-//! messages (heartbeats and their acks) are also lost at the seed's loss rate.
+//! Network model, at the level of session messages: each message takes 0.1–0.5 ms. The
+//! session layer guarantees the ordered and reliable classes, so those are delivered
+//! (ordered ones FIFO per link) unless the link is cut (a partition, symmetric or one
+//! way) or the receiver is down or restarted since; unreliable messages (heartbeats and
+//! their acks) are also lost at the schedule's loss rate. Any message may be duplicated
+//! at the schedule's duplication rate (a duplicate takes its own delay, so it may also
+//! arrive out of order), which the group must shrug off. Each chat message's fate is
+//! reported to its sender as the driver would report the session's acknowledgement or
+//! loss ([`Group::chat_delivered`], [`Group::chat_failed`]).
+//!
+//! Invariants checked as events happen (the first violation is kept in `failure`):
+//! at most one leader per term; a node that becomes leader holds granted votes (as sent
+//! on the wire) from a majority of its membership; the proxy never holds a record for a
+//! (term, leader) that no majority elected; chat is delivered at most once and in
+//! per-sender order; each recipient's receipt for a line is reported at most once.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+pub mod services;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use services::{MemoSigner, Services, NAMES, REFRESH_INTERVAL, WALL_EPOCH_MS};
 use sockmsg_node::{
     Group, GroupConfig, GroupEvent, GroupMessage, HardState, MemberInfo, Output, Role, VoteSigner,
 };
+use sockmsg_proxy::client::RecordDraft;
+use sockmsg_proxy::Kind;
 use sockmsg_wire::frame::MessageClass;
 
 /// A cheap deterministic signer: the voter's name and a checksum of the input.
@@ -46,11 +63,18 @@ pub struct Node {
     pub last_leader_change: Instant,
     /// Per (sender, incarnation): the last seq delivered.
     pub delivered: HashMap<(String, u64), u64>,
-    pub received: Vec<(String, u64, u64)>,
+    /// (sender, incarnation, seq, direct) of every line delivered.
+    pub received: Vec<(String, u64, u64, bool)>,
+    /// Receipts this incarnation reported for its own lines: (seq, recipient) → delivered?
+    pub receipts: HashMap<(u64, String), bool>,
+    /// The last record this node announced to the proxy as leader: (term, version,
+    /// when, issued_at_ms).
+    pub announced: Option<(u64, u64, Instant, u64)>,
 }
 
 struct InFlight {
     from: usize,
+    from_epoch: u64,
     to: usize,
     to_epoch: u64,
     msg: GroupMessage,
@@ -65,11 +89,19 @@ pub struct Sim {
     queue: BTreeMap<(Instant, u64), InFlight>,
     next_id: u64,
     fifo: HashMap<(usize, usize), Instant>,
-    /// Nodes talk only within the same side.
-    pub side: Vec<u8>,
+    /// Cut links, (from, to): messages that way are lost.
+    blocked: HashSet<(usize, usize)>,
     pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub dup: f64,
     /// Every leader announced per term, by anyone.
     pub leaders: HashMap<u64, String>,
+    /// Granted votes seen on the wire: (term, candidate) → voters.
+    granted: HashMap<(u64, String), BTreeSet<String>>,
+    /// Leaders whose majority the harness counted itself: term → leader.
+    pub elected: HashMap<u64, String>,
+    /// The key manager and the proxy (`None` for [`Sim::plain`]).
+    pub services: Option<Services>,
     pub failure: Option<String>,
     pub config: GroupConfig,
     /// Events processed at the current instant: a livelock guard.
@@ -77,12 +109,46 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// A group of `members` (at most 7) with the key manager and the proxy: every node
+    /// registers its RSA test key, the first claims the group at the proxy and founds it,
+    /// the others ask the proxy whom to join.
     pub fn new(seed: u64, members: usize, loss: f64) -> Sim {
+        assert!(
+            members <= NAMES.len(),
+            "at most {} members with services",
+            NAMES.len()
+        );
+        let names: Vec<String> = NAMES[..members].iter().map(|n| n.to_string()).collect();
+        let mut services = Services::new();
+        services.register(&NAMES[..members]).expect("registration");
+        let mut sim = Sim::with_names(seed, names, loss, Some(services));
+        for i in 0..members {
+            sim.rejoin(i);
+        }
+        sim
+    }
+
+    /// A group of `members` without services (cheap signatures, the harness as the
+    /// proxy): for large groups and long runs.
+    pub fn plain(seed: u64, members: usize, loss: f64) -> Sim {
+        let names = (0..members).map(|i| format!("n{i}")).collect();
+        let mut sim = Sim::with_names(seed, names, loss, None);
+        sim.with(0, |g, now| g.bootstrap(now, 0).unwrap());
+        let founder = sim.nodes[0].name.clone();
+        for i in 1..members {
+            sim.with(i, |g, now| g.join(now, &founder).unwrap());
+        }
+        sim
+    }
+
+    fn with_names(seed: u64, names: Vec<String>, loss: f64, services: Option<Services>) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let start = Instant::now();
-        let nodes = (0..members)
-            .map(|i| Node {
-                name: format!("n{i}"),
+        let members = names.len();
+        let nodes = names
+            .into_iter()
+            .map(|name| Node {
+                name,
                 group: None,
                 hard: HardState::default(),
                 epoch: 0,
@@ -92,6 +158,8 @@ impl Sim {
                 last_leader_change: start,
                 delivered: HashMap::new(),
                 received: Vec::new(),
+                receipts: HashMap::new(),
+                announced: None,
             })
             .collect();
         let mut sim = Sim {
@@ -103,19 +171,19 @@ impl Sim {
             queue: BTreeMap::new(),
             next_id: 0,
             fifo: HashMap::new(),
-            side: vec![0; members],
+            blocked: HashSet::new(),
             loss,
+            dup: 0.0,
             leaders: HashMap::new(),
+            granted: HashMap::new(),
+            elected: HashMap::new(),
+            services,
             failure: None,
             config: GroupConfig::new("lobby"),
             same_instant: 0,
         };
         for i in 0..members {
             sim.boot(i);
-        }
-        sim.with(0, |g, now| g.bootstrap(now, 0).unwrap());
-        for i in 1..members {
-            sim.with(i, |g, now| g.join(now, "n0").unwrap());
         }
         sim
     }
@@ -131,12 +199,17 @@ impl Sim {
             incarnation: node.incarnation,
         };
         let rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+        let signer: Box<dyn VoteSigner> = if self.services.is_some() {
+            Box::new(MemoSigner::of(&node.name))
+        } else {
+            Box::new(SimSigner(node.name.clone()))
+        };
         let group = Group::new(
             self.config.clone(),
             me,
             node.hard.clone(),
             rng,
-            Box::new(SimSigner(node.name.clone())),
+            signer,
             self.now,
         )
         .unwrap();
@@ -144,6 +217,8 @@ impl Sim {
         node.known_leader = (node.hard.term, None);
         node.last_leader_change = self.now;
         node.delivered.clear();
+        node.receipts.clear();
+        node.announced = None;
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -191,12 +266,69 @@ impl Sim {
             .max_by_key(|&j| self.group(j).map(|g| g.term()))
     }
 
-    /// What the driver does with the proxy's answer: join the leader, or, when the
-    /// group has no member at all (not even a crashed one whose persisted membership
-    /// lists it), found it again in a term after every term the proxy saw. While
-    /// members exist, even all down, the group recovers by election once a majority is
-    /// back, and a stray waits for that leader.
+    /// What the driver does at start, and whenever it is not admitted or has had no
+    /// leader for a while: ask the proxy. A record: join through its leader (or any of
+    /// its members, who forward). No record: a node that never belonged to the group
+    /// claims it at the proxy and, if the proxy accepts, founds it; a node with a past in
+    /// the group waits (its members recover by election once a majority is back, then
+    /// the new leader announces itself) rather than found a second group under the
+    /// same name.
     fn rejoin(&mut self, i: usize) {
+        if self.services.is_none() {
+            return self.rejoin_by_oracle(i);
+        }
+        let elapsed = self.elapsed();
+        let record = self.services.as_mut().and_then(|s| s.query(elapsed));
+        let name = self.nodes[i].name.clone();
+        match record {
+            Some(record) => {
+                let mut contacts = vec![record.leader.clone()];
+                contacts.extend(
+                    record
+                        .members
+                        .iter()
+                        .filter(|m| **m != record.leader)
+                        .cloned(),
+                );
+                contacts.retain(|c| *c != name);
+                if !contacts.is_empty() {
+                    let contacts: Vec<&str> = contacts.iter().map(String::as_str).collect();
+                    self.with(i, |g, now| g.join_via(now, &contacts).unwrap());
+                }
+            }
+            None => {
+                let hard = &self.nodes[i].hard;
+                let newcomer = hard.term == 0 && hard.members.is_empty();
+                if !newcomer || !self.is_up(i) {
+                    return;
+                }
+                let draft = RecordDraft {
+                    group: "lobby".into(),
+                    term: 1,
+                    leader: name.clone(),
+                    leader_addr: self.addr(i),
+                    membership_version: 1,
+                    members: vec![name.clone()],
+                    issued_at_ms: self.wall_ms(),
+                };
+                let verdict = self
+                    .services
+                    .as_mut()
+                    .map(|s| s.propose(Kind::Claim, &draft, &[], elapsed));
+                if let Some(Ok(_)) = verdict {
+                    self.trace(|| format!("CLAIM by {name} accepted: BOOTSTRAP"));
+                    let issued = draft.issued_at_ms;
+                    self.nodes[i].announced = Some((0, 0, self.now, issued));
+                    self.with(i, |g, now| g.bootstrap(now, 0).unwrap());
+                }
+            }
+        }
+    }
+
+    /// Without services: join the up leader of the highest term, or, when the group has
+    /// no member at all (not even a crashed one whose persisted membership lists it),
+    /// found it again in a term after every term seen.
+    fn rejoin_by_oracle(&mut self, i: usize) {
         let anyone_holds_the_group = self
             .nodes
             .iter()
@@ -208,6 +340,84 @@ impl Sim {
             let last_term = self.leaders.keys().copied().max().unwrap_or(0);
             self.trace(|| format!("BOOTSTRAP {} after term {last_term}", self.nodes[i].name));
             self.with(i, |g, now| g.bootstrap(now, last_term).unwrap());
+        }
+    }
+
+    fn addr(&self, i: usize) -> std::net::SocketAddr {
+        format!("10.0.0.{}:7402", i + 1).parse().unwrap()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        WALL_EPOCH_MS + self.elapsed().as_millis() as u64
+    }
+
+    /// What each leader's driver does for the proxy: announce a new term (with the
+    /// signed votes that won it) or a new membership at once, and refresh the record
+    /// every [`REFRESH_INTERVAL`]. Then checks that the record the proxy holds names a
+    /// leader that a majority elected in its term.
+    fn proxy_duties(&mut self) {
+        if self.services.is_none() {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            let Some(g) = self.group(i).filter(|g| g.role() == Role::Leader) else {
+                continue;
+            };
+            let (term, version) = (g.term(), g.membership_version());
+            let due = match self.nodes[i].announced {
+                None => true,
+                Some((t, v, at, _)) => {
+                    t != term || v != version || self.now - at >= REFRESH_INTERVAL
+                }
+            };
+            if !due {
+                continue;
+            }
+            let issued_at_ms = match self.nodes[i].announced {
+                Some((.., issued)) => self.wall_ms().max(issued + 1),
+                None => self.wall_ms(),
+            };
+            let draft = RecordDraft {
+                group: "lobby".into(),
+                term,
+                leader: self.nodes[i].name.clone(),
+                leader_addr: self.addr(i),
+                membership_version: version,
+                members: g.members().iter().map(|m| m.name.clone()).collect(),
+                issued_at_ms,
+            };
+            let votes = g.election_proof();
+            let elapsed = self.elapsed();
+            let verdict = self
+                .services
+                .as_mut()
+                .map(|s| s.propose(Kind::Announce, &draft, &votes, elapsed));
+            self.trace(|| {
+                format!(
+                    "ANNOUNCE {} term {term} v{version}: {verdict:?}",
+                    draft.leader
+                )
+            });
+            self.nodes[i].announced = Some((term, version, self.now, issued_at_ms));
+            if let Some(Ok(_)) = verdict {
+                self.check_proxy_record();
+            }
+        }
+    }
+
+    fn check_proxy_record(&mut self) {
+        let elapsed = self.elapsed();
+        let Some(record) = self.services.as_mut().and_then(|s| s.query(elapsed)) else {
+            return;
+        };
+        if self.elected.get(&record.term) != Some(&record.leader) {
+            let why = format!(
+                "the proxy holds {} for term {}, which no majority elected (elected: {:?})",
+                record.leader,
+                record.term,
+                self.elected.get(&record.term)
+            );
+            self.fail(why);
         }
     }
 
@@ -226,17 +436,37 @@ impl Sim {
         }
     }
 
+    /// Cuts every link between nodes on different sides, both ways.
     pub fn partition(&mut self, side: Vec<u8>) {
         self.trace(|| format!("PARTITION {side:?}"));
-        self.side = side;
+        self.blocked.clear();
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if side[a] != side[b] {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+    }
+
+    /// Cuts the links from every node in `from` to every node not in it, one way only.
+    pub fn one_way(&mut self, from: &[usize]) {
+        self.trace(|| format!("ONE-WAY from {from:?}"));
+        self.blocked.clear();
+        for &a in from {
+            for b in (0..self.nodes.len()).filter(|b| !from.contains(b)) {
+                self.blocked.insert((a, b));
+            }
+        }
     }
 
     pub fn heal(&mut self) {
-        self.side = vec![0; self.nodes.len()];
+        self.blocked.clear();
     }
 
-    fn connected(&self, a: usize, b: usize) -> bool {
-        self.side[a] == self.side[b]
+    /// Whether messages from `a` reach `b`.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        !self.blocked.contains(&(a, b))
     }
 
     fn fail(&mut self, why: String) {
@@ -262,27 +492,36 @@ impl Sim {
         let Some(to) = self.nodes.iter().position(|n| n.name == to) else {
             return;
         };
-        if class == MessageClass::Unreliable && self.rng.random_bool(self.loss) {
-            return;
+        if let GroupMessage::Vote(vote) = &msg {
+            if vote.granted && !vote.pre_vote {
+                self.granted
+                    .entry((vote.term, vote.candidate.clone()))
+                    .or_default()
+                    .insert(vote.voter.clone());
+            }
         }
-        let delay = Duration::from_micros(self.rng.random_range(100..=500));
-        let mut at = self.now + delay;
-        if class == MessageClass::Ordered {
-            let last = self.fifo.entry((from, to)).or_insert(at);
-            at = at.max(*last);
-            *last = at;
-        }
-        self.next_id += 1;
-        let to_epoch = self.nodes[to].epoch;
-        self.queue.insert(
-            (at, self.next_id),
-            InFlight {
+        let copies = if self.rng.random_bool(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            if class == MessageClass::Unreliable && self.rng.random_bool(self.loss) {
+                continue;
+            }
+            let delay = Duration::from_micros(self.rng.random_range(100..=500));
+            let mut at = self.now + delay;
+            if class == MessageClass::Ordered {
+                let last = self.fifo.entry((from, to)).or_insert(at);
+                at = at.max(*last);
+                *last = at;
+            }
+            self.next_id += 1;
+            let flight = InFlight {
                 from,
+                from_epoch: self.nodes[from].epoch,
                 to,
-                to_epoch,
-                msg,
-            },
-        );
+                to_epoch: self.nodes[to].epoch,
+                msg: msg.clone(),
+            };
+            self.queue.insert((at, self.next_id), flight);
+        }
     }
 
     pub fn trace(&self, what: impl FnOnce() -> String) {
@@ -295,6 +534,9 @@ impl Sim {
         self.trace(|| format!("{} {event:?}", self.nodes[i].name));
         match event {
             GroupEvent::LeaderChanged { term, leader } => {
+                if leader.as_deref() == Some(self.nodes[i].name.as_str()) {
+                    self.check_majority(i, term);
+                }
                 if let Some(l) = &leader {
                     let previous = self.leaders.entry(term).or_insert_with(|| l.clone());
                     if previous != l {
@@ -308,10 +550,15 @@ impl Sim {
                 self.nodes[i].known_leader = (term, leader);
                 self.nodes[i].last_leader_change = self.now;
             }
+            GroupEvent::Delivered {
+                seq, to: Some(to), ..
+            } => self.on_receipt(i, seq, to, true),
+            GroupEvent::Undelivered { seq, to } => self.on_receipt(i, seq, to, false),
             GroupEvent::ChatReceived {
                 sender,
                 incarnation,
                 seq,
+                direct,
                 ..
             } => {
                 let node = &mut self.nodes[i];
@@ -328,9 +575,44 @@ impl Sim {
                     return;
                 }
                 *last = seq;
-                node.received.push((sender, incarnation, seq));
+                node.received.push((sender, incarnation, seq, direct));
             }
             _ => {}
+        }
+    }
+
+    /// Node `i` just became leader in `term`: it must hold granted votes, as sent on the
+    /// wire (its own vote is the one it persisted), from a majority of its membership.
+    fn check_majority(&mut self, i: usize, term: u64) {
+        let Some(g) = self.group(i) else { return };
+        let name = &self.nodes[i].name;
+        let voters = self.granted.get(&(term, name.clone()));
+        let members: Vec<&str> = g.members().iter().map(|m| m.name.as_str()).collect();
+        let own =
+            self.nodes[i].hard.term == term && self.nodes[i].hard.voted_for.as_ref() == Some(name);
+        let votes = members
+            .iter()
+            .filter(|m| (**m == name.as_str() && own) || voters.is_some_and(|v| v.contains(**m)))
+            .count();
+        if votes * 2 <= members.len() {
+            let why = format!(
+                "{name} leads term {term} with {votes} of {} votes",
+                members.len()
+            );
+            self.fail(why);
+            return;
+        }
+        self.elected.insert(term, name.clone());
+    }
+
+    fn on_receipt(&mut self, i: usize, seq: u64, to: String, delivered: bool) {
+        let node = &mut self.nodes[i];
+        if let Some(before) = node.receipts.insert((seq, to.clone()), delivered) {
+            let why = format!(
+                "{} got a second receipt for line {seq} to {to} ({before} then {delivered})",
+                node.name
+            );
+            self.fail(why);
         }
     }
 
@@ -379,7 +661,9 @@ impl Sim {
         if next_msg == Some(next) {
             let (_, flight) = self.queue.pop_first().unwrap();
             let up = self.nodes[flight.to].epoch == flight.to_epoch && self.is_up(flight.to);
-            if up && self.connected(flight.from, flight.to) {
+            let arrives = up && self.connected(flight.from, flight.to);
+            self.report_chat_fate(&flight, arrives);
+            if arrives {
                 let from = self.nodes[flight.from].name.clone();
                 if !matches!(
                     flight.msg,
@@ -404,7 +688,28 @@ impl Sim {
             }
             self.drain(i);
         }
+        self.proxy_duties();
         true
+    }
+
+    /// Tells a chat line's sender (if still the same process) what its session would
+    /// have: acknowledged, or lost.
+    fn report_chat_fate(&mut self, flight: &InFlight, arrived: bool) {
+        let GroupMessage::Chat(line) = &flight.msg else {
+            return;
+        };
+        if self.nodes[flight.from].epoch != flight.from_epoch {
+            return;
+        }
+        let to = self.nodes[flight.to].name.clone();
+        let seq = line.seq;
+        self.with(flight.from, |g, _| {
+            if arrived {
+                g.chat_delivered(&to, seq)
+            } else {
+                g.chat_failed(&to, seq)
+            }
+        });
     }
 
     pub fn run_for(&mut self, d: Duration) {
@@ -450,7 +755,9 @@ impl Sim {
         self.live_members(l)
             .into_iter()
             .all(|i| {
-                self.nodes[i].known_leader == (g.term(), Some(name.clone())) && self.connected(i, l)
+                self.nodes[i].known_leader == (g.term(), Some(name.clone()))
+                    && self.connected(i, l)
+                    && self.connected(l, i)
             })
             .then_some(l)
     }
