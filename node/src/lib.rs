@@ -19,9 +19,11 @@
 //!
 //! Panics: none on any input; a panic is a bug.
 
+pub mod fragment;
 pub mod group;
 pub mod message;
 
+pub use fragment::{ChatReassembly, MAX_FRAGMENT_LEN};
 pub use group::{
     CommandError, ConfigError, Group, GroupConfig, GroupEvent, HardState, Output, Role, VoteSigner,
 };

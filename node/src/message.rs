@@ -49,8 +49,8 @@ pub struct VoteMsg {
     pub signature: Vec<u8>,
 }
 
-/// A whole chat line (SPEC.md §7.10). Fragmentation is not done yet: a line is one
-/// fragment of at most [`MAX_LINE_LEN`] bytes.
+/// A whole chat line (SPEC.md §7.10). Lines longer than one session message travel in
+/// fragments ([`GroupMessage::to_wire_messages`], [`crate::ChatReassembly`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatLine {
     pub sender: String,
@@ -60,8 +60,8 @@ pub struct ChatLine {
     pub text: String,
 }
 
-/// The longest chat line carried as one fragment (the fragment's `len` is a u16).
-pub const MAX_LINE_LEN: usize = u16::MAX as usize;
+/// The longest chat line, in bytes (SPEC.md §11 `MAX_CHAT_MESSAGE_LEN`).
+pub const MAX_LINE_LEN: usize = sockmsg_wire::limits::MAX_CHAT_MESSAGE_LEN;
 
 /// A group frame, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +116,11 @@ pub enum ToWireError {
 pub enum FromWireError {
     #[error("frame {0:?} is not a group frame")]
     NotGroupFrame(sockmsg_wire::FrameType),
-    #[error("chat fragments are not reassembled yet")]
+    /// A fragment of a longer line: use [`crate::ChatReassembly`].
+    #[error("a chat fragment needs reassembly")]
     ChatFragment,
+    #[error("a chat fragment does not continue the line being received")]
+    FragmentOutOfOrder,
     #[error("chat text is not UTF-8")]
     ChatNotUtf8,
 }
@@ -234,20 +237,11 @@ impl GroupMessage {
                 }),
                 out,
             ),
-            GroupMessage::Chat(line) => encode(
-                Frame::Chat(Chat {
-                    sender: Name::new(&line.sender)?,
-                    incarnation: line.incarnation,
-                    seq: line.seq,
-                    flags: if line.direct {
-                        ChatFlags::DIRECT
-                    } else {
-                        ChatFlags::empty()
-                    },
-                    fragment: Fragment::whole(line.text.as_bytes())?,
-                }),
-                out,
-            ),
+            GroupMessage::Chat(line) => {
+                let text = line.text.as_bytes();
+                let total_len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+                line.encode_fragment(total_len, 0, text, out)?;
+            }
             GroupMessage::MembershipAck { term, version } => encode(
                 Frame::MembershipAck(MembershipAck {
                     term: *term,
@@ -339,6 +333,32 @@ impl GroupMessage {
             }
             other => return Err(FromWireError::NotGroupFrame(other.frame_type())),
         })
+    }
+}
+
+impl ChatLine {
+    /// Encodes the CHAT frame carrying `data`, the piece at `offset` of this line.
+    pub(crate) fn encode_fragment(
+        &self,
+        total_len: u32,
+        offset: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BuildError> {
+        let frame = Frame::Chat(Chat {
+            sender: Name::new(&self.sender)?,
+            incarnation: self.incarnation,
+            seq: self.seq,
+            flags: if self.direct {
+                ChatFlags::DIRECT
+            } else {
+                ChatFlags::empty()
+            },
+            fragment: Fragment::new(total_len, offset, data)?,
+        });
+        out.reserve(frame.encoded_len());
+        frame.encode(out);
+        Ok(())
     }
 }
 
