@@ -22,6 +22,7 @@ use sockmsg_wire::frame::{
     CloseCode, Fragment, HandshakeFinish, HandshakeInit, Message, MessageClass, Padding, Retry,
 };
 use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
+use sockmsg_wire::session::crypto::AuthError;
 use sockmsg_wire::session::streams::{RecvBuffer, SendQueue};
 use sockmsg_wire::session::{
     CloseReason, ConnectionHandle, ConnectionStats, EndpointStats, Event, PeerKeys, RsaKeyring,
@@ -1913,4 +1914,62 @@ fn a_probe_carries_the_oldest_unacknowledged_fragment() {
         probe, f0,
         "the probe carries the oldest unacknowledged fragment"
     );
+}
+
+/// Keys that can be learnt while a handshake is running, as a node's driver learns a
+/// peer's key from the key manager after its INITIAL arrived.
+struct LateKeys(std::sync::Mutex<TestKeys>);
+
+impl PeerKeys for LateKeys {
+    fn verify(&self, peer: &str, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(peer, message, signature)
+    }
+}
+
+#[test]
+fn a_finish_from_a_peer_whose_key_arrives_late_connects() {
+    let mut net = Network::new(57);
+    let now = net.now();
+    let config = SessionConfig::default();
+    let bob_keys = Arc::new(LateKeys(std::sync::Mutex::new(TestKeys::with_names([
+        "bob",
+    ]))));
+    net.add_node(alice_addr(), Peer::test("alice", 57, now, config.clone()))
+        .expect("alice");
+    net.add_node(
+        bob_addr(),
+        Peer::with(
+            "bob",
+            57,
+            now,
+            config,
+            Arc::new(TestSigner::new("bob")),
+            bob_keys.clone(),
+        ),
+    )
+    .expect("bob");
+    let a = net
+        .node_mut(alice_addr())
+        .endpoint
+        .connect(now, bob_addr(), "bob");
+    net.node_mut(alice_addr())
+        .endpoint
+        .send(a, MessageClass::Reliable, b"hello")
+        .expect("queued");
+    // Bob does not know alice yet: her FINISH is held, not fatal.
+    net.run_for(Duration::from_millis(20)).expect("runs");
+    assert_eq!(net.node(bob_addr()).connected_count(), 0);
+    assert!(net.node(bob_addr()).closes().is_empty(), "still waiting");
+    bob_keys.0.lock().unwrap().insert("alice");
+    net.run_while(
+        |net| net.node(bob_addr()).messages().is_empty(),
+        Duration::from_secs(2),
+    )
+    .expect("alice's message arrives once bob has her key");
+    let bob = net.node(bob_addr());
+    assert_eq!(bob.connected_count(), 1);
+    assert_eq!(bob.messages().len(), 1);
 }

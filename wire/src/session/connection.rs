@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 
 use super::crypto::{
-    derive_session_secrets, next_generation, EphemeralKeyPair, PacketKey, PeerKeys, Signer,
+    derive_session_secrets, next_generation, AuthError, EphemeralKeyPair, PacketKey, PeerKeys,
+    Signer,
 };
 use super::handshake::{
     signed_message, transcript_hash, HandshakeSide, INITIATOR_LABEL, RESPONDER_LABEL,
@@ -865,13 +866,25 @@ impl Connection {
             &signed_message(INITIATOR_LABEL, transcript),
             finish.signature.as_bytes(),
         );
-        if let Err(e) = verified {
-            self.stats.auth_failures += 1;
-            self.terminate(CloseReason::AuthenticationFailed(format!(
-                "{}: {e}",
-                self.peer_name
-            )));
-            return;
+        match verified {
+            Ok(()) => {}
+            Err(AuthError::UnknownPeer) => {
+                // The driver may be fetching this peer's key from the key manager now
+                // (its PeerKeys saw the miss); the initiator re-sends FINISH until
+                // confirmed, so a later copy can verify. The handshake timeout bounds
+                // the wait, and nothing is accepted from the peer meanwhile.
+                self.stats.auth_failures += 1;
+                self.last_auth_error = Some(format!("{}: key not known (yet)", self.peer_name));
+                return;
+            }
+            Err(e) => {
+                self.stats.auth_failures += 1;
+                self.terminate(CloseReason::AuthenticationFailed(format!(
+                    "{}: {e}",
+                    self.peer_name
+                )));
+                return;
+            }
         }
         self.state = State::Established { finish: None };
         self.handshake_retry_at = None;
