@@ -163,7 +163,8 @@ fn refuse_existing_key(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` (and its parents), mode 0700. Shared with the node's data directory.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -176,8 +177,9 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
-#[derive(PartialEq, Eq)]
-enum Replace {
+/// Whether [`write_secret`] may replace an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
     Yes,
     No,
 }
@@ -185,7 +187,7 @@ enum Replace {
 /// Writes `contents` to `path` atomically, mode 0600: a temporary file in the same
 /// directory (created with its final mode, then written and synced), then moved into place,
 /// then the directory synced. With `Replace::No` an existing `path` is never replaced.
-fn write_secret(path: &Path, contents: &[u8], replace: Replace) -> Result<()> {
+pub fn write_secret(path: &Path, contents: &[u8], replace: Replace) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -240,7 +242,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a secret file, refusing one that others may read (as ssh does).
-fn read_secret(path: &Path, dir: &Path) -> Result<Vec<u8>> {
+pub fn read_secret(path: &Path, dir: &Path) -> Result<Vec<u8>> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == ErrorKind::NotFound => bail!(

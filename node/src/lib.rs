@@ -19,9 +19,13 @@
 //!
 //! Panics: none on any input; a panic is a bug.
 
+pub mod datadir;
+pub mod driver;
 pub mod fragment;
 pub mod group;
+pub mod keys;
 pub mod message;
+pub mod proxy_client;
 
 pub use fragment::{ChatReassembly, MAX_FRAGMENT_LEN};
 pub use group::{

@@ -1,5 +1,6 @@
 //! Membership: bootstrap, join, leave, heartbeats, failure removal, and single-member
-//! changes that wait for a majority of the previous membership (Raft dissertation §4.1).
+//! changes, each committed by a majority of the membership it creates (Raft dissertation
+//! §4.1: a server uses a configuration as soon as it has it).
 
 use std::time::Instant;
 
@@ -17,11 +18,14 @@ pub(super) enum Change {
 }
 
 /// The change in flight: it has taken effect on the leader, and the next may start once
-/// a majority of `previous` has acknowledged `version`.
+/// a majority of `voters` (the membership `version` itself, as in Raft) has acknowledged
+/// it. Single-member changes keep any majority of the old membership and any of the new
+/// one overlapping, so either rule is safe; the new one's lets a group of two drop a
+/// departed member (a majority of one) instead of waiting for it forever.
 #[derive(Debug, Clone)]
 pub(super) struct Pending {
     version: u64,
-    previous: Vec<String>,
+    voters: Vec<String>,
 }
 
 impl Group {
@@ -73,7 +77,7 @@ impl Group {
         self.adopt_membership(now, stamp, self.members.clone());
         self.pending = Some(Pending {
             version: self.version,
-            previous: self.members.iter().map(|m| m.name.clone()).collect(),
+            voters: self.members.iter().map(|m| m.name.clone()).collect(),
         });
         // Reliably, so the acknowledgements come reliably too (a leaving former leader
         // waits for this before it goes, see `Group::step`).
@@ -364,7 +368,7 @@ impl Group {
             self.adopt_membership(now, (self.hard.term, version), next);
             self.pending = Some(Pending {
                 version,
-                previous: previous.clone(),
+                voters: self.members.iter().map(|m| m.name.clone()).collect(),
             });
             let msg = self.membership_msg();
             let mut to: Vec<String> = previous;
@@ -384,7 +388,7 @@ impl Group {
             return;
         };
         let acked = pending
-            .previous
+            .voters
             .iter()
             .filter(|name| {
                 **name == self.me.name
@@ -394,7 +398,7 @@ impl Group {
                         .is_some_and(|p| p.acked_version >= pending.version)
             })
             .count();
-        if acked < pending.previous.len() / 2 + 1 {
+        if acked < pending.voters.len() / 2 + 1 {
             return;
         }
         self.pending = None;

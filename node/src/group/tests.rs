@@ -610,17 +610,45 @@ fn dissertation_4_1_one_membership_change_at_a_time() {
     nodes[0].step(now, "e", GroupMessage::Join(info("e", 6)));
     assert_eq!(nodes[0].membership_version(), v + 1, "only d is in flight");
     assert_eq!(nodes[0].members().len(), 4);
-    // b's acknowledgement makes a majority (a, b) of the previous three: e may follow.
+    // b's acknowledgement is not yet a majority of the new four (a, b, c, d).
+    let ack = |version| GroupMessage::MembershipAck { term: 1, version };
+    nodes[0].step(now, "b", ack(v + 1));
+    assert_eq!(
+        nodes[0].membership_version(),
+        v + 1,
+        "2 of 4 is no majority"
+    );
+    // d's makes three of four: e may follow.
+    nodes[0].step(now, "d", ack(v + 1));
+    assert_eq!(nodes[0].membership_version(), v + 2);
+    assert_eq!(nodes[0].members().len(), 5);
+}
+
+#[test]
+fn a_group_of_two_drops_a_departed_member() {
+    // The survivor leads alone: removing the other needs only a majority of the new
+    // membership (itself), not the departed member's acknowledgement.
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    let b = nodes[1].me().clone();
     nodes[0].step(
         now,
         "b",
-        GroupMessage::MembershipAck {
-            term: 1,
-            version: v + 1,
+        GroupMessage::Leave {
+            name: b.name.clone(),
+            incarnation: b.incarnation,
         },
     );
-    assert_eq!(nodes[0].membership_version(), v + 2);
-    assert_eq!(nodes[0].members().len(), 5);
+    assert_eq!(nodes[0].members().len(), 1);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    // And it goes on leading: check-quorum counts the one-member membership.
+    let later = now + Duration::from_secs(5);
+    nodes[0].tick(later);
+    assert_eq!(
+        nodes[0].role(),
+        Role::Leader,
+        "still leads after check-quorum"
+    );
 }
 
 #[test]

@@ -1,0 +1,1033 @@
+//! The tokio driver of one node: one UDP socket, the session [`Endpoint`], the [`Group`]
+//! state machine, the key manager and proxy clients, and one timer.
+//!
+//! The driver owns no protocol rule. It moves bytes between the socket and the
+//! endpoint, group messages between sessions and the group, and does what the group's
+//! outputs say: send (opening a session, after fetching the peer's key, when none is
+//! open), persist (durably, before anything after it), report events. Around that it
+//! keeps the node's business with the services: register its key at start, ask the
+//! proxy whom to join, claim a new group, and, while leading, announce each new term and
+//! membership (with the signed votes) and refresh the record.
+//!
+//! ```text
+//!  socket ──▶ Endpoint ──Message──▶ ChatReassembly ──▶ Group::step
+//!  timer  ──▶ Endpoint::handle_timeout, Group::tick
+//!  Group::poll_output ──Send──▶ session (connect: key lookup, then Endpoint::connect)
+//!                     ──Persist──▶ NodeDir::save_state (fsync)
+//!                     ──Event──▶ NodeEvent to the user interface
+//!  Endpoint::poll_transmit ──▶ socket
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sockmsg_keymgr::client::{ClientConfig, KeymgrClient, Trust};
+use sockmsg_keymgr::verify::VerifiedRecord;
+use sockmsg_proxy::client::RecordDraft;
+use sockmsg_proxy::handler::RecordSummary;
+use sockmsg_proxy::Kind;
+use sockmsg_wire::frame::{Carrier, CloseCode, MessageClass, ProxyStatus};
+use sockmsg_wire::session::crypto::RsaSigner;
+use sockmsg_wire::session::{
+    CloseReason, ConnectionHandle, Endpoint, Event, MessageId, SessionConfig,
+};
+use sockmsg_wire::Frames;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::datadir::NodeDir;
+use crate::fragment::ChatReassembly;
+use crate::group::{Group, GroupConfig, GroupEvent, Output, Role, VoteSigner};
+use crate::keys::{KeyNews, PeerKeyCache};
+use crate::message::{GroupMessage, MemberInfo};
+use crate::proxy_client::{ProxyClient, Verdict};
+
+/// How often a leader re-announces an unchanged record (the proxy forgets it after its
+/// TTL, 5 s by default).
+const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a node that is not (or no longer) admitted asks the proxy again.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
+/// A member with no leader for this long asks the proxy (it may have been removed
+/// without hearing of it).
+const LEADERLESS_REQUERY: Duration = Duration::from_secs(3);
+/// A node with a past in the group that finds no record at the proxy for this long
+/// founds the group again (in a term after every term it saw): its old members are gone.
+const REFOUND_AFTER: Duration = Duration::from_secs(10);
+/// Messages held for one peer while its key is fetched or its session opens.
+const MAX_WAITING: usize = 256;
+/// Time a leaving node waits for its handover and its LEAVE to be acknowledged.
+const EXIT_GRACE: Duration = Duration::from_millis(1500);
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub name: String,
+    pub group: String,
+    /// Port 0 = any; a taken nonzero port moves to the next free one.
+    pub bind: SocketAddr,
+    /// The address peers reach this node at (the bound one unless it is unspecified).
+    pub advertise: Option<std::net::IpAddr>,
+    pub proxy: SocketAddr,
+    pub keymgr: SocketAddr,
+    pub keymgr_trust: Trust,
+    pub group_config: GroupConfig,
+    pub session: SessionConfig,
+    /// SO_RCVBUF / SO_SNDBUF asked for (the kernel may cap it).
+    pub socket_buffer: usize,
+}
+
+/// What the user interface asks of the node.
+#[derive(Debug)]
+pub enum Command {
+    Chat(String),
+    Direct {
+        to: String,
+        text: String,
+    },
+    Peers(oneshot::Sender<PeersReport>),
+    Whois(String, oneshot::Sender<Result<String, String>>),
+    /// Leave the group (handing over leadership first) and stop.
+    Exit,
+}
+
+/// One member as `/peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLine {
+    pub info: MemberInfo,
+    pub leader: bool,
+    pub me: bool,
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeersReport {
+    pub term: u64,
+    pub leader: Option<String>,
+    pub members: Vec<PeerLine>,
+}
+
+/// What the node tells the user interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The socket is bound and the key registered.
+    Started {
+        name: String,
+        group: String,
+        addr: SocketAddr,
+        key_fingerprint: String,
+    },
+    Group(GroupEvent),
+    /// A line we sent: to how many members (`to` for a direct line).
+    Sent {
+        seq: u64,
+        to: Option<String>,
+        recipients: usize,
+    },
+    /// A peer's key, as the key manager vouched for it.
+    Key {
+        name: String,
+        news: KeyNews,
+    },
+    /// The session to `peer` got no acknowledgement for too long.
+    Unreachable {
+        peer: String,
+    },
+    Notice(String),
+    /// The node has stopped (after leaving, or on error).
+    Stopped,
+}
+
+/// A message held until its peer has a session.
+struct Waiting {
+    class: MessageClass,
+    frame: GroupMessage,
+}
+
+/// Results of the tasks the driver spawns, back into its loop.
+enum TaskResult {
+    Key(String, Result<VerifiedRecord, String>),
+    Query(Result<Option<RecordSummary>, String>),
+    Claim(Result<Verdict, String>),
+    Announce(Result<Verdict, String>),
+}
+
+/// Signs votes with the node's RSA key.
+struct RsaVoteSigner(Arc<RsaSigner>);
+
+impl VoteSigner for RsaVoteSigner {
+    fn sign_vote(&self, input: &[u8]) -> Vec<u8> {
+        use sockmsg_wire::session::crypto::Signer;
+        match sockmsg_keymgr::datadir::os_rng() {
+            Ok(mut rng) => self.0.sign(&mut rng, input),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Binds the node's UDP socket: buffers sized for bursts (a leader's heartbeats to 63
+/// members, chat fragments), and the next free port if the asked one is taken.
+pub fn bind_socket(bind: SocketAddr, buffer: usize) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let tries = if bind.port() == 0 { 1 } else { 50 };
+    let mut last_err = None;
+    for offset in 0..tries {
+        let mut addr = bind;
+        addr.set_port(bind.port().saturating_add(offset));
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .context("cannot create a UDP socket")?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+        socket.set_nonblocking(true)?;
+        match socket.bind(&addr.into()) {
+            Ok(()) => return Ok(UdpSocket::from_std(socket.into())?),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_err = Some(e),
+            Err(e) => return Err(e).with_context(|| format!("cannot bind UDP {addr}")),
+        }
+    }
+    Err(last_err.map_or_else(
+        || anyhow::anyhow!("cannot bind UDP {bind}"),
+        |e| {
+            anyhow::anyhow!(
+                "cannot bind UDP {bind} or the next {} ports: {e}",
+                tries - 1
+            )
+        },
+    ))
+}
+
+/// The running node. Build with [`Driver::start`], then [`Driver::run`].
+pub struct Driver {
+    settings: NodeSettings,
+    signer: Arc<RsaSigner>,
+    dir: NodeDir,
+    socket: UdpSocket,
+    me: MemberInfo,
+    endpoint: Endpoint,
+    group: Group,
+    /// Whether the persisted state said we never belonged to the group.
+    newcomer: bool,
+    keys: PeerKeyCache,
+    known_peers: BTreeMap<String, String>,
+    keymgr: Arc<KeymgrClient>,
+    proxy: ProxyClient,
+
+    sessions: HashMap<String, ConnectionHandle>,
+    peer_of: HashMap<ConnectionHandle, String>,
+    addrs: HashMap<String, SocketAddr>,
+    waiting: HashMap<String, VecDeque<Waiting>>,
+    fetching: HashSet<String>,
+    receipts: HashMap<(ConnectionHandle, MessageId), (String, u64)>,
+    reassembly: ChatReassembly,
+
+    tasks_tx: mpsc::UnboundedSender<TaskResult>,
+    tasks_rx: mpsc::UnboundedReceiver<TaskResult>,
+    events: mpsc::UnboundedSender<NodeEvent>,
+
+    querying: bool,
+    last_query: Option<Instant>,
+    no_record_since: Option<Instant>,
+    leaderless_since: Option<Instant>,
+    announcing: bool,
+    announced: Option<(u64, u64, Instant, u64)>,
+    exit_deadline: Option<Instant>,
+}
+
+impl Driver {
+    /// Binds the socket, registers the node's key with the key manager, and builds the
+    /// group state machine from what the node persisted.
+    pub async fn start(
+        settings: NodeSettings,
+        signer: Arc<RsaSigner>,
+        dir: NodeDir,
+        events: mpsc::UnboundedSender<NodeEvent>,
+    ) -> Result<Driver> {
+        let socket = bind_socket(settings.bind, settings.socket_buffer)?;
+        let local = socket.local_addr()?;
+        let advertised = SocketAddr::new(
+            settings.advertise.unwrap_or_else(|| local.ip()),
+            local.port(),
+        );
+
+        let keymgr = KeymgrClient::with_config(
+            settings.keymgr,
+            settings.keymgr_trust.clone(),
+            ClientConfig::default(),
+        )
+        .context("key manager client")?;
+        keymgr
+            .register(&settings.name, &signer, None)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot register the key of {} with the key manager at {}",
+                    settings.name, settings.keymgr
+                )
+            })?;
+
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        let me = MemberInfo {
+            name: settings.name.clone(),
+            addr: advertised,
+            rank: rng.random(),
+            incarnation: rng.random(),
+        };
+        let hard = dir.load_state(&settings.group)?;
+        let newcomer = hard.term == 0 && hard.members.is_empty();
+        let keys = PeerKeyCache::default();
+        let now = Instant::now();
+        let endpoint = Endpoint::new(
+            settings.session.clone(),
+            &settings.group,
+            signer.clone(),
+            Arc::new(keys.clone()),
+            rng.random(),
+            now,
+        );
+        let mut addrs: HashMap<String, SocketAddr> = hard
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.addr))
+            .collect();
+        addrs.remove(&settings.name);
+        let group = Group::new(
+            settings.group_config.clone(),
+            me.clone(),
+            hard,
+            ChaCha8Rng::from_seed(rng.random()),
+            Box::new(RsaVoteSigner(signer.clone())),
+            now,
+        )?;
+        let known_peers = dir.known_peers();
+        let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+        let fingerprint = sockmsg_keymgr::registry::fingerprint(signer.public_key_der());
+        let _ = events.send(NodeEvent::Started {
+            name: settings.name.clone(),
+            group: settings.group.clone(),
+            addr: advertised,
+            key_fingerprint: fingerprint,
+        });
+        Ok(Driver {
+            proxy: ProxyClient::new(settings.proxy),
+            settings,
+            signer,
+            dir,
+            socket,
+            me,
+            endpoint,
+            group,
+            newcomer,
+            keys,
+            known_peers,
+            keymgr: Arc::new(keymgr),
+            sessions: HashMap::new(),
+            peer_of: HashMap::new(),
+            addrs,
+            waiting: HashMap::new(),
+            fetching: HashSet::new(),
+            receipts: HashMap::new(),
+            reassembly: ChatReassembly::default(),
+            tasks_tx,
+            tasks_rx,
+            events,
+            querying: false,
+            last_query: None,
+            no_record_since: None,
+            leaderless_since: Some(now),
+            announcing: false,
+            announced: None,
+            exit_deadline: None,
+        })
+    }
+
+    /// The address peers reach this node at.
+    pub fn addr(&self) -> SocketAddr {
+        self.me.addr
+    }
+
+    /// Runs until `/exit`, `shutdown`, or the end of `commands`; leaves the group
+    /// gracefully first (a leader hands over leadership).
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; 65_536];
+        let mut commands_open = true;
+        loop {
+            let now = Instant::now();
+            let deadline = [
+                self.endpoint.poll_timeout(),
+                self.group.poll_timeout(),
+                self.exit_deadline,
+                Some(now + Duration::from_millis(250)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    let now = Instant::now();
+                    match received {
+                        Ok((n, from)) => self.endpoint.handle_datagram(now, from, &buf[..n]),
+                        Err(e) => tracing::debug!("recv: {e}"),
+                    }
+                    // Drain what else is queued, without waiting.
+                    for _ in 0..64 {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => self.endpoint.handle_datagram(now, from, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        commands_open = false;
+                        self.begin_exit();
+                    }
+                },
+                Some(result) = self.tasks_rx.recv() => self.on_task(result),
+                () = &mut shutdown, if self.exit_deadline.is_none() => self.begin_exit(),
+            }
+            let now = Instant::now();
+            self.endpoint.handle_timeout(now);
+            self.group.tick(now);
+            self.pump(now)?;
+            self.housekeeping(now);
+            self.flush().await;
+            if let Some(deadline) = self.exit_deadline {
+                let left = self.group.role() == Role::Left;
+                if (left && self.all_acked()) || now >= deadline {
+                    break;
+                }
+            }
+        }
+        self.close_all().await;
+        let _ = self.events.send(NodeEvent::Stopped);
+        Ok(())
+    }
+
+    // ----- the three sources of work --------------------------------------------------
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Chat(text) => match self.group.send_chat(&text) {
+                Ok(seq) => {
+                    let recipients = self.group.members().len().saturating_sub(1);
+                    self.emit(NodeEvent::Sent {
+                        seq,
+                        to: None,
+                        recipients,
+                    });
+                }
+                Err(e) => self.emit(NodeEvent::Notice(format!("not sent: {e}"))),
+            },
+            Command::Direct { to, text } => match self.group.send_direct(&to, &text) {
+                Ok(seq) => self.emit(NodeEvent::Sent {
+                    seq,
+                    to: Some(to),
+                    recipients: 1,
+                }),
+                Err(e) => self.emit(NodeEvent::Notice(format!("not sent: {e}"))),
+            },
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers_report());
+            }
+            Command::Whois(name, reply) => {
+                let answer = if name == self.me.name {
+                    Ok(sockmsg_keymgr::registry::fingerprint(
+                        self.signer.public_key_der(),
+                    ))
+                } else {
+                    self.keys
+                        .fingerprint(&name)
+                        .ok_or_else(|| format!("no key of {name} seen yet"))
+                };
+                if answer.is_err() {
+                    self.fetch_key(&name);
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Exit => self.begin_exit(),
+        }
+        let _ = now;
+    }
+
+    fn on_task(&mut self, result: TaskResult) {
+        let now = Instant::now();
+        match result {
+            TaskResult::Key(name, result) => {
+                self.fetching.remove(&name);
+                match result {
+                    Ok(record) => {
+                        let news = self.keys.learn(&record, &mut self.known_peers);
+                        if matches!(news, KeyNews::New { .. } | KeyNews::Changed { .. }) {
+                            if let Err(e) = self.dir.save_known_peers(&self.known_peers) {
+                                self.emit(NodeEvent::Notice(format!("{e:#}")));
+                            }
+                        }
+                        if news != KeyNews::Same {
+                            self.emit(NodeEvent::Key {
+                                name: name.clone(),
+                                news,
+                            });
+                        }
+                        self.flush_waiting(now, &name);
+                    }
+                    Err(why) => {
+                        self.emit(NodeEvent::Notice(format!("no key for {name}: {why}")));
+                        self.fail_waiting(&name);
+                    }
+                }
+            }
+            TaskResult::Query(result) => {
+                self.querying = false;
+                match result {
+                    Ok(Some(record)) => {
+                        self.no_record_since = None;
+                        self.on_record(now, record)
+                    }
+                    Ok(None) => self.on_no_record(now),
+                    Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
+                }
+            }
+            TaskResult::Claim(result) => {
+                self.querying = false;
+                match result {
+                    Ok(Verdict::Accepted) => {
+                        let _ = self.group.bootstrap(now, 0);
+                        self.newcomer = false;
+                        self.emit(NodeEvent::Notice(format!(
+                            "founded group {} (the proxy knew no leader)",
+                            self.settings.group
+                        )));
+                    }
+                    Ok(Verdict::Refused { status, reason }) => {
+                        // Someone else claimed it first: ask again, then join them.
+                        tracing::debug!("claim refused: {status:?} {reason}");
+                        self.last_query = None;
+                    }
+                    Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
+                }
+            }
+            TaskResult::Announce(result) => {
+                self.announcing = false;
+                match result {
+                    Ok(Verdict::Accepted) => {}
+                    Ok(Verdict::Refused { status, reason }) => {
+                        tracing::debug!("announcement refused: {status:?} {reason}");
+                        if status == ProxyStatus::STALE_TERM {
+                            self.emit(NodeEvent::Notice(
+                                "the proxy knows a newer leader than this one".into(),
+                            ));
+                        }
+                    }
+                    Err(why) => tracing::debug!("announcement: {why}"),
+                }
+            }
+        }
+    }
+
+    /// Session events into the group, group outputs into sessions, until both are quiet.
+    fn pump(&mut self, now: Instant) -> Result<()> {
+        loop {
+            let mut busy = false;
+            while let Some((handle, event)) = self.endpoint.poll_event() {
+                busy = true;
+                self.on_session_event(now, handle, event);
+            }
+            while let Some(output) = self.group.poll_output() {
+                busy = true;
+                match output {
+                    Output::Persist(state) => self
+                        .dir
+                        .save_state(&self.settings.group, &state)
+                        .context("cannot persist the group state")?,
+                    Output::Send { to, class, frame } => self.send(now, &to, class, frame),
+                    Output::Event(event) => self.on_group_event(event),
+                }
+            }
+            for name in self.keys.take_wanted() {
+                self.fetch_key(&name);
+            }
+            if !busy {
+                return Ok(());
+            }
+        }
+    }
+
+    // ----- sessions -------------------------------------------------------------------
+
+    fn on_session_event(&mut self, now: Instant, handle: ConnectionHandle, event: Event) {
+        match event {
+            Event::Connected { peer } => {
+                self.peer_of.insert(handle, peer.clone());
+                // Both sides may have opened a session at once: each sends on the one
+                // opened by the smaller name, so both settle on the same.
+                let keep = match self.sessions.get(&peer) {
+                    None => true,
+                    Some(&current) if current == handle => true,
+                    Some(_) => {
+                        let initiated_by_us = self
+                            .endpoint
+                            .connection(handle)
+                            .is_some_and(|c| c.role() == sockmsg_wire::session::Role::Initiator);
+                        let opener = if initiated_by_us {
+                            &self.me.name
+                        } else {
+                            &peer
+                        };
+                        let other_opener = if initiated_by_us {
+                            &peer
+                        } else {
+                            &self.me.name
+                        };
+                        opener < other_opener
+                    }
+                };
+                if keep {
+                    self.sessions.insert(peer.clone(), handle);
+                }
+                if let Some(addr) = self.endpoint.connection(handle).map(|c| c.peer_addr()) {
+                    self.addrs.entry(peer.clone()).or_insert(addr);
+                }
+                self.flush_waiting(now, &peer);
+            }
+            Event::Message { data, .. } => {
+                let Some(peer) = self.peer_of.get(&handle).cloned() else {
+                    return;
+                };
+                for frame in Frames::new(Carrier::Message, &data, 0) {
+                    let Ok(frame) = frame else {
+                        tracing::debug!("malformed group frame from {peer}");
+                        break;
+                    };
+                    match self.reassembly.accept(&peer, &frame) {
+                        Ok(Some(msg)) => {
+                            if let GroupMessage::Join(member) = &msg {
+                                if member.name == peer {
+                                    self.addrs.insert(peer.clone(), member.addr);
+                                } else {
+                                    self.addrs.entry(member.name.clone()).or_insert(member.addr);
+                                }
+                            }
+                            self.group.step(now, &peer, msg);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!("group frame from {peer} dropped: {e}"),
+                    }
+                }
+            }
+            Event::Acked(id) => {
+                if let Some((to, seq)) = self.receipts.remove(&(handle, id)) {
+                    self.group.chat_delivered(&to, seq);
+                }
+            }
+            Event::Unreachable => {
+                if let Some(peer) = self.peer_of.get(&handle).cloned() {
+                    self.emit(NodeEvent::Unreachable { peer });
+                }
+            }
+            Event::Closed(reason) => self.on_closed(handle, reason),
+        }
+    }
+
+    fn on_closed(&mut self, handle: ConnectionHandle, reason: CloseReason) {
+        let peer = self.peer_of.remove(&handle).or_else(|| {
+            self.sessions
+                .iter()
+                .find(|(_, h)| **h == handle)
+                .map(|(p, _)| p.clone())
+        });
+        let failed: Vec<(ConnectionHandle, MessageId)> = self
+            .receipts
+            .keys()
+            .filter(|(h, _)| *h == handle)
+            .copied()
+            .collect();
+        for key in failed {
+            if let Some((to, seq)) = self.receipts.remove(&key) {
+                self.group.chat_failed(&to, seq);
+            }
+        }
+        let Some(peer) = peer else { return };
+        if self.sessions.get(&peer) == Some(&handle) {
+            self.sessions.remove(&peer);
+            self.reassembly.forget(&peer);
+        }
+        if let CloseReason::AuthenticationFailed(why) = reason {
+            self.emit(NodeEvent::Notice(format!(
+                "session with {peer} refused: {why}"
+            )));
+        }
+    }
+
+    /// Sends a group message to `to`, opening a session first if none is open.
+    fn send(&mut self, now: Instant, to: &str, class: MessageClass, frame: GroupMessage) {
+        if let Some(&handle) = self.sessions.get(to) {
+            if self
+                .endpoint
+                .connection(handle)
+                .is_some_and(|c| !c.is_closed())
+            {
+                self.send_on(handle, to, class, frame);
+                return;
+            }
+            self.sessions.remove(to);
+        }
+        let queue = self.waiting.entry(to.to_owned()).or_default();
+        if queue.len() >= MAX_WAITING {
+            if let Some(dropped) = queue.pop_front() {
+                if let GroupMessage::Chat(line) = dropped.frame {
+                    self.group.chat_failed(to, line.seq);
+                }
+            }
+        }
+        self.waiting
+            .entry(to.to_owned())
+            .or_default()
+            .push_back(Waiting { class, frame });
+        self.open_session(now, to);
+    }
+
+    fn send_on(
+        &mut self,
+        handle: ConnectionHandle,
+        to: &str,
+        class: MessageClass,
+        frame: GroupMessage,
+    ) {
+        let pieces = match frame.to_wire_messages() {
+            Ok(pieces) => pieces,
+            Err(e) => {
+                tracing::warn!("cannot encode {} for {to}: {e}", frame.kind());
+                return;
+            }
+        };
+        let mut last = None;
+        for piece in &pieces {
+            match self.endpoint.send(handle, class, piece) {
+                Ok(id) => last = Some(id),
+                Err(e) => {
+                    tracing::debug!("{} to {to} not queued: {e}", frame.kind());
+                    last = None;
+                    break;
+                }
+            }
+        }
+        if let GroupMessage::Chat(line) = &frame {
+            match last {
+                Some(id) => {
+                    self.receipts
+                        .insert((handle, id), (to.to_owned(), line.seq));
+                }
+                None => self.group.chat_failed(to, line.seq),
+            }
+        }
+    }
+
+    /// Opens a session to `to` if its address and key are known (fetching the key if
+    /// not; the waiting messages go out once it is connected).
+    fn open_session(&mut self, now: Instant, to: &str) {
+        if self.sessions.contains_key(to) {
+            return;
+        }
+        let Some(&addr) = self.addrs.get(to) else {
+            tracing::debug!("no address for {to}: message dropped");
+            self.fail_waiting(to);
+            return;
+        };
+        if !self.keys.contains(to) {
+            self.fetch_key(to);
+            return;
+        }
+        let handle = self.endpoint.connect(now, addr, to);
+        self.sessions.insert(to.to_owned(), handle);
+        self.peer_of.insert(handle, to.to_owned());
+    }
+
+    fn flush_waiting(&mut self, now: Instant, peer: &str) {
+        let Some(&handle) = self.sessions.get(peer) else {
+            if self.waiting.contains_key(peer) {
+                self.open_session(now, peer);
+            }
+            return;
+        };
+        let established = self
+            .endpoint
+            .connection(handle)
+            .is_some_and(|c| c.is_established());
+        if !established {
+            return;
+        }
+        if let Some(queue) = self.waiting.remove(peer) {
+            for waiting in queue {
+                self.send_on(handle, peer, waiting.class, waiting.frame);
+            }
+        }
+    }
+
+    fn fail_waiting(&mut self, peer: &str) {
+        if let Some(queue) = self.waiting.remove(peer) {
+            for waiting in queue {
+                if let GroupMessage::Chat(line) = waiting.frame {
+                    self.group.chat_failed(peer, line.seq);
+                }
+            }
+        }
+    }
+
+    fn fetch_key(&mut self, name: &str) {
+        if !self.fetching.insert(name.to_owned()) {
+            return;
+        }
+        let keymgr = self.keymgr.clone();
+        let tasks = self.tasks_tx.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let result = keymgr.lookup(&name).await.map_err(|e| e.to_string());
+            let _ = tasks.send(TaskResult::Key(name, result));
+        });
+    }
+
+    /// Sends every datagram the endpoint has ready.
+    async fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some(transmit) = self.endpoint.poll_transmit(now) {
+            if let Err(e) = self
+                .socket
+                .send_to(&transmit.contents, transmit.destination)
+                .await
+            {
+                tracing::debug!("send to {}: {e}", transmit.destination);
+            }
+        }
+    }
+
+    fn all_acked(&self) -> bool {
+        self.endpoint
+            .connections()
+            .all(|(_, c)| c.bytes_in_flight() == 0)
+    }
+
+    async fn close_all(&mut self) {
+        let now = Instant::now();
+        let handles: Vec<ConnectionHandle> = self.endpoint.connections().map(|(h, _)| h).collect();
+        for handle in handles {
+            self.endpoint.close(now, handle, CloseCode::NORMAL, "bye");
+        }
+        self.flush().await;
+    }
+
+    // ----- the group ------------------------------------------------------------------
+
+    fn on_group_event(&mut self, event: GroupEvent) {
+        match &event {
+            GroupEvent::MembersChanged { members, .. } => {
+                for m in members.iter().filter(|m| m.name != self.me.name) {
+                    self.addrs.insert(m.name.clone(), m.addr);
+                }
+            }
+            GroupEvent::LeaderChanged { leader, .. } => {
+                self.leaderless_since = leader.is_none().then(Instant::now);
+            }
+            GroupEvent::Joined => self.newcomer = false,
+            GroupEvent::Removed => self.last_query = None,
+            _ => {}
+        }
+        self.emit(NodeEvent::Group(event));
+    }
+
+    /// The node's business with the proxy: (re)join when not admitted or long without
+    /// a leader; while leading, announce and refresh.
+    fn housekeeping(&mut self, now: Instant) {
+        if self.exit_deadline.is_some() {
+            return;
+        }
+        let leaderless_long = self
+            .leaderless_since
+            .is_some_and(|since| now - since >= LEADERLESS_REQUERY);
+        let want_proxy = !self.group.is_member() || leaderless_long;
+        let due = self.last_query.is_none_or(|at| now - at >= REJOIN_INTERVAL);
+        if want_proxy && due && !self.querying && self.group.role() != Role::Leader {
+            self.querying = true;
+            self.last_query = Some(now);
+            let proxy = self.proxy.clone();
+            let group = self.settings.group.clone();
+            let tasks = self.tasks_tx.clone();
+            tokio::spawn(async move {
+                let result = proxy.query(&group).await.map_err(|e| e.to_string());
+                let _ = tasks.send(TaskResult::Query(result));
+            });
+        }
+        if self.group.role() == Role::Leader {
+            self.announce_if_due(now);
+        }
+    }
+
+    fn on_record(&mut self, now: Instant, record: RecordSummary) {
+        if record.leader == self.me.name {
+            // Our own record from before a restart: the members will elect anew.
+            return;
+        }
+        if self.group.is_member() && self.group.leader() == Some(record.leader.as_str()) {
+            return;
+        }
+        self.addrs.insert(record.leader.clone(), record.leader_addr);
+        if !self.group.is_member() || self.group.leader().is_none() {
+            let _ = self.group.join(now, &record.leader);
+        }
+    }
+
+    /// No leader at the proxy. A newcomer claims the group (and founds it once the
+    /// proxy accepts); a node with a past in the group waits for its members to elect,
+    /// and founds it again only if nobody announced anything for [`REFOUND_AFTER`].
+    fn on_no_record(&mut self, now: Instant) {
+        let since = *self.no_record_since.get_or_insert(now);
+        if self.group.role() == Role::Leader {
+            return;
+        }
+        if self.newcomer {
+            self.claim(now);
+        } else if now - since >= REFOUND_AFTER && self.group.leader().is_none() {
+            self.emit(NodeEvent::Notice(
+                "no member of the group has been heard of for a while: founding it again".into(),
+            ));
+            let term = self.group.term();
+            let _ = self.group.bootstrap(now, term);
+            self.no_record_since = None;
+        }
+    }
+
+    fn claim(&mut self, _now: Instant) {
+        let draft = RecordDraft {
+            group: self.settings.group.clone(),
+            term: 1,
+            leader: self.me.name.clone(),
+            leader_addr: self.me.addr,
+            membership_version: 1,
+            members: vec![self.me.name.clone()],
+            issued_at_ms: sockmsg_keymgr::datadir::now_ms(),
+        };
+        self.querying = true;
+        let proxy = self.proxy.clone();
+        let signer = self.signer.clone();
+        let tasks = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let result = proxy
+                .propose(Kind::Claim, &draft, signer.as_ref(), &[])
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tasks.send(TaskResult::Claim(result));
+        });
+    }
+
+    fn announce_if_due(&mut self, now: Instant) {
+        if self.announcing {
+            return;
+        }
+        let term = self.group.term();
+        let version = self.group.membership_version();
+        let due = match self.announced {
+            None => true,
+            Some((t, v, at, _)) => t != term || v != version || now - at >= REFRESH_INTERVAL,
+        };
+        if !due {
+            return;
+        }
+        let wall = sockmsg_keymgr::datadir::now_ms();
+        let issued_at_ms = match self.announced {
+            Some((.., issued)) => wall.max(issued + 1),
+            None => wall,
+        };
+        self.announced = Some((term, version, now, issued_at_ms));
+        let draft = RecordDraft {
+            group: self.settings.group.clone(),
+            term,
+            leader: self.me.name.clone(),
+            leader_addr: self.me.addr,
+            membership_version: version,
+            members: self
+                .group
+                .members()
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+            issued_at_ms,
+        };
+        let votes = self.group.election_proof();
+        self.announcing = true;
+        let proxy = self.proxy.clone();
+        let signer = self.signer.clone();
+        let tasks = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let result = proxy
+                .propose(Kind::Announce, &draft, signer.as_ref(), &votes)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tasks.send(TaskResult::Announce(result));
+        });
+    }
+
+    fn begin_exit(&mut self) {
+        if self.exit_deadline.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.exit_deadline = Some(now + EXIT_GRACE);
+        if self.group.leave(now).is_err() {
+            // Already left: nothing to hand over.
+            self.exit_deadline = Some(now);
+        }
+    }
+
+    fn peers_report(&self) -> PeersReport {
+        let leader = self.group.leader().map(str::to_owned);
+        let members = self
+            .group
+            .members()
+            .iter()
+            .map(|m| PeerLine {
+                leader: leader.as_deref() == Some(m.name.as_str()),
+                me: m.name == self.me.name,
+                rtt: self
+                    .sessions
+                    .get(&m.name)
+                    .and_then(|h| self.endpoint.connection(*h))
+                    .filter(|c| c.is_established())
+                    .map(|c| c.rtt()),
+                info: m.clone(),
+            })
+            .collect();
+        PeersReport {
+            term: self.group.term(),
+            leader,
+            members,
+        }
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// Checks that `name` is a valid member name (SPEC.md §6), with a message for people.
+pub fn check_name(name: &str) -> Result<()> {
+    if sockmsg_wire::Name::new(name).is_err() || name.is_empty() {
+        bail!("{name:?} is not a valid name: 1-32 ASCII letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
