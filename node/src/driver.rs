@@ -213,6 +213,12 @@ pub struct Driver {
     group: Group,
     /// Whether the persisted state said we never belonged to the group.
     newcomer: bool,
+    /// Whether this incarnation has been admitted (GroupEvent::Joined, until Removed). A
+    /// restarted member is listed in its persisted membership, but under its previous
+    /// incarnation and address: it must still ask to be admitted anew.
+    joined: bool,
+    /// The leader this incarnation last sent a JOIN to (the group repeats it).
+    join_sent_to: Option<String>,
     keys: PeerKeyCache,
     known_peers: BTreeMap<String, String>,
     keymgr: Arc<KeymgrClient>,
@@ -221,6 +227,8 @@ pub struct Driver {
     sessions: HashMap<String, ConnectionHandle>,
     peer_of: HashMap<ConnectionHandle, String>,
     addrs: HashMap<String, SocketAddr>,
+    /// Each member's incarnation as the membership lists it.
+    incarnations: HashMap<String, u64>,
     waiting: HashMap<String, VecDeque<Waiting>>,
     fetching: HashSet<String>,
     receipts: HashMap<(ConnectionHandle, MessageId), (String, u64)>,
@@ -325,12 +333,15 @@ impl Driver {
             endpoint,
             group,
             newcomer,
+            joined: false,
+            join_sent_to: None,
             keys,
             known_peers,
             keymgr: Arc::new(keymgr),
             sessions: HashMap::new(),
             peer_of: HashMap::new(),
             addrs,
+            incarnations: HashMap::new(),
             waiting: HashMap::new(),
             fetching: HashSet::new(),
             receipts: HashMap::new(),
@@ -577,9 +588,17 @@ impl Driver {
                 self.peer_of.insert(handle, peer.clone());
                 // Both sides may have opened a session at once: each sends on the one
                 // opened by the smaller name, so both settle on the same.
+                let new_addr = self.endpoint.connection(handle).map(|c| c.peer_addr());
                 let keep = match self.sessions.get(&peer) {
                     None => true,
                     Some(&current) if current == handle => true,
+                    // The peer moved or restarted: its old session is dead.
+                    Some(&current)
+                        if self.endpoint.connection(current).map(|c| c.peer_addr()) != new_addr =>
+                    {
+                        self.retire_session(current);
+                        true
+                    }
                     Some(_) => {
                         let initiated_by_us = self
                             .endpoint
@@ -780,6 +799,14 @@ impl Driver {
         }
     }
 
+    /// Stops sending on `handle` (its peer is gone): closes it, so that its unacknowledged
+    /// chat lines are reported undelivered when it ends, and unmaps it.
+    fn retire_session(&mut self, handle: ConnectionHandle) {
+        self.sessions.retain(|_, h| *h != handle);
+        self.endpoint
+            .close(Instant::now(), handle, CloseCode::NORMAL, "peer restarted");
+    }
+
     fn fail_waiting(&mut self, peer: &str) {
         if let Some(queue) = self.waiting.remove(peer) {
             for waiting in queue {
@@ -837,15 +864,36 @@ impl Driver {
     fn on_group_event(&mut self, event: GroupEvent) {
         match &event {
             GroupEvent::MembersChanged { members, .. } => {
-                for m in members.iter().filter(|m| m.name != self.me.name) {
+                let me = self.me.name.clone();
+                for m in members.iter().filter(|m| m.name != me) {
                     self.addrs.insert(m.name.clone(), m.addr);
+                    let before = self.incarnations.insert(m.name.clone(), m.incarnation);
+                    let restarted = before.is_some_and(|b| b != m.incarnation);
+                    let moved = self
+                        .sessions
+                        .get(&m.name)
+                        .and_then(|h| self.endpoint.connection(*h))
+                        .is_some_and(|c| c.peer_addr() != m.addr);
+                    if restarted || moved {
+                        // Its sessions died with the old process: open a new one.
+                        if let Some(handle) = self.sessions.get(&m.name).copied() {
+                            self.retire_session(handle);
+                        }
+                    }
                 }
             }
             GroupEvent::LeaderChanged { leader, .. } => {
                 self.leaderless_since = leader.is_none().then(Instant::now);
             }
-            GroupEvent::Joined => self.newcomer = false,
-            GroupEvent::Removed => self.last_query = None,
+            GroupEvent::Joined => {
+                self.newcomer = false;
+                self.joined = true;
+            }
+            GroupEvent::Removed => {
+                self.joined = false;
+                self.join_sent_to = None;
+                self.last_query = None;
+            }
             _ => {}
         }
         self.emit(NodeEvent::Group(event));
@@ -860,7 +908,16 @@ impl Driver {
         let leaderless_long = self
             .leaderless_since
             .is_some_and(|since| now - since >= LEADERLESS_REQUERY);
-        let want_proxy = !self.group.is_member() || leaderless_long;
+        // A leader we already hear from is the best contact.
+        if !self.joined && self.group.role() != Role::Leader {
+            if let Some(leader) = self.group.leader().map(str::to_owned) {
+                if self.join_sent_to.as_deref() != Some(leader.as_str()) {
+                    let _ = self.group.join(now, &leader);
+                    self.join_sent_to = Some(leader);
+                }
+            }
+        }
+        let want_proxy = !self.joined || leaderless_long;
         let due = self.last_query.is_none_or(|at| now - at >= REJOIN_INTERVAL);
         if want_proxy && due && !self.querying && self.group.role() != Role::Leader {
             self.querying = true;
@@ -883,12 +940,20 @@ impl Driver {
             // Our own record from before a restart: the members will elect anew.
             return;
         }
-        if self.group.is_member() && self.group.leader() == Some(record.leader.as_str()) {
-            return;
-        }
-        self.addrs.insert(record.leader.clone(), record.leader_addr);
-        if !self.group.is_member() || self.group.leader().is_none() {
-            let _ = self.group.join(now, &record.leader);
+        self.addrs
+            .entry(record.leader.clone())
+            .or_insert(record.leader_addr);
+        let known_leader = self.group.leader().is_some();
+        if !self.joined || !known_leader {
+            // The proxy's record may lag an election: a leader we hear from wins.
+            let target = self
+                .group
+                .leader()
+                .filter(|l| *l != self.me.name)
+                .unwrap_or(&record.leader)
+                .to_owned();
+            let _ = self.group.join(now, &target);
+            self.join_sent_to = Some(target);
         }
     }
 

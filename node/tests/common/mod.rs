@@ -1,0 +1,238 @@
+//! Real `sockmsg-node` processes driven through `--json`, for the end-to-end suites.
+//!
+//! Each node runs as its own process with piped stdin (commands) and stdout (one JSON
+//! event per line); a reader thread collects the events, and tests wait on them with a
+//! deadline, never on sleeps. Identities are the checked-in test keys (copied into each
+//! node's data directory), so no test pays for RSA key generation.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const NAMES: [&str; 7] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
+
+/// How long any one awaited event may take (debug builds on a busy 2-core machine).
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn testdata_key(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/keys")
+        .join(format!("{name}.pem"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "sockmsg-e2e-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts `name`'s test key where the node looks for its identity.
+pub fn install_identity(data_dir: &Path, name: &str) {
+    let dir = data_dir.join(name);
+    std::fs::create_dir_all(&dir).expect("node dir");
+    let target = dir.join("identity.pem");
+    std::fs::copy(testdata_key(name), &target).expect("copy key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Value>,
+    closed: bool,
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+}
+
+impl NodeProc {
+    /// Starts `sockmsg-node --json` with `args` after the common ones; `wrap` is a
+    /// command prefix (e.g. `ip netns exec ns1`), empty for none.
+    pub fn spawn(name: &str, data_dir: &Path, args: &[String], wrap: &[String]) -> NodeProc {
+        let bin = env!("CARGO_BIN_EXE_sockmsg-node");
+        let mut command = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        command
+            .args(["--json", "--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start sockmsg-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+        let reader_log = log.clone();
+        let who = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SOCKMSG_E2E_TRACE").is_some() {
+                    eprintln!("{who}: {line}");
+                }
+                let value: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(e) => panic!("{who} printed a line that is not JSON ({e}): {line}"),
+                };
+                let (lock, cond) = &*reader_log;
+                lock.lock().unwrap().events.push(value);
+                cond.notify_all();
+            }
+            let (lock, cond) = &*reader_log;
+            lock.lock().unwrap().closed = true;
+            cond.notify_all();
+        });
+        NodeProc {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            log,
+        }
+    }
+
+    /// Sends one command line.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to node");
+        stdin.flush().expect("flush");
+    }
+
+    /// How many events so far: pass to `wait` to look only at later ones.
+    pub fn mark(&self) -> usize {
+        self.log.0.lock().unwrap().events.len()
+    }
+
+    /// The first event at index ≥ `from` that satisfies `pred`, waiting up to `DEADLINE`.
+    pub fn wait(&self, from: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(from, DEADLINE, what, pred)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no {what} within {DEADLINE:?}; events: {}",
+                    self.name,
+                    self.dump(from)
+                )
+            })
+    }
+
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        _what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.log;
+        let mut log = lock.lock().unwrap();
+        let mut seen = from;
+        loop {
+            if let Some(found) = log.events.iter().skip(seen).find(|e| pred(e)) {
+                return Some(found.clone());
+            }
+            seen = log.events.len().max(from);
+            let now = Instant::now();
+            if now >= deadline || log.closed {
+                return None;
+            }
+            log = cond.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.log.0.lock().unwrap().events.clone()
+    }
+
+    fn dump(&self, from: usize) -> String {
+        let events = self.events();
+        let tail: Vec<String> = events.iter().skip(from).map(|e| e.to_string()).collect();
+        tail.join("\n  ")
+    }
+
+    /// The latest (term, leader) this node reported.
+    pub fn leader(&self) -> Option<(u64, Option<String>)> {
+        self.events()
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "leader")
+            .map(|e| {
+                (
+                    e["term"].as_u64().unwrap_or(0),
+                    e["leader"].as_str().map(str::to_owned),
+                )
+            })
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Closes stdin after `/exit` and waits for the process to end.
+    pub fn exit(&mut self) -> std::process::ExitStatus {
+        self.say("/exit");
+        self.stdin = None;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn is(event: &Value, kind: &str) -> bool {
+    event["event"] == kind
+}
+
+/// A chat event from `sender` with `text`.
+pub fn chat_from(sender: &str, text: &str) -> impl Fn(&Value) -> bool {
+    let (sender, text) = (sender.to_owned(), text.to_owned());
+    move |e| is(e, "chat") && e["sender"] == sender.as_str() && e["text"] == text.as_str()
+}
