@@ -130,7 +130,14 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     let bits = config.identity.key_bits as usize;
-    let (signer, generated) = tokio::task::block_in_place(|| dir.identity(&name, bits))?;
+    let dir = Arc::new(dir);
+    let (signer, generated) = {
+        let (dir, name) = (dir.clone(), name.clone());
+        tokio::task::spawn_blocking(move || dir.identity(&name, bits))
+            .await
+            .context("identity key")??
+    };
+    let dir = Arc::try_unwrap(dir).map_err(|_| anyhow!("data directory still in use"))?;
     if generated {
         printer.notice(&format!(
             "your key is in {}",

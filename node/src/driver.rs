@@ -48,9 +48,10 @@ use crate::keys::{KeyNews, PeerKeyCache};
 use crate::message::{GroupMessage, MemberInfo};
 use crate::proxy_client::{ProxyClient, Verdict};
 
-/// How often a leader re-announces an unchanged record (the proxy forgets it after its
-/// TTL, 5 s by default).
-const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a leader re-announces an unchanged record: the proxy forgets it after its
+/// TTL (5 s by default), and each announcement costs an RSA signature, so a little more
+/// than half the TTL (an exchange retries over UDP, then TCP, well within the rest).
+const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
 /// How often a node that is not (or no longer) admitted asks the proxy again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
 /// A member with no leader for this long asks the proxy (it may have been removed
