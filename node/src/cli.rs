@@ -78,7 +78,9 @@ pub struct Args {
 
 pub fn init_logging(json: bool) {
     let _ = json;
-    let default = "warn";
+    // The node reports what the key manager client would warn about (first-use trust)
+    // as its own notice, above the prompt.
+    let default = "warn,sockmsg_keymgr::client=error";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -270,6 +270,22 @@ impl Driver {
             ClientConfig::default(),
         )
         .context("key manager client")?;
+        let first_use = match &settings.keymgr_trust {
+            Trust::TrustOnFirstUse { known_hosts } => !known_hosts.exists(),
+            Trust::Pinned(_) => false,
+        };
+        let manager = keymgr
+            .manager_key()
+            .await
+            .with_context(|| format!("cannot trust the key manager at {}", settings.keymgr))?;
+        if first_use {
+            let _ = events.send(NodeEvent::Notice(format!(
+                "trusting the key manager at {} on first use: its key is {} (remembered; \
+                 pin it with keymgr.fingerprint in a config file)",
+                settings.keymgr,
+                manager.fingerprint()
+            )));
+        }
         keymgr
             .register(&settings.name, &signer, None)
             .await
