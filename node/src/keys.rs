@@ -104,3 +104,54 @@ impl PeerKeys for PeerKeyCache {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockmsg_wire::frame::KeyStatus;
+
+    const ALICE: &str = include_str!("../../testdata/keys/alice.pub.pem");
+    const MALLORY: &str = include_str!("../../testdata/keys/mallory.pub.pem");
+
+    fn record(pem: &str, status: KeyStatus) -> VerifiedRecord {
+        use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+        let key = rsa::PublicKey::from_public_key_pem(pem).unwrap();
+        VerifiedRecord {
+            name: "alice".into(),
+            public_key_der: key.to_public_key_der().unwrap().as_bytes().to_vec(),
+            serial: 1,
+            issued_at_ms: 0,
+            status,
+        }
+    }
+
+    #[test]
+    fn a_changed_key_is_reported_and_a_revoked_one_refused() {
+        let cache = PeerKeyCache::default();
+        let mut known = BTreeMap::new();
+        // A handshake with an unknown peer asks for its key.
+        assert_eq!(
+            cache.verify("alice", b"m", b"s"),
+            Err(AuthError::UnknownPeer)
+        );
+        assert_eq!(cache.take_wanted(), ["alice"]);
+        assert!(cache.take_wanted().is_empty(), "asked once");
+
+        let first = cache.learn(&record(ALICE, KeyStatus::ACTIVE), &mut known);
+        assert!(matches!(first, KeyNews::New { .. }));
+        assert!(cache.contains("alice"));
+        assert_eq!(
+            cache.learn(&record(ALICE, KeyStatus::ACTIVE), &mut known),
+            KeyNews::Same
+        );
+        // Next run (same `known`): someone else's key under the name.
+        let changed =
+            PeerKeyCache::default().learn(&record(MALLORY, KeyStatus::ACTIVE), &mut known);
+        assert!(matches!(changed, KeyNews::Changed { .. }), "{changed:?}");
+        assert_eq!(
+            cache.learn(&record(ALICE, KeyStatus::REVOKED), &mut known),
+            KeyNews::Revoked
+        );
+        assert_eq!(cache.verify("alice", b"m", b"s"), Err(AuthError::Revoked));
+    }
+}

@@ -1973,3 +1973,59 @@ fn a_finish_from_a_peer_whose_key_arrives_late_connects() {
     assert_eq!(bob.connected_count(), 1);
     assert_eq!(bob.messages().len(), 1);
 }
+
+#[test]
+fn unreliable_messages_alone_cost_no_acknowledgements() {
+    // Heartbeats travel unreliable: the receiver must not answer each with an ACK-only
+    // packet, and the sender must not count them in flight (SPEC.md §8).
+    let mut net = Network::new(58);
+    let now = net.now();
+    let config = SessionConfig::default();
+    net.add_node(alice_addr(), Peer::test("alice", 58, now, config.clone()))
+        .expect("alice");
+    net.add_node(bob_addr(), Peer::test("bob", 58, now, config))
+        .expect("bob");
+    let a = net
+        .node_mut(alice_addr())
+        .endpoint
+        .connect(now, bob_addr(), "bob");
+    net.run_while(
+        |net| net.node(bob_addr()).connected_count() == 0,
+        Duration::from_secs(2),
+    )
+    .expect("connects");
+    net.run_for(Duration::from_millis(200)).expect("settles");
+    let bob_sent_before = net.node(bob_addr()).sent.len();
+    for i in 0..10u8 {
+        net.node_mut(alice_addr())
+            .endpoint
+            .send(a, MessageClass::Unreliable, &[i])
+            .expect("queued");
+        net.run_for(Duration::from_millis(50)).expect("runs");
+    }
+    assert_eq!(
+        net.node(bob_addr())
+            .messages_of(MessageClass::Unreliable)
+            .len(),
+        10
+    );
+    assert_eq!(
+        net.node(bob_addr()).sent.len(),
+        bob_sent_before,
+        "bob sent nothing back"
+    );
+    let alice = net.node(alice_addr()).endpoint.connection(a).expect("open");
+    assert_eq!(
+        alice.bytes_in_flight(),
+        0,
+        "nothing awaits an acknowledgement"
+    );
+    // A reliable message is still acknowledged.
+    net.node_mut(alice_addr())
+        .endpoint
+        .send(a, MessageClass::Reliable, b"ack me")
+        .expect("queued");
+    net.run_for(Duration::from_millis(100)).expect("runs");
+    assert!(net.node(bob_addr()).sent.len() > bob_sent_before);
+    assert_eq!(net.node(alice_addr()).acked_count(), 1);
+}

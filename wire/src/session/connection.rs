@@ -953,7 +953,7 @@ impl Connection {
         let mut refused = false;
         for frame in Frames::new(PacketType::DATA, plaintext, offset) {
             let frame = frame.map_err(|_| FrameFault::Violation("malformed frame"))?;
-            ack_eliciting |= frame.is_ack_eliciting();
+            ack_eliciting |= elicits_ack(&frame);
             match frame {
                 Frame::Ack(ack) => self.on_ack(now, &ack)?,
                 Frame::Message(message) => refused |= self.recv.on_message(&message).is_err(),
@@ -1071,7 +1071,14 @@ impl Connection {
         if probe && record.fragments.is_empty() {
             Frame::Ping.encode(&mut plaintext);
         }
-        let ack_eliciting = probe || !record.fragments.is_empty();
+        // Unreliable messages are never re-sent, so a packet of only those needs no
+        // acknowledgement (SPEC.md §8): it is neither tracked for loss nor acked on its
+        // own, which halves an idle group's packets (heartbeats and their answers).
+        let ack_eliciting = probe
+            || record
+                .fragments
+                .iter()
+                .any(|f| f.message.class.is_reliable());
         if probe {
             self.probes_due -= 1;
             self.stats.probes_sent += 1;
@@ -1201,4 +1208,14 @@ enum FrameFault {
     Violation(&'static str),
     /// The peer closed the session.
     PeerClosed,
+}
+
+/// Whether receiving `frame` obliges us to acknowledge its packet (RFC 9000 §13.2.1),
+/// with one departure: a MESSAGE of the unreliable class does not (SPEC.md §8), since its
+/// sender never re-sends it and tracks no loss for it.
+fn elicits_ack(frame: &Frame<'_>) -> bool {
+    match frame {
+        Frame::Message(message) => message.class.is_reliable(),
+        other => other.is_ack_eliciting(),
+    }
 }
