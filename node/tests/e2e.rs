@@ -237,5 +237,26 @@ fn five_nodes_chat_survive_a_leader_kill_rejoin_and_hand_over_on_exit() {
         "handover on /exit of {leader_now}: {successor} leads after {:?}",
         exit_at.elapsed()
     );
+
+    // SIGTERM of the new leader: a clean exit too (LEAVE after a handover).
+    let l3 = names.iter().position(|n| *n == successor).unwrap();
+    let status = nodes[l3].terminate();
+    assert!(
+        status.success(),
+        "{} exited with {status} on SIGTERM",
+        names[l3]
+    );
+    assert!(
+        nodes[l3].events().iter().any(|e| is(e, "left")),
+        "left on SIGTERM"
+    );
+    let rest: Vec<&NodeProc> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != l2 && *i != l3)
+        .map(|(_, n)| n)
+        .collect();
+    let (_, third) = agreed_leader(&rest, 0);
+    assert!(third != successor && third != leader_now);
     drop(services);
 }

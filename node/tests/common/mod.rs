@@ -208,6 +208,18 @@ impl NodeProc {
     pub fn exit(&mut self) -> std::process::ExitStatus {
         self.say("/exit");
         self.stdin = None;
+        self.wait_exit()
+    }
+
+    /// SIGTERM, as a service manager stops a process, and waits for it to end.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
