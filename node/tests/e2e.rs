@@ -7,99 +7,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{chat_from, install_identity, is, NodeProc, TempDir, NAMES};
-use sockmsg_keymgr::client::Trust;
-use sockmsg_keymgr::registry::RegistrationMode;
-use tokio::sync::watch;
-
-/// The key manager and the proxy on ephemeral loopback ports, until dropped.
-pub struct Services {
-    pub keymgr: SocketAddr,
-    pub proxy: SocketAddr,
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: TempDir,
-}
-
-impl Services {
-    pub fn start() -> Services {
-        let dir = TempDir::new("services");
-        let pem = std::fs::read_to_string(common::testdata_key("keymgr")).unwrap();
-        let fingerprint =
-            sockmsg_keymgr::datadir::init_with_key(&dir.0.join("keymgr"), &pem).unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
-        let keymgr_dir = dir.0.join("keymgr");
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let keymgr =
-                    sockmsg_keymgr::server::Server::bind(sockmsg_keymgr::server::ServeConfig::new(
-                        keymgr_dir,
-                        "127.0.0.1:0".parse().unwrap(),
-                        RegistrationMode::Open,
-                    ))
-                    .await
-                    .unwrap();
-                let keymgr_addr = keymgr.local_addr();
-                let proxy =
-                    sockmsg_proxy::server::Server::bind(sockmsg_proxy::server::ServeConfig::new(
-                        "127.0.0.1:0".parse().unwrap(),
-                        keymgr_addr,
-                        Trust::Pinned(fingerprint),
-                    ))
-                    .await
-                    .unwrap();
-                addrs_tx.send((keymgr_addr, proxy.local_addr())).unwrap();
-                let mut stop_a = stop_rx.clone();
-                let mut stop_b = stop_rx;
-                let _ = tokio::join!(
-                    keymgr.run(async move {
-                        let _ = stop_a.wait_for(|s| *s).await;
-                    }),
-                    proxy.run(async move {
-                        let _ = stop_b.wait_for(|s| *s).await;
-                    }),
-                );
-            });
-        });
-        let (keymgr, proxy) = addrs_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Services {
-            keymgr,
-            proxy,
-            stop,
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    pub fn node_args(&self) -> Vec<String> {
-        vec![
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--proxy".into(),
-            self.proxy.to_string(),
-            "--keymgr".into(),
-            self.keymgr.to_string(),
-        ]
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+use common::{chat_from, install_identity, is, NodeProc, Services, TempDir, NAMES};
 
 /// Waits until every node in `nodes` reports the same leader in a term above `after`;
 /// returns (term, leader).
@@ -131,7 +41,7 @@ fn agreed_leader(nodes: &[&NodeProc], after: u64) -> (u64, String) {
 
 #[test]
 fn five_nodes_chat_survive_a_leader_kill_rejoin_and_hand_over_on_exit() {
-    let services = Services::start();
+    let services = Services::on_loopback();
     let data = TempDir::new("nodes");
     let names = &NAMES[..5];
     for name in names {

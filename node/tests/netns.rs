@@ -12,12 +12,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
-use common::{chat_from, install_identity, is, NodeProc, TempDir, NAMES};
-use sockmsg_keymgr::client::Trust;
-use sockmsg_keymgr::registry::RegistrationMode;
-use tokio::sync::watch;
+use common::{chat_from, install_identity, is, NodeProc, Services, TempDir, NAMES};
 
 const HOSTS: usize = 3;
 
@@ -95,83 +91,6 @@ impl Drop for Lan {
     }
 }
 
-/// Runs the key manager and the proxy inside namespace `ns` until dropped.
-struct ServicesIn {
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: TempDir,
-}
-
-impl ServicesIn {
-    fn start(ns: &str, keymgr: SocketAddr, proxy: SocketAddr) -> ServicesIn {
-        let dir = TempDir::new("netns-services");
-        let pem = std::fs::read_to_string(common::testdata_key("keymgr")).unwrap();
-        let keymgr_dir = dir.0.join("keymgr");
-        let fingerprint = sockmsg_keymgr::datadir::init_with_key(&keymgr_dir, &pem).unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let ns_path = format!("/var/run/netns/{ns}");
-        let thread = std::thread::spawn(move || {
-            // Sockets belong to the namespace of the thread that makes them: move this
-            // thread (alone) into the host's namespace, then run everything on it.
-            let file = std::fs::File::open(&ns_path).expect("namespace file");
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let keymgr_server =
-                    sockmsg_keymgr::server::Server::bind(sockmsg_keymgr::server::ServeConfig::new(
-                        keymgr_dir,
-                        keymgr,
-                        RegistrationMode::Open,
-                    ))
-                    .await
-                    .unwrap();
-                let proxy_server =
-                    sockmsg_proxy::server::Server::bind(sockmsg_proxy::server::ServeConfig::new(
-                        proxy,
-                        keymgr,
-                        Trust::Pinned(fingerprint),
-                    ))
-                    .await
-                    .unwrap();
-                ready_tx.send(()).unwrap();
-                let mut stop_a = stop_rx.clone();
-                let mut stop_b = stop_rx;
-                let _ = tokio::join!(
-                    keymgr_server.run(async move {
-                        let _ = stop_a.wait_for(|s| *s).await;
-                    }),
-                    proxy_server.run(async move {
-                        let _ = stop_b.wait_for(|s| *s).await;
-                    }),
-                );
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("services started in the namespace");
-        ServicesIn {
-            stop,
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for ServicesIn {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[test]
 fn three_hosts_on_a_bridge_chat() {
     let lan = match Lan::create() {
@@ -186,7 +105,7 @@ fn three_hosts_on_a_bridge_chat() {
     };
     let keymgr: SocketAddr = format!("{}:7401", Lan::host_ip(0)).parse().unwrap();
     let proxy: SocketAddr = format!("{}:7400", Lan::host_ip(0)).parse().unwrap();
-    let services = ServicesIn::start(&lan.hosts[0], keymgr, proxy);
+    let services = Services::start(Some(lan.hosts[0].clone()), keymgr, proxy);
     let data = TempDir::new("netns-nodes");
     let mut nodes = Vec::new();
     for (i, host) in lan.hosts.iter().enumerate() {

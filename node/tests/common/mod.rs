@@ -14,6 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sockmsg_keymgr::client::Trust;
+use sockmsg_keymgr::registry::RegistrationMode;
+use tokio::sync::watch;
 
 pub const NAMES: [&str; 7] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
 
@@ -246,4 +249,109 @@ pub fn is(event: &Value, kind: &str) -> bool {
 pub fn chat_from(sender: &str, text: &str) -> impl Fn(&Value) -> bool {
     let (sender, text) = (sender.to_owned(), text.to_owned());
     move |e| is(e, "chat") && e["sender"] == sender.as_str() && e["text"] == text.as_str()
+}
+
+/// A key manager and a proxy (real servers, real sockets) on a thread of this process,
+/// until dropped: on ephemeral loopback ports, or on given addresses inside a network
+/// namespace (the thread moves into it, so its sockets belong there).
+pub struct Services {
+    pub keymgr: std::net::SocketAddr,
+    pub proxy: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Services {
+    pub fn on_loopback() -> Services {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Services::start(None, any, any)
+    }
+
+    pub fn start(
+        netns: Option<String>,
+        keymgr: std::net::SocketAddr,
+        proxy: std::net::SocketAddr,
+    ) -> Services {
+        let dir = TempDir::new("services");
+        let pem = std::fs::read_to_string(testdata_key("keymgr")).unwrap();
+        let keymgr_dir = dir.0.join("keymgr");
+        let fingerprint = sockmsg_keymgr::datadir::init_with_key(&keymgr_dir, &pem).unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns");
+                // SAFETY: setns(2) on a namespace file we hold open; affects this thread.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let keymgr_server =
+                    sockmsg_keymgr::server::Server::bind(sockmsg_keymgr::server::ServeConfig::new(
+                        keymgr_dir,
+                        keymgr,
+                        RegistrationMode::Open,
+                    ))
+                    .await
+                    .unwrap();
+                let keymgr_at = keymgr_server.local_addr();
+                let proxy_server =
+                    sockmsg_proxy::server::Server::bind(sockmsg_proxy::server::ServeConfig::new(
+                        proxy,
+                        keymgr_at,
+                        Trust::Pinned(fingerprint),
+                    ))
+                    .await
+                    .unwrap();
+                ready_tx
+                    .send((keymgr_at, proxy_server.local_addr()))
+                    .unwrap();
+                let stopped = |mut rx: watch::Receiver<bool>| async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                let _ = tokio::join!(
+                    keymgr_server.run(stopped(stop_rx.clone())),
+                    proxy_server.run(stopped(stop_rx)),
+                );
+            });
+        });
+        let (keymgr, proxy) = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("services started");
+        Services {
+            keymgr,
+            proxy,
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// The flags that point a node at these services (and bind it to any loopback port).
+    pub fn node_args(&self) -> Vec<String> {
+        vec![
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--proxy".into(),
+            self.proxy.to_string(),
+            "--keymgr".into(),
+            self.keymgr.to_string(),
+        ]
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
