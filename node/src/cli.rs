@@ -203,6 +203,7 @@ fn session_config(config: &Config) -> SessionConfig {
         recv_buffer: x.per_peer_buffer_bytes,
         rekey_after_packets: x.rekey_after_packets,
         rekey_after: Duration::from_secs(x.rekey_after_secs),
+        keylog: std::env::var_os("SOCKMSG_KEYLOG").is_some_and(|p| !p.is_empty()),
         ..SessionConfig::default()
     }
 }

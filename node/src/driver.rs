@@ -246,6 +246,8 @@ pub struct Driver {
     announcing: bool,
     announced: Option<(u64, u64, Instant, u64)>,
     exit_deadline: Option<Instant>,
+    /// `SOCKMSG_KEYLOG`: where session secrets go (SPEC.md §5.4), if asked for.
+    keylog: Option<std::fs::File>,
 }
 
 impl Driver {
@@ -373,6 +375,7 @@ impl Driver {
             announcing: false,
             announced: None,
             exit_deadline: None,
+            keylog: open_keylog(),
         })
     }
 
@@ -603,6 +606,7 @@ impl Driver {
         match event {
             Event::Connected { peer } => {
                 self.peer_of.insert(handle, peer.clone());
+                self.log_secrets(handle);
                 // Both sides may have opened a session at once: each sends on the one
                 // opened by the smaller name, so both settle on the same.
                 let new_addr = self.endpoint.connection(handle).map(|c| c.peer_addr());
@@ -813,6 +817,27 @@ impl Driver {
             for waiting in queue {
                 self.send_on(handle, peer, waiting.class, waiting.frame);
             }
+        }
+    }
+
+    /// Appends the session's secrets to the key log (SPEC.md §5.4).
+    fn log_secrets(&mut self, handle: ConnectionHandle) {
+        use std::io::Write as _;
+        let (Some(file), Some(secrets)) = (
+            self.keylog.as_mut(),
+            self.endpoint
+                .connection(handle)
+                .and_then(|c| c.keylog_secrets()),
+        ) else {
+            return;
+        };
+        let mut lines = String::new();
+        for (cid, secret) in secrets {
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            lines += &format!("SOCKMSG_TRAFFIC_SECRET {cid:016x} {hex}\n");
+        }
+        if let Err(e) = file.write_all(lines.as_bytes()) {
+            tracing::warn!("cannot write the key log: {e}");
         }
     }
 
@@ -1103,6 +1128,31 @@ impl Driver {
 
     fn emit(&self, event: NodeEvent) {
         let _ = self.events.send(event);
+    }
+}
+
+/// The key log named by `SOCKMSG_KEYLOG`, opened for appending (mode 0600), or `None`.
+pub fn open_keylog() -> Option<std::fs::File> {
+    let path = std::env::var_os("SOCKMSG_KEYLOG").filter(|p| !p.is_empty())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(file) => {
+            tracing::warn!(
+                "SOCKMSG_KEYLOG: writing session secrets to {}",
+                std::path::Path::new(&path).display()
+            );
+            Some(file)
+        }
+        Err(e) => {
+            tracing::warn!("SOCKMSG_KEYLOG: cannot open {path:?}: {e}");
+            None
+        }
     }
 }
 

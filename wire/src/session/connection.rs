@@ -260,6 +260,8 @@ pub struct Connection {
     peer_name: String,
     rng: ChaCha20Rng,
     keys: Option<Keys>,
+    /// First-generation traffic secrets, kept only with `SessionConfig::keylog`.
+    keylog: Option<[(u64, [u8; 32]); 2]>,
     next_pn: u64,
     received: RangeSet,
     /// Ack-eliciting packets received since our last ACK.
@@ -317,6 +319,7 @@ impl Connection {
             peer_name,
             rng,
             keys: None,
+            keylog: None,
             next_pn: 0,
             received: RangeSet::new(RECEIVED_RANGES),
             unacked_eliciting: 0,
@@ -425,6 +428,10 @@ impl Connection {
             },
         );
         connection.remote_cid = init.initiator_cid;
+        connection.keylog = connection.shared.config.keylog.then_some([
+            (local_cid, secrets.initiator_to_responder),
+            (init.initiator_cid, secrets.responder_to_initiator),
+        ]);
         connection.keys = Some(Keys::new(
             secrets.responder_to_initiator,
             secrets.initiator_to_responder,
@@ -447,6 +454,14 @@ impl Connection {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// With [`SessionConfig::keylog`]: the session's first-generation traffic secrets, as
+    /// (connection id the packets carry, secret) for each direction (SPEC.md §5.4), for a
+    /// driver to write to its `SOCKMSG_KEYLOG` file. `None` otherwise, or before the keys
+    /// exist.
+    pub fn keylog_secrets(&self) -> Option<[(u64, [u8; 32]); 2]> {
+        self.keylog
     }
 
     pub fn local_cid(&self) -> u64 {
@@ -817,6 +832,10 @@ impl Connection {
         };
         let secrets = derive_session_secrets(&shared_secret, &transcript);
         self.remote_cid = response.responder_cid;
+        self.keylog = self.shared.config.keylog.then_some([
+            (response.responder_cid, secrets.initiator_to_responder),
+            (self.local_cid, secrets.responder_to_initiator),
+        ]);
         self.keys = Some(Keys::new(
             secrets.initiator_to_responder,
             secrets.responder_to_initiator,

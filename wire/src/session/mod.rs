@@ -72,6 +72,10 @@ pub struct SessionConfig {
     pub cookie_lifetime: Duration,
     /// Most sessions an endpoint keeps; INITIALs beyond are dropped.
     pub max_connections: usize,
+    /// Keep each session's traffic secrets for [`Connection::keylog_secrets`] (a
+    /// debugging aid, `SOCKMSG_KEYLOG`; off by default: whoever reads the file can
+    /// decrypt the sessions).
+    pub keylog: bool,
 }
 
 impl Default for SessionConfig {
@@ -90,6 +94,7 @@ impl Default for SessionConfig {
             rekey_after: Duration::from_secs(120),
             cookie_lifetime: Duration::from_secs(10),
             max_connections: 1024,
+            keylog: false,
         }
     }
 }
