@@ -1,5 +1,6 @@
-//! `sockmsg-tools`: tools for looking inside sockmsg. For now it holds the deterministic
-//! network simulator; the `sockmsg-dump` and `sockmsg-bench` binaries will join it.
+//! `sockmsg-tools`: tools for looking inside sockmsg: the deterministic network simulator
+//! ([`sim`]) and the capture decoder behind `sockmsg-dump` ([`dump`]); the
+//! `sockmsg-bench` binary will join them.
 //!
 //! The simulator ([`sim`]) is how we prove the protocol. Every sockmsg state machine is
 //! sans-IO (DESIGN.md, "the one architectural rule"): it takes datagrams, the current
@@ -63,4 +64,5 @@
 //! # Ok::<(), sockmsg_tools::sim::SimError>(())
 //! ```
 
+pub mod dump;
 pub mod sim;

@@ -1,0 +1,160 @@
+//! From a captured link-layer frame to the UDP datagram in it: Ethernet (with VLAN
+//! tags), Linux cooked capture v1 and v2, raw IPv4/IPv6; IP fragments reassembled
+//! (etherparse does the parsing and the reassembly), with the reassembly bounded.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::defrag::IpDefragPool;
+use etherparse::{EtherType, IpNumber, NetSlice, SlicedPacket, TransportSlice, UdpSlice};
+
+/// pcap LINKTYPEs this reads.
+pub mod linktype {
+    pub const ETHERNET: i32 = 1;
+    pub const RAW: i32 = 101;
+    pub const LINUX_SLL: i32 = 113;
+    pub const IPV4: i32 = 228;
+    pub const IPV6: i32 = 229;
+    pub const LINUX_SLL2: i32 = 276;
+    /// Some systems write DLT_RAW as 12 or 14.
+    pub const RAW_ALT: [i32; 2] = [12, 14];
+}
+
+/// One UDP datagram found in a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpDatagram {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Incomplete fragmented packets held at most: beyond it the pool is emptied (a capture
+/// of a fragment flood must not exhaust memory).
+const MAX_PENDING_FRAGMENTS: usize = 1024;
+/// A fragmented packet not complete after this long (capture time) is dropped.
+const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Finds UDP datagrams, holding fragments until their packet is whole.
+pub struct UdpExtractor {
+    defrag: IpDefragPool<u64, ()>,
+    pending: usize,
+    /// Frames that are not (or not yet) UDP: other protocols, unknown link types.
+    pub skipped: u64,
+    /// Frames that failed to parse at the link or IP layer.
+    pub malformed: u64,
+}
+
+impl Default for UdpExtractor {
+    fn default() -> Self {
+        UdpExtractor {
+            defrag: IpDefragPool::new(),
+            pending: 0,
+            skipped: 0,
+            malformed: 0,
+        }
+    }
+}
+
+impl UdpExtractor {
+    /// The UDP datagram in `data` (a frame of `linktype` captured at `ts_ns`), if any.
+    pub fn extract(&mut self, ts_ns: u64, linktype: i32, data: &[u8]) -> Option<UdpDatagram> {
+        let sliced = match linktype {
+            linktype::ETHERNET => SlicedPacket::from_ethernet(data),
+            linktype::LINUX_SLL => SlicedPacket::from_linux_sll(data),
+            linktype::LINUX_SLL2 => {
+                // 20-byte header; the protocol (an EtherType) comes first.
+                if data.len() < 20 {
+                    self.malformed += 1;
+                    return None;
+                }
+                let proto = u16::from_be_bytes([data[0], data[1]]);
+                SlicedPacket::from_ether_type(EtherType(proto), &data[20..])
+            }
+            linktype::RAW | linktype::IPV4 | linktype::IPV6 => SlicedPacket::from_ip(data),
+            other if linktype::RAW_ALT.contains(&other) => SlicedPacket::from_ip(data),
+            _ => {
+                self.skipped += 1;
+                return None;
+            }
+        };
+        let sliced = match sliced {
+            Ok(sliced) => sliced,
+            Err(_) => {
+                self.malformed += 1;
+                return None;
+            }
+        };
+        let (src_ip, dst_ip): (IpAddr, IpAddr) = match &sliced.net {
+            Some(NetSlice::Ipv4(v4)) => (
+                v4.header().source_addr().into(),
+                v4.header().destination_addr().into(),
+            ),
+            Some(NetSlice::Ipv6(v6)) => (
+                v6.header().source_addr().into(),
+                v6.header().destination_addr().into(),
+            ),
+            _ => {
+                self.skipped += 1;
+                return None;
+            }
+        };
+        if let Some(TransportSlice::Udp(udp)) = &sliced.transport {
+            return Some(datagram(src_ip, dst_ip, udp));
+        }
+        // A fragment? The pool returns the whole IP payload once every piece is in.
+        let whole = match self.defrag.process_sliced_packet(&sliced, ts_ns, ()) {
+            Ok(Some(whole)) => {
+                self.pending = self.pending.saturating_sub(1);
+                whole
+            }
+            Ok(None) => {
+                if is_fragment(&sliced) {
+                    self.pending += 1;
+                    self.bound(ts_ns);
+                } else {
+                    self.skipped += 1;
+                }
+                return None;
+            }
+            Err(_) => {
+                self.malformed += 1;
+                return None;
+            }
+        };
+        let found = if whole.ip_number == IpNumber::UDP {
+            UdpSlice::from_slice(&whole.payload)
+                .ok()
+                .map(|udp| datagram(src_ip, dst_ip, &udp))
+        } else {
+            self.skipped += 1;
+            None
+        };
+        self.defrag.return_buf(whole);
+        found
+    }
+
+    fn bound(&mut self, now_ns: u64) {
+        if self.pending > MAX_PENDING_FRAGMENTS {
+            self.defrag.retain(|_| false);
+            self.pending = 0;
+        } else {
+            self.defrag
+                .retain(|started| now_ns.saturating_sub(*started) < FRAGMENT_TIMEOUT_NS);
+        }
+    }
+}
+
+fn is_fragment(sliced: &SlicedPacket<'_>) -> bool {
+    match &sliced.net {
+        Some(NetSlice::Ipv4(v4)) => v4.payload().fragmented,
+        Some(NetSlice::Ipv6(v6)) => v6.payload().fragmented,
+        _ => false,
+    }
+}
+
+fn datagram(src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>) -> UdpDatagram {
+    UdpDatagram {
+        src: SocketAddr::new(src, udp.source_port()),
+        dst: SocketAddr::new(dst, udp.destination_port()),
+        payload: udp.payload().to_vec(),
+    }
+}
