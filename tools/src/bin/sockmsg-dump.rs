@@ -25,14 +25,28 @@ use sockmsg_tools::dump::{CaptureReader, Decoder, Format, KeyLog, Printer, UdpEx
 ///   SOCKMSG_KEYLOG=keys.log sockmsg-node ...; sockmsg-dump --keylog keys.log capture.pcap
 ///   sudo sockmsg-dump -i eth0
 #[derive(Debug, Parser)]
-#[command(name = "sockmsg-dump", version, verbatim_doc_comment)]
+#[command(
+    name = "sockmsg-dump",
+    version,
+    disable_version_flag = true,
+    verbatim_doc_comment
+)]
 struct Cli {
+    /// Print the version.
+    #[arg(long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+
     /// Capture file (pcap or pcapng); "-" reads stdin.
     #[arg(value_name = "FILE", required_unless_present = "interface")]
     input: Option<PathBuf>,
 
     /// Capture live on IFACE (Linux; needs root or CAP_NET_RAW).
-    #[arg(short = 'i', long = "interface", value_name = "IFACE", conflicts_with = "input")]
+    #[arg(
+        short = 'i',
+        long = "interface",
+        value_name = "IFACE",
+        conflicts_with = "input"
+    )]
     interface: Option<String>,
 
     /// UDP ports that carry sockmsg (repeatable). Default: the proxy, key manager and
@@ -194,7 +208,8 @@ mod live {
         }
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the descriptor is closed by OwnedFd.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(protocol)) };
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(protocol)) };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EPERM) {
@@ -257,7 +272,11 @@ mod live {
             let ts_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            if !dump.frame(ts_ns, sockmsg_tools::dump::net::linktype::ETHERNET, &buf[..n as usize])? {
+            if !dump.frame(
+                ts_ns,
+                sockmsg_tools::dump::net::linktype::ETHERNET,
+                &buf[..n as usize],
+            )? {
                 break;
             }
         }

@@ -66,12 +66,10 @@ impl<'r> CaptureReader<'r> {
             let (consumed, frame) = match self.reader.next() {
                 Ok((consumed, block)) => (consumed, self.state.frame_of(block)),
                 Err(PcapError::Eof) => return Ok(None),
-                Err(PcapError::Incomplete(_)) => {
-                    match self.reader.refill() {
-                        Ok(()) => continue,
-                        Err(e) => return Err(CaptureError::Damaged(format!("{e:?}"))),
-                    }
-                }
+                Err(PcapError::Incomplete(_)) => match self.reader.refill() {
+                    Ok(()) => continue,
+                    Err(e) => return Err(CaptureError::Damaged(format!("{e:?}"))),
+                },
                 Err(PcapError::UnexpectedEof) => {
                     return Err(CaptureError::Damaged("ends inside a record".into()))
                 }
@@ -83,7 +81,6 @@ impl<'r> CaptureReader<'r> {
             }
         }
     }
-
 }
 
 impl FormatState {

@@ -82,7 +82,7 @@ pub struct Stats {
     /// MESSAGE frames (and handshake packets) seen, and how many were repeats.
     pub tracked_frames: u64,
     pub retransmitted_frames: u64,
-    /// HANDSHAKE_INIT frames, first copies only.
+    /// Handshakes begun (distinct initiator connection ids in HANDSHAKE_INIT).
     pub handshakes: u64,
 }
 
@@ -103,6 +103,9 @@ pub struct Decoder {
     keylog: KeyLog,
     seen: HashSet<(u64, u8, u64, u32)>,
     seen_handshake: HashSet<u64>,
+    /// Initiator connection ids of the handshakes seen (one per session attempt, however
+    /// often its INITIAL is re-sent, with or without a cookie).
+    initiators: HashSet<u64>,
     pub stats: Stats,
 }
 
@@ -115,6 +118,7 @@ impl Decoder {
             keylog,
             seen: HashSet::new(),
             seen_handshake: HashSet::new(),
+            initiators: HashSet::new(),
             stats: Stats::default(),
         }
     }
@@ -185,7 +189,10 @@ impl Decoder {
                 Some(plaintext) => {
                     info.decrypted = true;
                     self.stats.decrypted += 1;
-                    self.frames(info.connection_id, Frames::new(PacketType::DATA, &plaintext, 0))
+                    self.frames(
+                        info.connection_id,
+                        Frames::new(PacketType::DATA, &plaintext, 0),
+                    )
                 }
                 None => {
                     self.stats.protected += 1;
@@ -204,8 +211,12 @@ impl Decoder {
                 if let Body::Frames(mut frames) = body {
                     for frame in &mut frames {
                         frame.retransmission = repeat;
-                        if frame.name == "HANDSHAKE_INIT" && !repeat {
-                            self.stats.handshakes += 1;
+                    }
+                    for frame in packet.frames().flatten() {
+                        if let Frame::HandshakeInit(init) = frame {
+                            if self.initiators.insert(init.initiator_cid) {
+                                self.stats.handshakes += 1;
+                            }
                         }
                     }
                     Body::Frames(frames)
@@ -401,12 +412,9 @@ pub fn describe(frame: &Frame<'_>) -> FrameInfo {
             }
         ),
         Frame::Join(m) => format!("{} at {}", m.name.as_str(), m.addr),
-        Frame::Membership(m) => format!(
-            "term={} v{} members={}",
-            m.term,
-            m.version,
-            m.members.len()
-        ),
+        Frame::Membership(m) => {
+            format!("term={} v{} members={}", m.term, m.version, m.members.len())
+        }
         Frame::MembershipAck(a) => format!("term={} v{}", a.term, a.version),
         Frame::Leave(l) => l.name.as_str().to_owned(),
         Frame::TransferLeadership(t) => format!("term={} target={}", t.term, t.target.as_str()),

@@ -124,11 +124,7 @@ impl<W: Write> Printer<W> {
             None => "MALFORMED".to_owned(),
         };
         let body = match &p.body {
-            Body::Frames(frames) => frames
-                .iter()
-                .map(|f| frame_text(f))
-                .collect::<Vec<_>>()
-                .join(", "),
+            Body::Frames(frames) => frames.iter().map(frame_text).collect::<Vec<_>>().join(", "),
             Body::Protected => "[protected: no key; use --keylog]".into(),
             Body::Malformed(why) => format!("[malformed: {why}]"),
         };

@@ -28,6 +28,8 @@ pub struct Peer {
     pub events: Vec<(ConnectionHandle, Event)>,
     pub received: Vec<(SocketAddr, Vec<u8>)>,
     pub sent: Vec<(SocketAddr, Vec<u8>)>,
+    /// When each of `sent` went out.
+    pub sent_at: Vec<Instant>,
     pub last_stats: BTreeMap<ConnectionHandle, ConnectionStats>,
     /// While set, the application does not take events (and so not messages) out.
     pub hold_events: bool,
@@ -62,6 +64,7 @@ impl Peer {
             events: Vec::new(),
             received: Vec::new(),
             sent: Vec::new(),
+            sent_at: Vec::new(),
             last_stats: BTreeMap::new(),
             hold_events: false,
         }
@@ -196,6 +199,7 @@ impl Node for Peer {
         let transmit = self.endpoint.poll_transmit(now)?;
         self.sent
             .push((transmit.destination, transmit.contents.clone()));
+        self.sent_at.push(now);
         Some((transmit.destination, transmit.contents))
     }
 
