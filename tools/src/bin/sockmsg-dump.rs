@@ -117,7 +117,11 @@ fn run(cli: Cli) -> Result<()> {
     };
     let stdout = std::io::stdout().lock();
     let mut dump = Dump {
-        decoder: Decoder::new(ports, keylog),
+        decoder: if format == Format::Verbose {
+            Decoder::new(ports, keylog).with_detail()
+        } else {
+            Decoder::new(ports, keylog)
+        },
         extractor: UdpExtractor::default(),
         printer: Printer::new(BufWriter::with_capacity(1 << 16, stdout), format),
         count: cli.count,
@@ -151,12 +155,22 @@ struct Dump<W: Write> {
 impl<W: Write> Dump<W> {
     fn file(&mut self, input: impl Read + Send) -> Result<()> {
         let mut reader = CaptureReader::new(input)?;
-        while let Some(frame) = reader.next_frame()? {
-            if !self.frame(frame.ts_ns, frame.linktype, &frame.data)? {
-                break;
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    if !self.frame(frame.ts_ns, frame.linktype, &frame.data)? {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                // A capture cut short (the capturing process was killed): what came
+                // before stands, as tcpdump and tshark treat it.
+                Err(e) => {
+                    eprintln!("sockmsg-dump: warning: {e}; the packets before are shown");
+                    return Ok(());
+                }
             }
         }
-        Ok(())
     }
 
     /// Handles one captured frame; false once `--count` is reached.

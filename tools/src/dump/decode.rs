@@ -106,6 +106,8 @@ pub struct Decoder {
     /// Initiator connection ids of the handshakes seen (one per session attempt, however
     /// often its INITIAL is re-sent, with or without a cookie).
     initiators: HashSet<u64>,
+    /// Fill [`FrameInfo::detail`] (every field; costly, for `-V` only).
+    detail: bool,
     pub stats: Stats,
 }
 
@@ -119,8 +121,15 @@ impl Decoder {
             seen: HashSet::new(),
             seen_handshake: HashSet::new(),
             initiators: HashSet::new(),
+            detail: false,
             stats: Stats::default(),
         }
+    }
+
+    /// Also renders every field of every frame ([`FrameInfo::detail`]).
+    pub fn with_detail(mut self) -> Decoder {
+        self.detail = true;
+        self
     }
 
     /// Whether `udp` is sockmsg traffic.
@@ -244,7 +253,7 @@ impl Decoder {
         for frame in frames {
             match frame {
                 Ok(frame) => {
-                    let mut info = describe(&frame);
+                    let mut info = describe(&frame, self.detail);
                     if let Frame::Message(message) = &frame {
                         let key = (
                             cid,
@@ -256,7 +265,7 @@ impl Decoder {
                         if message.fragment.is_whole() {
                             info.inner = Frames::new(Carrier::Message, message.fragment.data(), 0)
                                 .map(|inner| match inner {
-                                    Ok(inner) => describe(&inner),
+                                    Ok(inner) => describe(&inner, self.detail),
                                     Err(e) => FrameInfo {
                                         name: "MALFORMED",
                                         summary: e.to_string(),
@@ -326,8 +335,8 @@ fn class_code(class: MessageClass) -> u8 {
     }
 }
 
-/// A frame's name and key fields.
-pub fn describe(frame: &Frame<'_>) -> FrameInfo {
+/// A frame's name and key fields (and, with `detail`, every field).
+pub fn describe(frame: &Frame<'_>, detail: bool) -> FrameInfo {
     let name = frame.frame_type().name().unwrap_or("UNKNOWN");
     let summary = match frame {
         Frame::Ack(ack) => {
@@ -439,7 +448,11 @@ pub fn describe(frame: &Frame<'_>) -> FrameInfo {
     FrameInfo {
         name,
         summary,
-        detail: format!("{frame:?}"),
+        detail: if detail {
+            format!("{frame:?}")
+        } else {
+            String::new()
+        },
         retransmission: false,
         inner: Vec::new(),
     }
