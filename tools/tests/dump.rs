@@ -346,3 +346,71 @@ fn the_binary_prints_lines_json_that_parses_and_a_summary() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pcap"));
 }
+
+#[test]
+fn live_capture_on_loopback_shows_sockmsg_datagrams() {
+    use std::io::{BufRead, BufReader};
+    let bin = env!("CARGO_BIN_EXE_sockmsg-dump");
+    // A port of our own, so that other traffic on the host does not count.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let mut child = std::process::Command::new(bin)
+        .args(["-i", "lo", "-c", "2", "--json", "--port"])
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for it to say it is capturing (or why it cannot).
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    if !line.contains("capturing on lo") {
+        let _ = child.wait();
+        assert!(line.contains("needs root"), "{line}");
+        eprintln!("SKIPPED live capture: not root here ({})", line.trim());
+        return;
+    }
+    let mut request = Vec::new();
+    sockmsg_wire::encode_cleartext_packet(
+        &mut request,
+        sockmsg_wire::PacketType::REQUEST,
+        42,
+        0,
+        &[Frame::LeaderQuery(sockmsg_wire::frame::LeaderQuery {
+            group: Name::new("lobby").unwrap(),
+        })],
+    )
+    .unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Until the two packets are seen (a bounded number of tries).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Paces a bounded stream (the capture may start a moment after it said so).
+        scope.spawn(|| {
+            for _ in 0..100 {
+                if done.load(std::sync::atomic::Ordering::Relaxed)
+                    || sender.send_to(&request, ("127.0.0.1", port)).is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut line = String::new();
+        while seen.len() < 2 && stdout.read_line(&mut line).unwrap() > 0 {
+            seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+            line.clear();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    for packet in &seen[..2] {
+        assert_eq!(packet["type"], "REQUEST", "{packet}");
+        assert_eq!(packet["frames"][0]["type"], "LEADER_QUERY");
+    }
+}

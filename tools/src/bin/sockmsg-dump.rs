@@ -269,11 +269,23 @@ mod live {
             libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
             libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         }
+        let loopback = iface == "lo" || iface.starts_with("lo:");
         eprintln!("sockmsg-dump: capturing on {iface} (Ctrl-C stops and prints the summary)");
         let mut buf = vec![0u8; 65_536];
         while !STOP.load(Ordering::Relaxed) {
-            // SAFETY: recv into a buffer we own, of the length given.
-            let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            // SAFETY: recvfrom into a buffer and a sockaddr_ll we own, of the sizes given.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            let n = unsafe {
+                libc::recvfrom(
+                    raw,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 match e.kind() {
@@ -282,6 +294,11 @@ mod live {
                     | std::io::ErrorKind::Interrupted => continue,
                     _ => return Err(e).context("capture"),
                 }
+            }
+            // On loopback every packet passes twice, leaving and arriving; keep the
+            // arrival (as libpcap does).
+            if loopback && from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
             }
             let ts_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

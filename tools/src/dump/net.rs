@@ -158,3 +158,107 @@ fn datagram(src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>) -> UdpDatagram {
         payload: udp.payload().to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const PAYLOAD: &[u8] = b"SM\x01\x04 a sockmsg-looking payload";
+
+    fn ipv4_udp(payload: &[u8]) -> Vec<u8> {
+        let builder = PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(7402, 7403);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    fn expect(found: Option<UdpDatagram>, payload: &[u8]) {
+        let found = found.expect("a datagram");
+        assert_eq!(found.src, "10.0.0.1:7402".parse().unwrap());
+        assert_eq!(found.dst, "10.0.0.2:7403".parse().unwrap());
+        assert_eq!(found.payload, payload);
+    }
+
+    #[test]
+    fn raw_ip_ethernet_and_linux_cooked_captures() {
+        let ip = ipv4_udp(PAYLOAD);
+        let mut x = UdpExtractor::default();
+        expect(x.extract(0, linktype::RAW, &ip), PAYLOAD);
+        expect(x.extract(0, linktype::IPV4, &ip), PAYLOAD);
+
+        let mut ethernet = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        ethernet.extend_from_slice(&ip);
+        expect(x.extract(0, linktype::ETHERNET, &ethernet), PAYLOAD);
+
+        // SLL: packet type, ARPHRD, address length, 8 address bytes, protocol.
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x08, 0x00];
+        sll.extend_from_slice(&ip);
+        expect(x.extract(0, linktype::LINUX_SLL, &sll), PAYLOAD);
+
+        // SLL2: protocol first, then 18 more header bytes.
+        let mut sll2 = vec![
+            0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0,
+        ];
+        sll2.extend_from_slice(&ip);
+        expect(x.extract(0, linktype::LINUX_SLL2, &sll2), PAYLOAD);
+
+        let v6 = PacketBuilder::ipv6([1; 16], [2; 16], 64).udp(7402, 7403);
+        let mut ip6 = Vec::new();
+        v6.write(&mut ip6, PAYLOAD).unwrap();
+        let found = x.extract(0, linktype::IPV6, &ip6).expect("IPv6");
+        assert_eq!(found.src.port(), 7402);
+        assert!(found.src.is_ipv6());
+
+        // Garbage and unknown link types are counted, not fatal.
+        assert!(x.extract(0, linktype::ETHERNET, &[1, 2, 3]).is_none());
+        assert!(x.extract(0, 9999, &ip).is_none());
+        assert_eq!((x.malformed, x.skipped), (1, 1));
+    }
+
+    /// An IPv4 header for a fragment of `payload` at `offset` (in bytes, a multiple
+    /// of 8), with the more-fragments flag `more`.
+    fn fragment(id: u16, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+        let mut header = etherparse::Ipv4Header::new(
+            data.len() as u16,
+            64,
+            etherparse::IpNumber::UDP,
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+        )
+        .unwrap();
+        header.identification = id;
+        header.more_fragments = more;
+        header.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).unwrap();
+        header.header_checksum = header.calc_header_checksum();
+        let mut out = Vec::new();
+        header.write(&mut out).unwrap();
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn ip_fragments_are_reassembled() {
+        let long: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        // The whole UDP datagram (header and payload), cut into IP fragments.
+        let whole = ipv4_udp(&long);
+        let udp = &whole[20..];
+        let mut x = UdpExtractor::default();
+        let pieces: Vec<(usize, &[u8])> = udp
+            .chunks(1480)
+            .enumerate()
+            .map(|(i, c)| (i * 1480, c))
+            .collect();
+        let last = pieces.len() - 1;
+        // Out of order: the last piece first.
+        let mut found = None;
+        for i in (1..=last).rev().chain([0]) {
+            let (offset, data) = pieces[i];
+            let frame = fragment(77, offset, i != last, data);
+            if let Some(datagram) = x.extract(i as u64, linktype::RAW, &frame) {
+                found = Some(datagram);
+            }
+        }
+        expect(found, &long);
+    }
+}
