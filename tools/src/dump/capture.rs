@@ -62,9 +62,25 @@ impl<'r> CaptureReader<'r> {
 
     /// The next frame, `Ok(None)` at the end of the capture.
     pub fn next_frame(&mut self) -> Result<Option<CapturedFrame>, CaptureError> {
+        let mut data = Vec::new();
+        Ok(self
+            .next_frame_into(&mut data)?
+            .map(|(ts_ns, linktype)| CapturedFrame {
+                ts_ns,
+                linktype,
+                data,
+            }))
+    }
+
+    /// Like [`CaptureReader::next_frame`], into a buffer the caller reuses (no
+    /// allocation per frame): returns the time and link type.
+    pub fn next_frame_into(
+        &mut self,
+        data: &mut Vec<u8>,
+    ) -> Result<Option<(u64, i32)>, CaptureError> {
         loop {
             let (consumed, frame) = match self.reader.next() {
-                Ok((consumed, block)) => (consumed, self.state.frame_of(block)),
+                Ok((consumed, block)) => (consumed, self.state.frame_of(block, data)),
                 Err(PcapError::Eof) => return Ok(None),
                 Err(PcapError::Incomplete(_)) => match self.reader.refill() {
                     Ok(()) => continue,
@@ -84,7 +100,8 @@ impl<'r> CaptureReader<'r> {
 }
 
 impl FormatState {
-    fn frame_of(&mut self, block: PcapBlockOwned<'_>) -> Option<CapturedFrame> {
+    /// Copies a packet block's bytes into `data`; returns its time and link type.
+    fn frame_of(&mut self, block: PcapBlockOwned<'_>, data: &mut Vec<u8>) -> Option<(u64, i32)> {
         match block {
             PcapBlockOwned::LegacyHeader(header) => {
                 self.legacy_linktype = header.network.0;
@@ -93,12 +110,11 @@ impl FormatState {
             }
             PcapBlockOwned::Legacy(record) => {
                 let sub = if self.legacy_nanos { 1 } else { 1_000 };
-                Some(CapturedFrame {
-                    ts_ns: u64::from(record.ts_sec) * 1_000_000_000
-                        + u64::from(record.ts_usec) * sub,
-                    linktype: self.legacy_linktype,
-                    data: record.data.to_vec(),
-                })
+                fill(data, record.data);
+                Some((
+                    u64::from(record.ts_sec) * 1_000_000_000 + u64::from(record.ts_usec) * sub,
+                    self.legacy_linktype,
+                ))
             }
             PcapBlockOwned::NG(Block::SectionHeader(_)) => {
                 self.interfaces.0.clear();
@@ -118,23 +134,22 @@ impl FormatState {
                     (u128::from(ticks) * 1_000_000_000 / u128::from(resolution)) as u64
                 };
                 let len = (epb.caplen as usize).min(epb.data.len());
-                Some(CapturedFrame {
-                    ts_ns,
-                    linktype,
-                    data: epb.data[..len].to_vec(),
-                })
+                fill(data, &epb.data[..len]);
+                Some((ts_ns, linktype))
             }
             PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                 let (linktype, _) = *self.interfaces.0.first()?;
-                Some(CapturedFrame {
-                    ts_ns: 0,
-                    linktype,
-                    data: spb.data.to_vec(),
-                })
+                fill(data, spb.data);
+                Some((0, linktype))
             }
             PcapBlockOwned::NG(_) => None,
         }
     }
+}
+
+fn fill(data: &mut Vec<u8>, bytes: &[u8]) {
+    data.clear();
+    data.extend_from_slice(bytes);
 }
 
 /// Writes a minimal classic pcap (microsecond stamps) of `linktype`: for tests and for

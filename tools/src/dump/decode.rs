@@ -133,14 +133,14 @@ impl Decoder {
     }
 
     /// Whether `udp` is sockmsg traffic.
-    pub fn is_sockmsg(&self, udp: &UdpDatagram) -> bool {
+    pub fn is_sockmsg(&self, udp: &UdpDatagram<'_>) -> bool {
         self.ports.contains(&udp.src.port())
             || self.ports.contains(&udp.dst.port())
             || looks_like_sockmsg(&udp.payload)
     }
 
     /// The packets in `udp` (empty if it is not sockmsg traffic).
-    pub fn decode(&mut self, ts_ns: u64, udp: &UdpDatagram) -> Vec<DecodedPacket> {
+    pub fn decode(&mut self, ts_ns: u64, udp: &UdpDatagram<'_>) -> Vec<DecodedPacket> {
         if !self.is_sockmsg(udp) {
             return Vec::new();
         }
@@ -169,7 +169,7 @@ impl Decoder {
     fn decode_packet(
         &mut self,
         ts_ns: u64,
-        udp: &UdpDatagram,
+        udp: &UdpDatagram<'_>,
         packet: &sockmsg_wire::Packet<'_>,
     ) -> DecodedPacket {
         let header = packet.header();

@@ -2,6 +2,7 @@
 //! tags), Linux cooked capture v1 and v2, raw IPv4/IPv6; IP fragments reassembled
 //! (etherparse does the parsing and the reassembly), with the reassembly bounded.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::defrag::IpDefragPool;
@@ -19,12 +20,13 @@ pub mod linktype {
     pub const RAW_ALT: [i32; 2] = [12, 14];
 }
 
-/// One UDP datagram found in a frame.
+/// One UDP datagram found in a frame: its payload borrowed from the frame, or owned
+/// when it was reassembled from IP fragments.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpDatagram {
+pub struct UdpDatagram<'a> {
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub payload: Vec<u8>,
+    pub payload: Cow<'a, [u8]>,
 }
 
 /// Incomplete fragmented packets held at most: beyond it the pool is emptied (a capture
@@ -56,7 +58,12 @@ impl Default for UdpExtractor {
 
 impl UdpExtractor {
     /// The UDP datagram in `data` (a frame of `linktype` captured at `ts_ns`), if any.
-    pub fn extract(&mut self, ts_ns: u64, linktype: i32, data: &[u8]) -> Option<UdpDatagram> {
+    pub fn extract<'a>(
+        &mut self,
+        ts_ns: u64,
+        linktype: i32,
+        data: &'a [u8],
+    ) -> Option<UdpDatagram<'a>> {
         let sliced = match linktype {
             linktype::ETHERNET => SlicedPacket::from_ethernet(data),
             linktype::LINUX_SLL => SlicedPacket::from_linux_sll(data),
@@ -123,7 +130,11 @@ impl UdpExtractor {
         let found = if whole.ip_number == IpNumber::UDP {
             UdpSlice::from_slice(&whole.payload)
                 .ok()
-                .map(|udp| datagram(src_ip, dst_ip, &udp))
+                .map(|udp| UdpDatagram {
+                    src: SocketAddr::new(src_ip, udp.source_port()),
+                    dst: SocketAddr::new(dst_ip, udp.destination_port()),
+                    payload: Cow::Owned(udp.payload().to_vec()),
+                })
         } else {
             self.skipped += 1;
             None
@@ -151,11 +162,11 @@ fn is_fragment(sliced: &SlicedPacket<'_>) -> bool {
     }
 }
 
-fn datagram(src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>) -> UdpDatagram {
+fn datagram<'a>(src: IpAddr, dst: IpAddr, udp: &UdpSlice<'a>) -> UdpDatagram<'a> {
     UdpDatagram {
         src: SocketAddr::new(src, udp.source_port()),
         dst: SocketAddr::new(dst, udp.destination_port()),
-        payload: udp.payload().to_vec(),
+        payload: Cow::Borrowed(udp.payload()),
     }
 }
 
@@ -173,11 +184,11 @@ mod tests {
         out
     }
 
-    fn expect(found: Option<UdpDatagram>, payload: &[u8]) {
+    fn expect(found: Option<UdpDatagram<'_>>, payload: &[u8]) {
         let found = found.expect("a datagram");
         assert_eq!(found.src, "10.0.0.1:7402".parse().unwrap());
         assert_eq!(found.dst, "10.0.0.2:7403".parse().unwrap());
-        assert_eq!(found.payload, payload);
+        assert_eq!(&*found.payload, payload);
     }
 
     #[test]
@@ -256,7 +267,10 @@ mod tests {
             let (offset, data) = pieces[i];
             let frame = fragment(77, offset, i != last, data);
             if let Some(datagram) = x.extract(i as u64, linktype::RAW, &frame) {
-                found = Some(datagram);
+                found = Some(UdpDatagram {
+                    payload: Cow::Owned(datagram.payload.into_owned()),
+                    ..datagram
+                });
             }
         }
         expect(found, &long);

@@ -21,6 +21,9 @@ pub struct Printer<W: Write> {
     format: Format,
     first_ts: Option<u64>,
     number: u64,
+    /// Addresses rendered once each (a capture has few; formatting them per packet was
+    /// a tenth of the JSON output's time).
+    addrs: std::collections::HashMap<std::net::SocketAddr, String>,
 }
 
 #[derive(Serialize)]
@@ -34,15 +37,33 @@ struct JsonFrame<'a> {
     frames: Vec<JsonFrame<'a>>,
 }
 
+/// Serialises through `Display`, without an intermediate String.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// A connection id as 16 hex digits.
+struct Cid(u64);
+
+impl std::fmt::Display for Cid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct JsonPacket<'a> {
     no: u64,
     ts: f64,
-    src: String,
-    dst: String,
+    src: &'a str,
+    dst: &'a str,
     #[serde(rename = "type")]
     packet_type: Option<&'a str>,
-    cid: Option<String>,
+    cid: Option<Shown<Cid>>,
     pn: Option<u64>,
     key_phase: Option<bool>,
     len: Option<usize>,
@@ -72,6 +93,7 @@ impl<W: Write> Printer<W> {
             format,
             first_ts: None,
             number: 0,
+            addrs: std::collections::HashMap::new(),
         }
     }
 
@@ -86,6 +108,13 @@ impl<W: Write> Printer<W> {
     }
 
     fn json(&mut self, p: &DecodedPacket) -> io::Result<()> {
+        if self.addrs.len() > 65_536 {
+            self.addrs.clear();
+        }
+        for addr in [p.src, p.dst] {
+            self.addrs.entry(addr).or_insert_with(|| addr.to_string());
+        }
+        let (src, dst) = (&self.addrs[&p.src], &self.addrs[&p.dst]);
         let (frames, malformed) = match &p.body {
             Body::Frames(frames) => (json_frames(frames), None),
             Body::Protected => (Vec::new(), None),
@@ -95,10 +124,10 @@ impl<W: Write> Printer<W> {
         let packet = JsonPacket {
             no: self.number,
             ts: p.ts_ns as f64 / 1e9,
-            src: p.src.to_string(),
-            dst: p.dst.to_string(),
+            src,
+            dst,
             packet_type: h.map(|h| h.packet_type),
-            cid: h.map(|h| format!("{:016x}", h.connection_id)),
+            cid: h.map(|h| Shown(Cid(h.connection_id))),
             pn: h.map(|h| h.packet_number),
             key_phase: h.map(|h| h.key_phase),
             len: h.map(|h| h.len),
@@ -108,7 +137,8 @@ impl<W: Write> Printer<W> {
             retransmission: p.is_retransmission(),
             frames,
         };
-        serde_json::to_writer(&mut self.out, &packet)?;
+        let result = serde_json::to_writer(&mut self.out, &packet);
+        result?;
         self.out.write_all(b"\n")
     }
 
