@@ -110,12 +110,10 @@ impl Default for ClientConfig {
 /// Why a key manager request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message (not chained as a `source`, so that `{:#}` in a
+    /// binary does not print it twice).
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
     #[error("the key manager at {addr} did not answer within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     /// The manager answered KEY_RESULT with this code (anything but OK and NOT_FOUND).
@@ -462,9 +460,9 @@ impl KeymgrClient {
         let stream = tokio::time::timeout(self.config.tcp_timeout, TcpStream::connect(self.server))
             .await
             .map_err(|_| self.timeout())?
-            .map_err(|source| ClientError::Io {
+            .map_err(|error| ClientError::Io {
                 context: format!("connecting to the key manager at {}", self.server),
-                source,
+                error,
             })?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -484,9 +482,9 @@ impl KeymgrClient {
         request: &[u8],
     ) -> Result<Vec<u8>, ClientError> {
         self.stats.tcp_requests.fetch_add(1, Ordering::Relaxed);
-        let io = |source| ClientError::Io {
+        let io = |error| ClientError::Io {
             context: format!("talking to the key manager at {} over TCP", self.server),
-            source,
+            error,
         };
         let exchange = async {
             stream.write_all(request).await.map_err(io)?;
@@ -539,9 +537,9 @@ impl KeymgrClient {
     // ----- trust on first use ---------------------------------------------------------
 
     fn check_known_host(&self, file: &Path, key: &ManagerKey) -> Result<(), ClientError> {
-        let io = |source| ClientError::Io {
+        let io = |error| ClientError::Io {
             context: format!("known-hosts file {}", file.display()),
-            source,
+            error,
         };
         match known_host(file, self.server).map_err(io)? {
             Some((line, expected)) => {
@@ -677,7 +675,7 @@ fn os_seed() -> Result<[u8; 32], ClientError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| ClientError::Io {
         context: "reading OS entropy".into(),
-        source: io::Error::other(e.to_string()),
+        error: io::Error::other(e.to_string()),
     })?;
     Ok(seed)
 }

@@ -131,6 +131,11 @@ fn run(cli: Cli) -> Result<()> {
         count: cli.count,
         printed: 0,
         live,
+        keylog_path: cli.keylog.clone(),
+        keylog_seen: cli
+            .keylog
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()),
     };
     let result = match (&cli.interface, &cli.input) {
         (Some(iface), _) => live::capture(iface, &mut dump),
@@ -197,9 +202,29 @@ struct Dump {
     count: Option<u64>,
     printed: u64,
     live: bool,
+    /// Live capture: the key log is read again when nodes append to it.
+    keylog_path: Option<PathBuf>,
+    keylog_seen: Option<std::time::SystemTime>,
 }
 
 impl Dump {
+    /// Reads the key log again if it changed (sessions that began after the start).
+    fn refresh_keylog(&mut self) {
+        let Some(path) = &self.keylog_path else {
+            return;
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified.is_none() || modified == self.keylog_seen {
+            return;
+        }
+        self.keylog_seen = modified;
+        match std::fs::read_to_string(path).map(|text| KeyLog::parse(&text)) {
+            Ok(Ok(keys)) => self.decoder.add_keys(keys),
+            Ok(Err(e)) => eprintln!("sockmsg-dump: warning: key log: {e}"),
+            Err(e) => eprintln!("sockmsg-dump: warning: key log: {e}"),
+        }
+    }
+
     fn file(&mut self, input: impl Read + Send) -> Result<()> {
         let mut reader = CaptureReader::new(input)?;
         let mut data = Vec::with_capacity(2048);
@@ -339,7 +364,12 @@ mod live {
         let loopback = iface == "lo" || iface.starts_with("lo:");
         eprintln!("sockmsg-dump: capturing on {iface} (Ctrl-C stops and prints the summary)");
         let mut buf = vec![0u8; 65_536];
+        let mut checked = std::time::Instant::now();
         while !STOP.load(Ordering::Relaxed) {
+            if checked.elapsed() >= std::time::Duration::from_millis(500) {
+                dump.refresh_keylog();
+                checked = std::time::Instant::now();
+            }
             // SAFETY: recvfrom into a buffer and a sockaddr_ll we own, of the sizes given.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;

@@ -132,6 +132,11 @@ impl Decoder {
         self
     }
 
+    /// Learns the sessions in `keys` (a key log read again during a live capture).
+    pub fn add_keys(&mut self, keys: KeyLog) {
+        self.keylog.merge(keys);
+    }
+
     /// Whether `udp` is sockmsg traffic.
     pub fn is_sockmsg(&self, udp: &UdpDatagram<'_>) -> bool {
         self.ports.contains(&udp.src.port())

@@ -85,6 +85,14 @@ impl KeyLog {
         Ok(log)
     }
 
+    /// Adds the connection ids of `other` this log does not have yet (a key log read
+    /// again while nodes append to it).
+    pub fn merge(&mut self, other: KeyLog) {
+        for (cid, direction) in other.directions {
+            self.directions.entry(cid).or_insert(direction);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.directions.len()
     }
