@@ -64,5 +64,6 @@
 //! # Ok::<(), sockmsg_tools::sim::SimError>(())
 //! ```
 
+pub mod bench;
 pub mod dump;
 pub mod sim;

@@ -1,0 +1,216 @@
+//! `sockmsg-bench`: load tests on real processes, with latency histograms.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sockmsg_tools::bench::{self, report, Cluster, Departure};
+
+/// Measures sockmsg on real processes and real sockets (loopback): election failover and
+/// chat latency, reported as percentiles with the full histogram kept (.hgrm, SVG).
+///
+/// It starts a key manager, a proxy and the nodes itself (the binaries next to this one:
+/// build them with `cargo build --release -p sockmsg-node -p sockmsg-keymgr -p
+/// sockmsg-proxy`, or give --bin-dir), bounds every step, and stops every process it
+/// started, also on failure and on Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "sockmsg-bench", version)]
+struct Cli {
+    /// Where sockmsg-node, sockmsg-keymgr and sockmsg-proxy are. Default: next to this
+    /// binary.
+    #[arg(long, global = true, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// SIGKILL the leader (a crash).
+    Kill,
+    /// Send the leader /exit (a planned handover).
+    Exit,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Leader failover: R times take the leader away, time until every survivor reports
+    /// the same new leader, restart it, wait until it has rejoined.
+    Election {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100)]
+        rounds: u64,
+        #[arg(long, value_enum, default_value_t = Mode::Kill)]
+        mode: Mode,
+        /// Write the percentile distribution (.hgrm, HdrHistogram's format).
+        #[arg(long, value_name = "FILE")]
+        hgrm: Option<PathBuf>,
+        /// Draw it (SVG).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// Open-loop chat load: RATE lines per second across the nodes for S seconds;
+    /// latency from each line's intended send time to each receiver.
+    Chat {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, value_name = "MSGS_PER_S", default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, value_name = "S", default_value_t = 10)]
+        duration: u64,
+        #[arg(long, value_name = "BYTES", default_value_t = 100)]
+        size: usize,
+        #[arg(long, value_name = "FILE")]
+        hgrm: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_ctrl_c();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockmsg-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    bench::STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_ctrl_c() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// A scratch directory for one run, removed at the end.
+struct Work(PathBuf);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{what} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {{msg}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let bins = match cli.bin_dir {
+        Some(dir) => dir,
+        None => bench::procs::bin_dir()?,
+    };
+    let work = Work(std::env::temp_dir().join(format!("sockmsg-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&work.0).context("scratch directory")?;
+    match cli.command {
+        Command::Election {
+            nodes,
+            rounds,
+            mode,
+            hgrm,
+            svg,
+        } => {
+            eprintln!("starting a key manager, a proxy and {nodes} nodes…");
+            let mut cluster = Cluster::start(&bins, &work.0, nodes)?;
+            let departure = match mode {
+                Mode::Kill => Departure::Kill,
+                Mode::Exit => Departure::Exit,
+            };
+            let progress = bar(rounds, "rounds");
+            let started = Instant::now();
+            let result = bench::election(&mut cluster, rounds, departure, |done| {
+                progress.set_position(done)
+            });
+            progress.finish_and_clear();
+            let report = result?;
+            let title = format!(
+                "failover after leader {} ({nodes} nodes, {:?})",
+                match departure {
+                    Departure::Kill => "SIGKILL",
+                    Departure::Exit => "/exit",
+                },
+                started.elapsed()
+            );
+            print!("{}", report::summary(&title, &report.failover));
+            println!(
+                "elections needing more than one round (split votes): {} of {}",
+                report.extra_rounds,
+                report.failover.len()
+            );
+            write_outputs(&report.failover, &title, hgrm, svg)
+        }
+        Command::Chat {
+            nodes,
+            rate,
+            duration,
+            size,
+            hgrm,
+            svg,
+        } => {
+            eprintln!("starting a key manager, a proxy and {nodes} nodes…");
+            let mut cluster = Cluster::start(&bins, &work.0, nodes)?;
+            let total = rate * duration;
+            let progress = bar(total, "lines");
+            let result = bench::chat(
+                &mut cluster,
+                rate,
+                Duration::from_secs(duration),
+                size,
+                |done| progress.set_position(done),
+            );
+            progress.finish_and_clear();
+            let report = result?;
+            let title = format!(
+                "chat latency, {rate} lines/s of {size} B across {nodes} nodes for {duration} s"
+            );
+            print!("{}", report::summary(&title, &report.latency));
+            println!(
+                "sent {} lines; delivered {} of {} (line, receiver) pairs; lost {}",
+                report.sent,
+                report.delivered,
+                report.expected,
+                report.expected.saturating_sub(report.delivered)
+            );
+            write_outputs(&report.latency, &title, hgrm, svg)
+        }
+    }
+}
+
+fn write_outputs(
+    h: &hdrhistogram::Histogram<u64>,
+    title: &str,
+    hgrm: Option<PathBuf>,
+    svg: Option<PathBuf>,
+) -> Result<()> {
+    if let Some(path) = hgrm {
+        std::fs::write(&path, report::hgrm(h))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = svg {
+        report::svg(&path, title, h)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! sockmsg-bench runs each subcommand briefly on real processes (the workspace's
+//! sockmsg-node, sockmsg-keymgr and sockmsg-proxy binaries) and reports well-formed
+//! results; the .hgrm files parse back.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sockmsg_tools::bench::report::parse_hgrm;
+
+/// target/<profile>, where `cargo test --workspace` put the other packages' binaries.
+fn bins() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_sockmsg-bench"))
+        .parent()?
+        .to_path_buf();
+    let all = ["sockmsg-node", "sockmsg-keymgr", "sockmsg-proxy"]
+        .iter()
+        .all(|b| dir.join(b).exists());
+    if all {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: the node, key manager and proxy binaries are not built next to \
+             sockmsg-bench (run `cargo test --workspace`, or build them first)"
+        );
+        None
+    }
+}
+
+fn bench(args: &[&str], hgrm: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
+        .args(args)
+        .arg("--hgrm")
+        .arg(hgrm)
+        .output()
+        .expect("run sockmsg-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sockmsg-bench {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = parse_hgrm(&std::fs::read_to_string(hgrm).expect("hgrm written"))
+        .expect("the .hgrm parses");
+    assert!(!rows.is_empty());
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].1 <= w[1].1 && w[0].0 <= w[1].0),
+        "monotone"
+    );
+    stdout
+}
+
+#[test]
+fn election_and_chat_report_percentiles_and_write_hgrm() {
+    let Some(_) = bins() else { return };
+    let dir = std::env::temp_dir().join(format!("sockmsg-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let out = bench(
+        &["election", "--nodes", "3", "--rounds", "2"],
+        &dir.join("election.hgrm"),
+    );
+    assert!(out.contains("count 2"), "{out}");
+    for field in ["min", "p50", "p90", "p99", "p99.9", "max"] {
+        assert!(out.contains(field), "{field} in {out}");
+    }
+    assert!(out.contains("split votes"), "{out}");
+
+    let out = bench(
+        &[
+            "election", "--nodes", "3", "--rounds", "1", "--mode", "exit",
+        ],
+        &dir.join("exit.hgrm"),
+    );
+    assert!(out.contains("/exit") && out.contains("count 1"), "{out}");
+
+    let out = bench(
+        &[
+            "chat",
+            "--nodes",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--size",
+            "64",
+        ],
+        &dir.join("chat.hgrm"),
+    );
+    assert!(
+        out.contains("count 200"),
+        "every line reached both others: {out}"
+    );
+    assert!(out.contains("lost 0"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_request_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
+        .args(["election", "--nodes", "1", "--bin-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") || err.contains("at least 2"),
+        "{err}"
+    );
+}
