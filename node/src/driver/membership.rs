@@ -1,0 +1,234 @@
+//! The driver's part in the group: events out, and the node's business with the proxy
+//! (asking whom to join, claiming a new group, announcing and refreshing a leadership),
+//! leaving, and the `/peers` view.
+
+use super::*;
+
+impl Driver {
+    pub(super) fn on_group_event(&mut self, event: GroupEvent) {
+        match &event {
+            GroupEvent::MembersChanged { members, .. } => {
+                let me = self.me.name.clone();
+                for m in members.iter().filter(|m| m.name != me) {
+                    self.addrs.insert(m.name.clone(), m.addr);
+                    let before = self.incarnations.insert(m.name.clone(), m.incarnation);
+                    let restarted = before.is_some_and(|b| b != m.incarnation);
+                    let moved = self
+                        .sessions
+                        .get(&m.name)
+                        .and_then(|h| self.endpoint.connection(*h))
+                        .is_some_and(|c| c.peer_addr() != m.addr);
+                    if restarted || moved {
+                        // Its sessions died with the old process: open a new one.
+                        if let Some(handle) = self.sessions.get(&m.name).copied() {
+                            self.retire_session(handle);
+                        }
+                    }
+                }
+            }
+            GroupEvent::LeaderChanged { leader, .. } => {
+                self.leaderless_since = leader.is_none().then(Instant::now);
+            }
+            GroupEvent::Joined => {
+                self.newcomer = false;
+                self.joined = true;
+            }
+            GroupEvent::Removed => {
+                self.joined = false;
+                self.join_sent_to = None;
+                self.last_query = None;
+            }
+            _ => {}
+        }
+        self.emit(NodeEvent::Group(event));
+    }
+
+    /// The node's business with the proxy: (re)join when not admitted or long without
+    /// a leader; while leading, announce and refresh.
+    pub(super) fn housekeeping(&mut self, now: Instant) {
+        if self.exit_deadline.is_some() {
+            return;
+        }
+        let leaderless_long = self
+            .leaderless_since
+            .is_some_and(|since| now - since >= LEADERLESS_REQUERY);
+        // A leader we already hear from is the best contact.
+        if !self.joined && self.group.role() != Role::Leader {
+            if let Some(leader) = self.group.leader().map(str::to_owned) {
+                if self.join_sent_to.as_deref() != Some(leader.as_str()) {
+                    let _ = self.group.join(now, &leader);
+                    self.join_sent_to = Some(leader);
+                }
+            }
+        }
+        let want_proxy = !self.joined || leaderless_long;
+        let due = self.last_query.is_none_or(|at| now - at >= REJOIN_INTERVAL);
+        if want_proxy && due && !self.querying && self.group.role() != Role::Leader {
+            self.querying = true;
+            self.last_query = Some(now);
+            let proxy = self.proxy.clone();
+            let group = self.settings.group.clone();
+            let tasks = self.tasks_tx.clone();
+            tokio::spawn(async move {
+                let result = proxy.query(&group).await.map_err(|e| e.to_string());
+                let _ = tasks.send(TaskResult::Query(result));
+            });
+        }
+        if self.group.role() == Role::Leader {
+            self.announce_if_due(now);
+        }
+    }
+
+    pub(super) fn on_record(&mut self, now: Instant, record: RecordSummary) {
+        if record.leader == self.me.name {
+            // Our own record from before a restart: the members will elect anew.
+            return;
+        }
+        self.addrs
+            .entry(record.leader.clone())
+            .or_insert(record.leader_addr);
+        let known_leader = self.group.leader().is_some();
+        if !self.joined || !known_leader {
+            // The proxy's record may lag an election: a leader we hear from wins.
+            let target = self
+                .group
+                .leader()
+                .filter(|l| *l != self.me.name)
+                .unwrap_or(&record.leader)
+                .to_owned();
+            let _ = self.group.join(now, &target);
+            self.join_sent_to = Some(target);
+        }
+    }
+
+    /// No leader at the proxy. A newcomer claims the group (and founds it once the
+    /// proxy accepts); a node with a past in the group waits for its members to elect,
+    /// and founds it again only if nobody announced anything for [`REFOUND_AFTER`].
+    pub(super) fn on_no_record(&mut self, now: Instant) {
+        let since = *self.no_record_since.get_or_insert(now);
+        if self.group.role() == Role::Leader {
+            return;
+        }
+        if self.newcomer {
+            self.claim();
+        } else if now - since >= REFOUND_AFTER && self.group.leader().is_none() {
+            self.emit(NodeEvent::Notice(
+                "no member of the group has been heard of for a while: founding it again".into(),
+            ));
+            let term = self.group.term();
+            let _ = self.group.bootstrap(now, term);
+            self.no_record_since = None;
+        }
+    }
+
+    pub(super) fn claim(&mut self) {
+        let draft = RecordDraft {
+            group: self.settings.group.clone(),
+            term: 1,
+            leader: self.me.name.clone(),
+            leader_addr: self.me.addr,
+            membership_version: 1,
+            members: vec![self.me.name.clone()],
+            issued_at_ms: sockmsg_keymgr::datadir::now_ms(),
+        };
+        self.querying = true;
+        let proxy = self.proxy.clone();
+        let signer = self.signer.clone();
+        let tasks = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let result = proxy
+                .propose(Kind::Claim, &draft, signer.as_ref(), &[])
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tasks.send(TaskResult::Claim(result));
+        });
+    }
+
+    pub(super) fn announce_if_due(&mut self, now: Instant) {
+        if self.announcing {
+            return;
+        }
+        let term = self.group.term();
+        let version = self.group.membership_version();
+        let due = match self.announced {
+            None => true,
+            Some((t, v, at, _)) => t != term || v != version || now - at >= REFRESH_INTERVAL,
+        };
+        if !due {
+            return;
+        }
+        let wall = sockmsg_keymgr::datadir::now_ms();
+        let issued_at_ms = match self.announced {
+            Some((.., issued)) => wall.max(issued + 1),
+            None => wall,
+        };
+        self.announced = Some((term, version, now, issued_at_ms));
+        let draft = RecordDraft {
+            group: self.settings.group.clone(),
+            term,
+            leader: self.me.name.clone(),
+            leader_addr: self.me.addr,
+            membership_version: version,
+            members: self
+                .group
+                .members()
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+            issued_at_ms,
+        };
+        let votes = self.group.election_proof();
+        self.announcing = true;
+        let proxy = self.proxy.clone();
+        let signer = self.signer.clone();
+        let tasks = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let result = proxy
+                .propose(Kind::Announce, &draft, signer.as_ref(), &votes)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tasks.send(TaskResult::Announce(result));
+        });
+    }
+
+    pub(super) fn begin_exit(&mut self) {
+        if self.exit_deadline.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.exit_deadline = Some(now + EXIT_GRACE);
+        if self.group.leave(now).is_err() {
+            // Already left: nothing to hand over.
+            self.exit_deadline = Some(now);
+        }
+    }
+
+    pub(super) fn peers_report(&self) -> PeersReport {
+        let leader = self.group.leader().map(str::to_owned);
+        let members = self
+            .group
+            .members()
+            .iter()
+            .map(|m| PeerLine {
+                leader: leader.as_deref() == Some(m.name.as_str()),
+                me: m.name == self.me.name,
+                rtt: self
+                    .sessions
+                    .get(&m.name)
+                    .and_then(|h| self.endpoint.connection(*h))
+                    .filter(|c| c.is_established())
+                    .map(|c| c.rtt()),
+                info: m.clone(),
+            })
+            .collect();
+        PeersReport {
+            term: self.group.term(),
+            leader,
+            members,
+        }
+    }
+
+    pub(super) fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+}
