@@ -66,4 +66,5 @@
 
 pub mod bench;
 pub mod dump;
+pub mod groupsim;
 pub mod sim;

@@ -109,3 +109,19 @@ fn a_bad_request_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn sim_runs_fault_schedules_and_reports_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
+        .args(["sim", "--seeds", "6", "--from", "100"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 schedules (seeds 100..106)"), "{stdout}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}

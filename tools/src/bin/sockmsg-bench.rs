@@ -55,6 +55,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// The group simulation's random fault schedules (crashes, restarts, partitions,
+    /// loss, duplication; key manager and proxy in the loop): runs seeds FROM..FROM+N on
+    /// every core, prints each failing seed (replay one with --seeds 1 --from SEED, or
+    /// SOCKMSG_SIM_SEED=SEED in the test suite) and exits non-zero if any failed.
+    Sim {
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
     /// Open-loop chat load: RATE lines per second across the nodes for S seconds;
     /// latency from each line's intended send time to each receiver.
     Chat {
@@ -116,7 +126,67 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Runs schedules `from..from + seeds` on every core; fails if any schedule did.
+fn run_sim(seeds: u64, from: u64) -> Result<()> {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+    let next = AtomicU64::new(from);
+    let end = from.saturating_add(seeds);
+    let failures = Mutex::new(Vec::new());
+    let progress = bar(seeds, "schedules");
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                if bench::STOP.load(Ordering::Relaxed) {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                if let Err(why) = sockmsg_tools::groupsim::schedule(seed) {
+                    progress.println(format!(
+                        "seed {seed} FAILED: {why}  (replay: sockmsg-bench sim --seeds 1 --from {seed})"
+                    ));
+                    failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(seed);
+                }
+                progress.inc(1);
+            });
+        }
+    });
+    progress.finish_and_clear();
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_unstable();
+    let ran = next.load(Ordering::Relaxed).min(end) - from;
+    println!(
+        "{ran} schedules (seeds {from}..{}) in {:.1?}: {} failed{}",
+        from + ran,
+        started.elapsed(),
+        failures.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(": {failures:?}")
+        }
+    );
+    if bench::STOP.load(Ordering::Relaxed) {
+        anyhow::bail!("interrupted");
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} schedule(s) violated an invariant", failures.len());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Sim { seeds, from } = cli.command {
+        return run_sim(seeds, from);
+    }
     let bins = match cli.bin_dir {
         Some(dir) => dir,
         None => bench::procs::bin_dir()?,
@@ -194,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             write_outputs(&report.latency, &title, hgrm, svg)
         }
+        Command::Sim { .. } => Ok(()),
     }
 }
 

@@ -139,6 +139,12 @@ pub struct Services {
     pub verdicts: BTreeMap<String, u64>,
 }
 
+impl Default for Services {
+    fn default() -> Self {
+        Services::new()
+    }
+}
+
 impl Services {
     pub fn new() -> Services {
         let manager = MemoSigner::of("keymgr");

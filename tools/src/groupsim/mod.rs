@@ -1,6 +1,7 @@
-//! A deterministic harness: whole groups of [`Group`]s over a seeded in-memory queue of
-//! in-flight messages, with virtual time, and (unless built with [`Sim::plain`]) the key
-//! manager and the proxy beside them ([`services`]).
+//! Whole groups in simulation: [`Group`]s over a seeded in-memory queue of in-flight
+//! messages, with virtual time, and (unless built with [`Sim::plain`]) the key manager
+//! and the proxy beside them ([`services`]); [`schedule`] is one random fault schedule.
+//! The suites in `node/tests/group_sim.rs` and `sockmsg-bench sim` run them.
 //!
 //! Network model, at the level of session messages: each message takes 0.1–0.5 ms. The
 //! session layer guarantees the ordered and reliable classes, so those are delivered
@@ -18,9 +19,10 @@
 //! (term, leader) that no majority elected; chat is delivered at most once and in
 //! per-sender order; each recipient's receipt for a line is reported at most once.
 
-#![allow(dead_code)]
-
+pub mod schedule;
 pub mod services;
+
+pub use schedule::{describe, schedule, HEAL_BOUND, MS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,0 +1,243 @@
+//! One random fault schedule for a whole group (see [`schedule`]): what the simulation
+//! suite runs by the thousand and `sockmsg-bench sim` from the command line.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::RngExt;
+use sockmsg_node::Role;
+
+use super::Sim;
+
+pub const MS: Duration = Duration::from_millis(1);
+
+/// Bound on electing a leader once the network heals with everyone up: restarted nodes
+/// may hold a higher term and depose one round, so allow a few election timeouts.
+pub const HEAL_BOUND: Duration = Duration::from_millis(2000);
+
+/// One schedule: form a group, inject faults while members chat, heal, then check that
+/// a leader emerges and that chat reaches every live member exactly once, in order.
+pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let n = rng.random_range(3..=7usize);
+    let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
+    let mut sim = Sim::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, loss);
+    sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
+    let formed = sim.run_until(2000 * MS, |s| {
+        s.settled_leader(0)
+            .is_some_and(|l| s.live_members(l).len() == n)
+    });
+    if formed.is_none() {
+        return Err(format!(
+            "no group formed with {n} members: {}",
+            describe(&sim)
+        ));
+    }
+
+    // Faults while everyone chats.
+    let fault_end = sim.now + 4000 * MS;
+    let mut next_fault = sim.now + rng.random_range(50..400) * MS;
+    let mut next_rejoin = sim.now + 300 * MS;
+    while sim.now < fault_end {
+        let next_chat = sim.now + rng.random_range(5..40) * MS;
+        sim.run_for(next_chat - sim.now);
+        let sender = rng.random_range(0..n);
+        if sim.group(sender).is_some_and(|g| g.is_member()) {
+            let to = sim.nodes[rng.random_range(0..n)].name.clone();
+            let direct = rng.random_bool(0.1);
+            sim.with(sender, |g, _| {
+                if direct {
+                    // Refused (not a member, or ourselves) is fine here.
+                    let _ = g.send_direct(&to, "psst");
+                } else {
+                    g.send_chat("line").unwrap();
+                }
+            });
+        }
+        if sim.now >= next_rejoin {
+            sim.rejoin_strays();
+            next_rejoin = sim.now + 300 * MS;
+        }
+        if sim.now >= next_fault {
+            next_fault = sim.now + rng.random_range(50..400) * MS;
+            let victim = rng.random_range(0..n);
+            match rng.random_range(0..13) {
+                10 => {
+                    // A graceful exit (the process ends once the node has left).
+                    sim.with(victim, |g, now| {
+                        let _ = g.leave(now);
+                    });
+                }
+                11 => {
+                    // The leader crashes while another member leaves or comes back:
+                    // membership changes racing an election.
+                    if let Some(l) = sim.oracle_leader() {
+                        sim.crash(l);
+                    }
+                    if sim.is_up(victim) {
+                        sim.with(victim, |g, now| {
+                            let _ = g.leave(now);
+                        });
+                    } else {
+                        sim.restart(victim);
+                    }
+                }
+                12 => {
+                    // One-way: some nodes (often the leader alone) can send but not
+                    // hear, or hear but not send.
+                    let mut from: Vec<usize> = match sim.oracle_leader() {
+                        Some(l) if rng.random_bool(0.5) => vec![l],
+                        _ => (0..n).filter(|_| rng.random_bool(0.4)).collect(),
+                    };
+                    if rng.random_bool(0.5) {
+                        from = (0..n).filter(|i| !from.contains(i)).collect();
+                    }
+                    sim.one_way(&from);
+                }
+                0..=2 => {
+                    // Crash anyone, the leader most often.
+                    let who = if rng.random_bool(0.5) {
+                        sim.oracle_leader().unwrap_or(victim)
+                    } else {
+                        victim
+                    };
+                    sim.crash(who);
+                }
+                3..=4 => {
+                    if !sim.is_up(victim) {
+                        sim.restart(victim);
+                    }
+                }
+                5..=6 => {
+                    let side = (0..n).map(|_| rng.random_range(0..2u8)).collect();
+                    sim.partition(side);
+                }
+                7 => {
+                    // Isolate the leader.
+                    if let Some(l) = sim.oracle_leader() {
+                        let mut side = vec![0; n];
+                        side[l] = 1;
+                        sim.partition(side);
+                    }
+                }
+                _ => sim.heal(),
+            }
+        }
+        for i in 0..n {
+            if sim.group(i).is_some_and(|g| g.role() == Role::Left) {
+                sim.crash(i);
+            }
+        }
+        if let Some(failure) = sim.failure.take() {
+            return Err(failure);
+        }
+    }
+
+    // Heal: everyone up and connected.
+    sim.heal();
+    for i in 0..n {
+        // A node that left (or is leaving) comes back as a new process.
+        if sim
+            .group(i)
+            .is_some_and(|g| g.role() == Role::Left || g.is_leaving())
+        {
+            sim.crash(i);
+        }
+        if !sim.is_up(i) {
+            sim.restart(i);
+        }
+    }
+    let healed = sim.now;
+    let mut settled = None;
+    while sim.now < healed + HEAL_BOUND && settled.is_none() {
+        sim.run_for(100 * MS);
+        if let Some(failure) = sim.failure.take() {
+            return Err(failure);
+        }
+        sim.rejoin_strays();
+        settled = sim.settled_leader(0).filter(|&l| {
+            // Every node is back in the membership.
+            sim.live_members(l).len() == n
+        });
+    }
+    let Some(leader) = settled else {
+        return Err(format!(
+            "no settled leader {HEAL_BOUND:?} after healing: {}",
+            describe(&sim)
+        ));
+    };
+    sim.run_for(300 * MS);
+
+    // Quiet phase: every live member's lines reach every other live member exactly
+    // once, and every sender hears that they did; a direct line reaches its addressee
+    // alone.
+    let members = sim.live_members(leader);
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        for &i in &members {
+            let mut seq = 0;
+            sim.with(i, |g, _| seq = g.send_chat("quiet").unwrap());
+            let inc = sim.group(i).unwrap().me().incarnation;
+            sent.push((i, inc, seq, None));
+        }
+        sim.run_for(5 * MS);
+    }
+    let (from, to) = (members[0], members[members.len() - 1]);
+    let to_name = sim.nodes[to].name.clone();
+    let mut seq = 0;
+    sim.with(from, |g, _| {
+        seq = g.send_direct(&to_name, "quiet, direct").unwrap()
+    });
+    let inc = sim.group(from).unwrap().me().incarnation;
+    sent.push((from, inc, seq, Some(to)));
+    sim.run_for(200 * MS);
+    for &(i, inc, seq, direct_to) in &sent {
+        let name = sim.nodes[i].name.clone();
+        for &r in members.iter().filter(|&&r| r != i) {
+            let got = sim.nodes[r]
+                .received
+                .iter()
+                .filter(|(s, c, q, d)| {
+                    *s == name && *c == inc && *q == seq && *d == direct_to.is_some()
+                })
+                .count();
+            let expected = usize::from(direct_to.is_none_or(|t| t == r));
+            if got != expected {
+                return Err(format!(
+                    "{} received {name}/{inc} seq {seq} {got} times, not {expected}",
+                    sim.nodes[r].name
+                ));
+            }
+            let receipt = sim.nodes[i].receipts.get(&(seq, sim.nodes[r].name.clone()));
+            if expected == 1 && receipt != Some(&true) {
+                return Err(format!(
+                    "{name} has receipt {receipt:?} for seq {seq} to {}",
+                    sim.nodes[r].name
+                ));
+            }
+        }
+    }
+    if let Some(failure) = sim.failure.take() {
+        return Err(failure);
+    }
+    Ok(sim.services.map(|s| s.verdicts).unwrap_or_default())
+}
+
+pub fn describe(sim: &Sim) -> String {
+    let state: Vec<String> = (0..sim.nodes.len())
+        .map(|i| match sim.group(i) {
+            None => format!("{}: down", sim.nodes[i].name),
+            Some(g) => format!(
+                "{}: {:?} term {} leader {:?} members {} (v{}) announced {:?}",
+                g.name(),
+                g.role(),
+                g.term(),
+                g.leader(),
+                g.members().len(),
+                g.membership_version(),
+                sim.nodes[i].known_leader,
+            ),
+        })
+        .collect();
+    format!("{state:?}")
+}
