@@ -125,3 +125,41 @@ fn sim_runs_fault_schedules_and_reports_them() {
     assert!(stdout.contains("6 schedules (seeds 100..106)"), "{stdout}");
     assert!(stdout.contains("0 failed"), "{stdout}");
 }
+
+#[test]
+fn transport_runs_the_session_benchmark_side_by_side() {
+    // Builds bench/transport (its own workspace) on first use: minutes on a new machine.
+    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
+        .args(["transport", "--timeout", "1800", "--"])
+        .args([
+            "--messages",
+            "1000",
+            "--round-trips",
+            "100",
+            "--handshakes",
+            "2",
+        ])
+        .args([
+            "--runs",
+            "1",
+            "--layout",
+            "shared",
+            "--tests",
+            "throughput,pingpong",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for transport in ["plain UDP", "quinn", "sockmsg"] {
+        assert!(stdout.contains(transport), "{transport} in {stdout}");
+    }
+    assert!(
+        stdout.contains("msgs/s") && stdout.contains("RTT p50"),
+        "{stdout}"
+    );
+}

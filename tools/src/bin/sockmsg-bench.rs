@@ -55,6 +55,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// The session layer against plain UDP and quinn, side by side, on loopback: builds
+    /// and runs the transport benchmark (bench/transport, its own workspace so that
+    /// quinn stays out of the main Cargo.lock); ARGS go to it (e.g. --messages 100000
+    /// --layout threads; --help lists them). Prints its markdown tables.
+    Transport {
+        /// The benchmark's Cargo.toml. Default: bench/transport in this source tree.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Give up (and stop it) after this many seconds.
+        #[arg(long, value_name = "S", default_value_t = 3600)]
+        timeout: u64,
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
     /// The group simulation's random fault schedules (crashes, restarts, partitions,
     /// loss, duplication; key manager and proxy in the loop): runs seeds FROM..FROM+N on
     /// every core, prints each failing seed (replay one with --seeds 1 --from SEED, or
@@ -183,9 +201,52 @@ fn run_sim(seeds: u64, from: u64) -> Result<()> {
     Ok(())
 }
 
+/// Builds and runs bench/transport with `args`, bounded by `timeout`.
+fn run_transport(manifest: Option<PathBuf>, timeout: Duration, args: &[String]) -> Result<()> {
+    let manifest = manifest.unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/transport/Cargo.toml")
+    });
+    if !manifest.exists() {
+        anyhow::bail!(
+            "{} not found: run from the source tree, or give --manifest",
+            manifest.display()
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building and running {} (release)…", manifest.display());
+    let mut child = std::process::Command::new(cargo)
+        .args(["run", "--quiet", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--")
+        .args(args)
+        .spawn()
+        .context("start cargo")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                anyhow::bail!("the transport benchmark failed ({status})");
+            }
+            return Ok(());
+        }
+        if bench::STOP.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("stopped (interrupted or past --timeout)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Sim { seeds, from } = cli.command {
-        return run_sim(seeds, from);
+    match cli.command {
+        Command::Sim { seeds, from } => return run_sim(seeds, from),
+        Command::Transport {
+            manifest,
+            timeout,
+            ref args,
+        } => return run_transport(manifest, Duration::from_secs(timeout), args),
+        _ => {}
     }
     let bins = match cli.bin_dir {
         Some(dir) => dir,
@@ -264,7 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             write_outputs(&report.latency, &title, hgrm, svg)
         }
-        Command::Sim { .. } => Ok(()),
+        Command::Sim { .. } | Command::Transport { .. } => Ok(()),
     }
 }
 
