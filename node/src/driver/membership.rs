@@ -77,6 +77,36 @@ impl Driver {
         if self.group.role() == Role::Leader {
             self.announce_if_due(now);
         }
+        self.keep_sessions(now);
+    }
+
+    /// Keeps a session open with every other member, so that an election's (pre-)vote
+    /// requests go out at once instead of waiting for a key lookup and a handshake (in
+    /// which time a second candidate's timer fires and the votes split). Of each pair, the
+    /// smaller name opens it; every session is pinged before its idle timeout.
+    fn keep_sessions(&mut self, now: Instant) {
+        if !self.joined {
+            return;
+        }
+        let others: Vec<String> = self
+            .group
+            .members()
+            .iter()
+            .filter(|m| m.name > self.me.name)
+            .map(|m| m.name.clone())
+            .collect();
+        for name in others {
+            if !self.sessions.contains_key(&name) {
+                self.open_session(now, &name);
+            }
+        }
+        if now >= self.keepalive_at {
+            self.keepalive_at = now + KEEPALIVE_INTERVAL;
+            let handles: Vec<ConnectionHandle> = self.sessions.values().copied().collect();
+            for handle in handles {
+                self.endpoint.ping(handle);
+            }
+        }
     }
 
     pub(super) fn on_record(&mut self, now: Instant, record: RecordSummary) {

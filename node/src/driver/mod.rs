@@ -65,6 +65,8 @@ const LEADERLESS_REQUERY: Duration = Duration::from_secs(3);
 const REFOUND_AFTER: Duration = Duration::from_secs(10);
 /// Messages held for one peer while its key is fetched or its session opens.
 const MAX_WAITING: usize = 256;
+/// How often every session is pinged: well inside the idle timeout (30 s by default).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Time a leaving node waits for its handover and its LEAVE to be acknowledged.
 const EXIT_GRACE: Duration = Duration::from_millis(1500);
 
@@ -249,6 +251,8 @@ pub struct Driver {
     announcing: bool,
     announced: Option<(u64, u64, Instant, u64)>,
     exit_deadline: Option<Instant>,
+    /// When the sessions are pinged next.
+    keepalive_at: Instant,
     /// `SOCKMSG_KEYLOG`: where session secrets go (SPEC.md §5.4), if asked for.
     keylog: Option<std::fs::File>,
 }
@@ -378,6 +382,7 @@ impl Driver {
             announcing: false,
             announced: None,
             exit_deadline: None,
+            keepalive_at: now + KEEPALIVE_INTERVAL,
             keylog: open_keylog(),
         })
     }

@@ -175,6 +175,7 @@ pub fn election(
     for round in 0..rounds {
         stopped()?;
         let (term, leader, _) = cluster.settled(0, None)?;
+        let marks: Vec<usize> = cluster.nodes.iter().map(Node::mark).collect();
         let gone_at = Instant::now();
         match departure {
             Departure::Kill => cluster.nodes[leader].kill(),
@@ -187,6 +188,23 @@ pub fn election(
         // pre-vote and one election, also term + 1, unless votes split.
         if new_term > term + 1 {
             extra_rounds += 1;
+            if std::env::var_os("SOCKMSG_BENCH_TRACE").is_some() {
+                for (node, &mark) in cluster.nodes.iter().zip(&marks) {
+                    let views: Vec<String> = node
+                        .events_since(mark, "leader")
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "+{:?} t{} {}",
+                                e.at.saturating_duration_since(gone_at),
+                                e.value["term"],
+                                e.value["leader"]
+                            )
+                        })
+                        .collect();
+                    eprintln!("round {round} {}: {}", node.name, views.join(", "));
+                }
+            }
         }
         if departure == Departure::Exit {
             cluster.nodes[leader].exit().ok();

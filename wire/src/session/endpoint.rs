@@ -169,6 +169,13 @@ impl Endpoint {
             .send(class, data)
     }
 
+    /// Pings a connection (see [`Connection::ping`]).
+    pub fn ping(&mut self, handle: ConnectionHandle) {
+        if let Some(connection) = self.connections.get_mut(&handle) {
+            connection.ping();
+        }
+    }
+
     /// Closes a connection gracefully.
     pub fn close(&mut self, now: Instant, handle: ConnectionHandle, code: CloseCode, reason: &str) {
         if let Some(connection) = self.connections.get_mut(&handle) {
