@@ -76,17 +76,10 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn init_logging(json: bool) {
-    let _ = json;
-    // The node reports what the key manager client would warn about (first-use trust)
-    // as its own notice, above the prompt.
-    let default = "warn,sockmsg_keymgr::client=error";
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The node reports what the key manager client would warn about (first-use trust) as
+/// its own notice, above the prompt, so that client logs only errors by default.
+pub fn init_logging() {
+    sockmsg_service::init_logging("warn,sockmsg_keymgr::client=error");
 }
 
 pub async fn run(args: Args) -> Result<()> {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = <cli::Args as clap::Parser>::parse();
-    cli::init_logging(args.json);
+    cli::init_logging();
     // One thread: a node's work is small and sequential (the state machines are not
     // shared), and an idle node should wake as little as possible.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -545,6 +545,17 @@ pub fn body_response(request_id: u64, frame_type: FrameType, body: &[u8]) -> Vec
     packet
 }
 
+/// Logs to stderr, filtered by `RUST_LOG`, or by `default_filter` when it is unset (the
+/// same setup for every sockmsg binary).
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
