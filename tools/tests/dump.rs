@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::Peer;
 use sockmsg_tools::dump::capture::PcapWriter;
 use sockmsg_tools::dump::decode::Body;
-use sockmsg_tools::dump::{CaptureReader, Decoder, KeyLog, UdpExtractor};
+use sockmsg_tools::dump::{decode_capture, Decoder, KeyLog};
 use sockmsg_tools::sim::{loopback, LinkConfig, Network};
 use sockmsg_wire::frame::{Chat, ChatFlags, Fragment, Frame, Heartbeat, Member, MessageClass};
 use sockmsg_wire::session::SessionConfig;
@@ -177,17 +177,13 @@ struct Run {
 }
 
 fn dump(pcap: &[u8], keylog: &str) -> Run {
-    let mut reader = CaptureReader::new(pcap).expect("a capture");
-    let mut extractor = UdpExtractor::default();
     let mut decoder = Decoder::new([7402], KeyLog::parse(keylog).unwrap());
-    let mut packets = Vec::new();
     // A damaged tail ends the capture (the reader says why; the packets before stand).
-    while let Ok(Some(frame)) = reader.next_frame() {
-        if let Some(udp) = extractor.extract(frame.ts_ns, frame.linktype, &frame.data) {
-            packets.extend(decoder.decode(frame.ts_ns, &udp));
-        }
+    let capture = decode_capture(pcap, &mut decoder).expect("a capture");
+    Run {
+        packets: capture.packets,
+        decoder,
     }
-    Run { packets, decoder }
 }
 
 fn chat_lines(run: &Run) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use sockmsg_tools::dump::decode::Body;
-use sockmsg_tools::dump::{CaptureReader, Decoder, KeyLog, UdpExtractor};
+use sockmsg_tools::dump::{decode_capture, Decoder, KeyLog};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -56,16 +56,15 @@ fn tshark_with_the_lua_dissector_reads_what_the_codec_reads() {
         .collect();
 
     // The same capture through the codec.
-    let mut reader = CaptureReader::new(std::fs::File::open(&capture).unwrap()).unwrap();
-    let mut extractor = UdpExtractor::default();
     let mut decoder = Decoder::new([7402], KeyLog::default());
-    let mut packets = Vec::new();
-    while let Some(frame) = reader.next_frame().unwrap() {
-        let udp = extractor
-            .extract(frame.ts_ns, frame.linktype, &frame.data)
-            .expect("UDP");
-        packets.extend(decoder.decode(frame.ts_ns, &udp));
-    }
+    let decoded = decode_capture(std::fs::File::open(&capture).unwrap(), &mut decoder).unwrap();
+    assert!(decoded.error.is_none(), "{:?}", decoded.error);
+    assert_eq!(
+        (decoded.extractor.skipped, decoded.extractor.malformed),
+        (0, 0),
+        "every frame is UDP"
+    );
+    let packets = decoded.packets;
     assert_eq!(rows.len(), packets.len(), "one row per packet");
     let type_code = |name: &str| match name {
         "INITIAL" => "0x01",

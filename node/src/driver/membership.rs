@@ -162,16 +162,7 @@ impl Driver {
             issued_at_ms: sockmsg_keymgr::datadir::now_ms(),
         };
         self.querying = true;
-        let proxy = self.proxy.clone();
-        let signer = self.signer.clone();
-        let tasks = self.tasks_tx.clone();
-        tokio::spawn(async move {
-            let result = proxy
-                .propose(Kind::Claim, &draft, signer.as_ref(), &[])
-                .await
-                .map_err(|e| e.to_string());
-            let _ = tasks.send(TaskResult::Claim(result));
-        });
+        self.spawn_proposal(Kind::Claim, draft, Vec::new());
     }
 
     pub(super) fn announce_if_due(&mut self, now: Instant) {
@@ -209,15 +200,24 @@ impl Driver {
         };
         let votes = self.group.election_proof();
         self.announcing = true;
+        self.spawn_proposal(Kind::Announce, draft, votes);
+    }
+
+    /// Signs and sends a claim or an announcement off the event loop; the verdict comes
+    /// back as [`TaskResult::Claim`] or [`TaskResult::Announce`].
+    fn spawn_proposal(&self, kind: Kind, draft: RecordDraft, votes: Vec<(String, Vec<u8>)>) {
         let proxy = self.proxy.clone();
         let signer = self.signer.clone();
         let tasks = self.tasks_tx.clone();
         tokio::spawn(async move {
             let result = proxy
-                .propose(Kind::Announce, &draft, signer.as_ref(), &votes)
+                .propose(kind, &draft, signer.as_ref(), &votes)
                 .await
                 .map_err(|e| e.to_string());
-            let _ = tasks.send(TaskResult::Announce(result));
+            let _ = tasks.send(match kind {
+                Kind::Claim => TaskResult::Claim(result),
+                Kind::Announce => TaskResult::Announce(result),
+            });
         });
     }
 

@@ -27,3 +27,40 @@ pub use decode::{DecodedPacket, Decoder, FrameInfo, Stats};
 pub use keylog::{KeyLog, KeyLogError};
 pub use net::{UdpDatagram, UdpExtractor};
 pub use output::{Format, Printer};
+
+/// A whole capture decoded at once (tests and small tools; `sockmsg-dump` streams).
+pub struct DecodedCapture {
+    pub packets: Vec<DecodedPacket>,
+    /// Its counts of frames that were not (or not sound) UDP.
+    pub extractor: UdpExtractor,
+    /// Why reading stopped early, if it did (a damaged or cut tail: the packets before
+    /// it are in `packets`).
+    pub error: Option<CaptureError>,
+}
+
+/// Reads every frame of `input` and decodes its sockmsg packets with `decoder`.
+pub fn decode_capture(
+    input: impl std::io::Read + Send,
+    decoder: &mut Decoder,
+) -> Result<DecodedCapture, CaptureError> {
+    let mut reader = CaptureReader::new(input)?;
+    let mut extractor = UdpExtractor::default();
+    let mut packets = Vec::new();
+    let mut data = Vec::new();
+    let error = loop {
+        match reader.next_frame_into(&mut data) {
+            Ok(Some((ts_ns, linktype))) => {
+                if let Some(udp) = extractor.extract(ts_ns, linktype, &data) {
+                    packets.extend(decoder.decode(ts_ns, &udp));
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    Ok(DecodedCapture {
+        packets,
+        extractor,
+        error,
+    })
+}
