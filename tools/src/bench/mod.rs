@@ -76,6 +76,7 @@ impl Cluster {
             cluster.nodes.push(node);
         }
         cluster.settled(0, None)?;
+        cluster.await_sessions(Instant::now() + STEP_TIMEOUT)?;
         Ok(cluster)
     }
 
@@ -125,7 +126,9 @@ impl Cluster {
         }
     }
 
-    /// Restarts node `i` (same data directory) and waits until the whole group lists it.
+    /// Restarts node `i` (same data directory) and waits until the whole group lists it
+    /// and every member holds a session with every other: back in full service, so the
+    /// next round does not time the restarted node's handshakes too.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let name = self.nodes[i].name.clone();
         self.nodes[i] = Node::spawn(&self.bins, &name, &self.work, &self.services, &self.config)?;
@@ -141,6 +144,21 @@ impl Cluster {
                 Duration::from_millis(20),
                 |_| None::<()>,
             );
+        }
+        self.await_sessions(deadline)
+    }
+
+    /// Waits until every member holds a session with every other (keep-alive sessions
+    /// come up within milliseconds of a join, each handshake an RSA signature or two).
+    fn await_sessions(&mut self, deadline: Instant) -> Result<()> {
+        for node in &mut self.nodes {
+            while !node.has_all_sessions()? {
+                stopped()?;
+                if Instant::now() >= deadline {
+                    bail!("{} has no session with every member in time", node.name);
+                }
+                node.wait(node.mark(), Duration::from_millis(20), |_| None::<()>);
+            }
         }
         Ok(())
     }

@@ -167,6 +167,7 @@ impl Node {
         config: &Path,
     ) -> Result<Node> {
         let bin = binary(bins, "sockmsg-node")?;
+        let (filter, stderr) = node_log(work, name)?;
         let mut child = Command::new(bin)
             .args(["--json", "--name", name, "--bind", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -177,10 +178,10 @@ impl Node {
             .arg(services.proxy.to_string())
             .arg("--keymgr")
             .arg(services.keymgr.to_string())
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("start sockmsg-node")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -282,6 +283,23 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// Asks `/peers` and tells whether the answer shows an established session (an
+    /// RTT) with every other member.
+    pub fn has_all_sessions(&mut self) -> Result<bool> {
+        let mark = self.mark();
+        self.say("/peers")?;
+        let ready = self.wait(mark, Duration::from_secs(1), |events| {
+            let peers = events.iter().find(|e| e.value["event"] == "peers")?;
+            let members = peers.value["members"].as_array()?;
+            Some(
+                members
+                    .iter()
+                    .all(|m| m["me"] == true || m["rtt_us"].is_u64()),
+            )
+        });
+        Ok(ready == Some(true))
+    }
+
     pub fn is_joined(&self) -> bool {
         let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         log.events.iter().any(|e| e.value["event"] == "joined")
@@ -317,6 +335,25 @@ impl Node {
         self.kill();
         bail!("{} did not exit within 10 s of /exit", self.name)
     }
+}
+
+/// Where a node's log goes: nowhere, or with `SOCKMSG_BENCH_LOG=DIR` appended to
+/// `DIR/<name>.log` at the level `RUST_LOG` gives (default: the node's trace events,
+/// timestamped to the microsecond: what a slow round spent its time on).
+fn node_log(work: &Path, name: &str) -> Result<(String, Stdio)> {
+    let Some(dir) = std::env::var_os("SOCKMSG_BENCH_LOG").filter(|d| !d.is_empty()) else {
+        return Ok(("error".into(), Stdio::null()));
+    };
+    let dir = work.join(dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "sockmsg_node=trace".into());
+    Ok((filter, Stdio::from(file)))
 }
 
 /// A config file for benchmark nodes: 2048-bit identities (made once per run).
