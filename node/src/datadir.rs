@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data_dir>/<name>/identity.pem      RSA private key, PKCS#8, mode 0600
-//! <data_dir>/<name>/<group>.state     HardState (term, vote, membership), replaced atomically
+//! <data_dir>/<name>/<group>.state     HardState (term, vote, membership): crate::statefile
 //! <data_dir>/<name>/known_peers       "<name> <fingerprint>" per peer key seen
 //! <data_dir>/<name>/known_keymgr      the key manager's fingerprint (trust on first use)
 //! <data_dir>/<name>/history           the interactive line history
@@ -13,8 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,7 +21,7 @@ use sockmsg_keymgr::datadir::{create_private_dir, read_secret, write_secret, Rep
 use sockmsg_wire::session::crypto::RsaSigner;
 
 use crate::group::HardState;
-use crate::message::MemberInfo;
+use crate::statefile::StateFile;
 
 /// One node's directory, locked for as long as this value lives.
 #[derive(Debug)]
@@ -84,32 +82,16 @@ impl NodeDir {
         Ok((signer, true))
     }
 
-    fn state_path(&self, group: &str) -> PathBuf {
-        self.dir.join(format!("{group}.state"))
-    }
-
-    /// What the group state machine persisted for `group` (default if never).
-    pub fn load_state(&self, group: &str) -> Result<HardState> {
-        let path = self.state_path(group);
-        match fs::read_to_string(&path) {
-            Ok(text) => parse_state(&text).with_context(|| {
-                format!(
-                    "{} is damaged (move it away to rejoin as a new member)",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(HardState::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
-    }
-
-    /// Writes `state` durably (synced, then moved into place) before returning.
-    pub fn save_state(&self, group: &str, state: &HardState) -> Result<()> {
-        write_secret(
-            &self.state_path(group),
-            format_state(state).as_bytes(),
-            Replace::Yes,
-        )
+    /// The state file of `group` and what the group state machine last saved in it
+    /// (the default state if never).
+    pub fn state_file(&self, group: &str) -> Result<(StateFile, HardState)> {
+        let path = self.dir.join(format!("{group}.state"));
+        StateFile::open(&path).with_context(|| {
+            format!(
+                "{} is damaged (move it away to rejoin as a new member)",
+                path.display()
+            )
+        })
     }
 
     /// The fingerprints of peer keys seen before, by name.
@@ -140,60 +122,10 @@ impl NodeDir {
     }
 }
 
-/// The state file: one `key value` per line, members as `member NAME ADDR RANK INC`.
-fn format_state(state: &HardState) -> String {
-    let mut out = String::from("# sockmsg-node group state: written by the node, do not edit\n");
-    out += &format!("term {}\n", state.term);
-    out += &format!("voted_for {}\n", state.voted_for.as_deref().unwrap_or("-"));
-    out += &format!("membership_term {}\n", state.membership_term);
-    out += &format!("membership_version {}\n", state.membership_version);
-    for m in &state.members {
-        out += &format!(
-            "member {} {} {} {}\n",
-            m.name, m.addr, m.rank, m.incarnation
-        );
-    }
-    out
-}
-
-fn parse_state(text: &str) -> Result<HardState> {
-    let mut state = HardState::default();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let number = |s: &str| -> Result<u64> {
-            s.parse()
-                .map_err(|_| anyhow!("line {}: {s:?} is not a number", i + 1))
-        };
-        match fields.as_slice() {
-            ["term", n] => state.term = number(n)?,
-            ["voted_for", "-"] => state.voted_for = None,
-            ["voted_for", name] => state.voted_for = Some((*name).to_owned()),
-            ["membership_term", n] => state.membership_term = number(n)?,
-            ["membership_version", n] => state.membership_version = number(n)?,
-            ["member", name, addr, rank, incarnation] => {
-                let addr: SocketAddr = addr
-                    .parse()
-                    .map_err(|_| anyhow!("line {}: {addr:?} is not an address", i + 1))?;
-                state.members.push(MemberInfo {
-                    name: (*name).to_owned(),
-                    addr,
-                    rank: number(rank)?,
-                    incarnation: number(incarnation)?,
-                });
-            }
-            _ => bail!("line {}: not understood: {line:?}", i + 1),
-        }
-    }
-    Ok(state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::MemberInfo;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sockmsg-node-{tag}-{}", std::process::id()));
@@ -205,7 +137,8 @@ mod tests {
     fn state_round_trips_and_damage_is_reported() {
         let dir = temp_dir("state");
         let node = NodeDir::open(&dir, "alice").unwrap();
-        assert_eq!(node.load_state("lobby").unwrap(), HardState::default());
+        let (mut file, loaded) = node.state_file("lobby").unwrap();
+        assert_eq!(loaded, HardState::default());
         let state = HardState {
             term: 7,
             voted_for: Some("bob".into()),
@@ -218,10 +151,11 @@ mod tests {
                 incarnation: 5,
             }],
         };
-        node.save_state("lobby", &state).unwrap();
-        assert_eq!(node.load_state("lobby").unwrap(), state);
+        file.save(&state).unwrap();
+        drop(file);
+        assert_eq!(node.state_file("lobby").unwrap().1, state);
         fs::write(node.path().join("lobby.state"), "term x\n").unwrap();
-        let err = node.load_state("lobby").unwrap_err();
+        let err = node.state_file("lobby").unwrap_err();
         assert!(format!("{err:#}").contains("damaged"), "{err:#}");
         drop(node);
         let _ = fs::remove_dir_all(&dir);

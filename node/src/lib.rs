@@ -26,6 +26,7 @@ pub mod group;
 pub mod keys;
 pub mod message;
 pub mod proxy_client;
+pub mod statefile;
 
 pub use fragment::{ChatReassembly, MAX_FRAGMENT_LEN};
 pub use group::{

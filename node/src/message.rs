@@ -45,8 +45,34 @@ pub struct VoteMsg {
     /// The answer to a PRE_VOTE_REQUEST.
     pub pre_vote: bool,
     pub granted: bool,
-    /// The voter's signature (SPEC.md §9) for a granted real vote; otherwise empty.
+    /// The voter's signature (SPEC.md §9) on the signed copy of a granted real vote;
+    /// otherwise empty (§7.13: a grant first goes out unsigned).
     pub signature: Vec<u8>,
+}
+
+impl VoteMsg {
+    /// What the voter signs (SPEC.md §9); fails only for names that could not have
+    /// been decoded or accepted as members.
+    pub fn signing_input(&self) -> Result<Vec<u8>, BuildError> {
+        vote_signing_input(
+            &self.group,
+            self.term,
+            &self.voter,
+            &self.candidate,
+            self.pre_vote,
+            self.granted,
+        )
+    }
+
+    /// The same vote with `signer`'s signature (empty if the input cannot be built:
+    /// the proxy then refuses it, which is all a bad signature can cause).
+    pub fn signed(mut self, signer: &dyn crate::VoteSigner) -> VoteMsg {
+        self.signature = self
+            .signing_input()
+            .map(|input| signer.sign_vote(&input))
+            .unwrap_or_default();
+        self
+    }
 }
 
 /// A whole chat line (SPEC.md §7.10). Lines longer than one session message travel in

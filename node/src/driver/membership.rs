@@ -6,6 +6,7 @@ use super::*;
 
 impl Driver {
     pub(super) fn on_group_event(&mut self, event: GroupEvent) {
+        tracing::trace!(?event, "group event");
         match &event {
             GroupEvent::MembersChanged { members, .. } => {
                 let me = self.me.name.clone();
@@ -178,6 +179,10 @@ impl Driver {
         if !due {
             return;
         }
+        // A new leader's votes are signed a few milliseconds after they elected it.
+        let Some(votes) = self.group.election_proof() else {
+            return;
+        };
         let wall = sockmsg_keymgr::datadir::now_ms();
         let issued_at_ms = match self.announced {
             Some((.., issued)) => wall.max(issued + 1),
@@ -198,7 +203,6 @@ impl Driver {
                 .collect(),
             issued_at_ms,
         };
-        let votes = self.group.election_proof();
         self.announcing = true;
         self.spawn_proposal(Kind::Announce, draft, votes);
     }

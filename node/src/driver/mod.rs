@@ -13,7 +13,7 @@
 //!  socket ──▶ Endpoint ──Message──▶ ChatReassembly ──▶ Group::step
 //!  timer  ──▶ Endpoint::handle_timeout, Group::tick
 //!  Group::poll_output ──Send──▶ session (connect: key lookup, then Endpoint::connect)
-//!                     ──Persist──▶ NodeDir::save_state (fsync)
+//!                     ──Persist──▶ StateFile::save (fdatasync)
 //!                     ──Event──▶ NodeEvent to the user interface
 //!  Endpoint::poll_transmit ──▶ socket
 //! ```
@@ -45,8 +45,9 @@ use crate::datadir::NodeDir;
 use crate::fragment::ChatReassembly;
 use crate::group::{Group, GroupConfig, GroupEvent, Output, Role, VoteSigner};
 use crate::keys::{KeyNews, PeerKeyCache};
-use crate::message::{GroupMessage, MemberInfo};
+use crate::message::{GroupMessage, MemberInfo, VoteMsg};
 use crate::proxy_client::{ProxyClient, Verdict};
+use crate::statefile::StateFile;
 
 mod membership;
 mod sessions;
@@ -161,6 +162,7 @@ enum TaskResult {
     Query(Result<Option<RecordSummary>, String>),
     Claim(Result<Verdict, String>),
     Announce(Result<Verdict, String>),
+    VoteSigned(VoteMsg),
 }
 
 /// Signs votes with the node's RSA key.
@@ -174,6 +176,28 @@ impl VoteSigner for RsaVoteSigner {
             Err(_) => Vec::new(),
         }
     }
+}
+
+/// Runs `work` with the calling thread in Linux's `SCHED_IDLE` class (any runnable
+/// normal thread preempts it at once), then restores the thread's policy: blocking-pool
+/// threads are reused for other work. Elsewhere, or if the kernel refuses, it just runs.
+fn at_idle_priority<T>(work: impl FnOnce() -> T) -> T {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
+        let before = unsafe { libc::sched_getscheduler(0) };
+        let lowered =
+            before >= 0 && unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        let result = work();
+        if lowered {
+            // SAFETY: as above; `before` is the policy the kernel reported.
+            unsafe { libc::sched_setscheduler(0, before, &param) };
+        }
+        result
+    }
+    #[cfg(not(target_os = "linux"))]
+    work()
 }
 
 /// Binds the node's UDP socket: buffers sized for bursts (a leader's heartbeats to 63
@@ -213,6 +237,8 @@ pub struct Driver {
     settings: NodeSettings,
     signer: Arc<RsaSigner>,
     dir: NodeDir,
+    /// Where `Output::Persist` goes.
+    state_file: StateFile,
     socket: UdpSocket,
     me: MemberInfo,
     endpoint: Endpoint,
@@ -314,7 +340,7 @@ impl Driver {
             rank: rng.random(),
             incarnation: rng.random(),
         };
-        let hard = dir.load_state(&settings.group)?;
+        let (state_file, hard) = dir.state_file(&settings.group)?;
         let newcomer = hard.term == 0 && hard.members.is_empty();
         let keys = PeerKeyCache::default();
         let now = Instant::now();
@@ -337,7 +363,6 @@ impl Driver {
             me.clone(),
             hard,
             ChaCha8Rng::from_seed(rng.random()),
-            Box::new(RsaVoteSigner(signer.clone())),
             now,
         )?;
         let known_peers = dir.known_peers();
@@ -354,6 +379,7 @@ impl Driver {
             settings,
             signer,
             dir,
+            state_file,
             socket,
             me,
             endpoint,
@@ -499,7 +525,10 @@ impl Driver {
                 }
                 let _ = reply.send(answer);
             }
-            Command::Exit => self.begin_exit(),
+            Command::Exit => {
+                tracing::trace!("exit asked");
+                self.begin_exit()
+            }
         }
     }
 
@@ -560,6 +589,10 @@ impl Driver {
                     Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
                 }
             }
+            TaskResult::VoteSigned(vote) => {
+                tracing::trace!(term = vote.term, candidate = %vote.candidate, "vote signed");
+                self.group.vote_signed(vote);
+            }
             TaskResult::Announce(result) => {
                 self.announcing = false;
                 match result {
@@ -578,6 +611,23 @@ impl Driver {
         }
     }
 
+    /// Signs a granted vote at `at` (see [`Output::SignVote`]) on a blocking thread at
+    /// idle priority, so that the milliseconds of RSA never delay an event loop, and
+    /// hands it back.
+    fn sign_vote(&self, vote: VoteMsg, at: Instant) {
+        let signer = RsaVoteSigner(self.signer.clone());
+        let tasks = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let signed =
+                tokio::task::spawn_blocking(move || at_idle_priority(|| vote.signed(&signer)))
+                    .await;
+            if let Ok(vote) = signed {
+                let _ = tasks.send(TaskResult::VoteSigned(vote));
+            }
+        });
+    }
+
     /// Session events into the group, group outputs into sessions, until both are quiet.
     fn pump(&mut self, now: Instant) -> Result<()> {
         loop {
@@ -589,12 +639,19 @@ impl Driver {
             while let Some(output) = self.group.poll_output() {
                 busy = true;
                 match output {
-                    Output::Persist(state) => self
-                        .dir
-                        .save_state(&self.settings.group, &state)
-                        .context("cannot persist the group state")?,
-                    Output::Send { to, class, frame } => self.send(now, &to, class, frame),
+                    Output::Persist(state) => {
+                        tracing::trace!(term = state.term, "persisting the group state");
+                        self.state_file
+                            .save(&state)
+                            .context("cannot persist the group state")?;
+                        tracing::trace!(term = state.term, "group state persisted");
+                    }
+                    Output::Send { to, class, frame } => {
+                        tracing::trace!(kind = frame.kind(), to = %to, "group frame out");
+                        self.send(now, &to, class, frame)
+                    }
                     Output::Event(event) => self.on_group_event(event),
+                    Output::SignVote { vote, at } => self.sign_vote(vote, at),
                 }
             }
             for name in self.keys.take_wanted() {

@@ -72,6 +72,7 @@ impl Driver {
                                     self.addrs.entry(member.name.clone()).or_insert(member.addr);
                                 }
                             }
+                            tracing::trace!(kind = msg.kind(), from = %peer, "group frame in");
                             self.group.step(now, &peer, msg);
                         }
                         Ok(None) => {}

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::timers::Timer;
-use super::{CommandError, Group, GroupEvent, Progress, Role};
-use crate::message::{vote_signing_input, GroupMessage, VoteMsg, VoteRequestMsg};
+use super::{CommandError, Group, GroupEvent, Output, Progress, Role};
+use crate::message::{GroupMessage, VoteMsg, VoteRequestMsg};
 
 impl Group {
     /// A randomised election timeout in `[min + margin, max)`, biased by rank: the
@@ -86,9 +86,9 @@ impl Group {
         self.leader = None;
         self.announce_leader();
         self.votes.clear();
-        let input = self.signing_input(self.hard.term, &self.me.name.clone());
-        let own = self.signer.sign_vote(&input);
-        self.votes.insert(self.me.name.clone(), own);
+        self.votes.insert(self.me.name.clone(), Vec::new());
+        let own = self.vote(self.hard.term, &self.me.name.clone(), false, true);
+        self.sign_later(now, own);
         self.reset_election_timer(now);
         if self.votes.len() >= self.quorum() {
             self.become_leader(now);
@@ -110,37 +110,36 @@ impl Group {
         }
     }
 
-    fn signing_input(&self, term: u64, candidate: &str) -> Vec<u8> {
-        // Names were checked at construction and on decode, so building cannot fail;
-        // an empty input would only make a signature the proxy rejects.
-        vote_signing_input(
-            &self.config.group,
-            term,
-            &self.me.name,
-            candidate,
-            false,
-            true,
-        )
-        .unwrap_or_default()
-    }
-
-    fn answer(&mut self, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
-        let signature = if granted && !pre_vote {
-            let input = self.signing_input(term, candidate);
-            self.signer.sign_vote(&input)
-        } else {
-            Vec::new()
-        };
-        let vote = VoteMsg {
+    fn vote(&self, term: u64, candidate: &str, pre_vote: bool, granted: bool) -> VoteMsg {
+        VoteMsg {
             group: self.config.group.clone(),
             term,
             voter: self.me.name.clone(),
             candidate: candidate.to_owned(),
             pre_vote,
             granted,
-            signature,
-        };
-        self.send(candidate, GroupMessage::Vote(vote));
+            signature: Vec::new(),
+        }
+    }
+
+    /// Answers a (pre-)vote request. A granted real vote goes out at once unsigned
+    /// (SPEC.md §7.13: the session authenticates it, and the candidate counts it), and
+    /// signed again once [`Group::vote_signed`] hands the signature back: the RSA
+    /// signature, which only the proxy needs, is not on the election's critical path.
+    fn answer(&mut self, now: Instant, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
+        let vote = self.vote(term, candidate, pre_vote, granted);
+        self.send(candidate, GroupMessage::Vote(vote.clone()));
+        if granted && !pre_vote {
+            self.signatures_owed += 1;
+            self.sign_later(now, vote);
+        }
+    }
+
+    /// Asks the driver for the signature of our granted `vote`, after the election's
+    /// busy moment (see [`Output::SignVote`]).
+    fn sign_later(&mut self, now: Instant, vote: VoteMsg) {
+        let at = now + self.config.heartbeat_interval;
+        self.outputs.push_back(Output::SignVote { vote, at });
     }
 
     /// Whether we heard from a live leader within the minimum election timeout (the
@@ -170,7 +169,7 @@ impl Group {
         // A grant names the asked term; a refusal our own, so a candidate behind us
         // catches up (as raft-rs does).
         let term = if granted { req.term } else { self.hard.term };
-        self.answer(term, &req.candidate, true, granted);
+        self.answer(now, term, &req.candidate, true, granted);
     }
 
     /// Raft §5.1/§5.2 RequestVote receiver.
@@ -195,7 +194,7 @@ impl Group {
             }
             self.reset_election_timer(now);
         }
-        self.answer(self.hard.term, &req.candidate, false, granted);
+        self.answer(now, self.hard.term, &req.candidate, false, granted);
     }
 
     pub(super) fn on_vote(&mut self, now: Instant, vote: VoteMsg) {
@@ -222,16 +221,37 @@ impl Group {
             self.become_follower(now, vote.term, None);
             return;
         }
-        if self.role == Role::Candidate
-            && vote.term == self.hard.term
-            && vote.candidate == self.me.name
-            && vote.granted
-            && self.is_voter(&vote.voter)
+        if vote.term != self.hard.term
+            || vote.candidate != self.me.name
+            || !vote.granted
+            || !self.is_voter(&vote.voter)
         {
-            self.votes.insert(vote.voter, vote.signature);
-            if self.votes.len() >= self.quorum() {
-                self.become_leader(now);
+            return;
+        }
+        match self.role {
+            Role::Candidate => {
+                self.keep_signature(vote.voter, vote.signature);
+                if self.votes.len() >= self.quorum() {
+                    self.become_leader(now);
+                }
             }
+            // The signed copy of a vote that elected us, or a late grant: proof.
+            Role::Leader => self.keep_signature(vote.voter, vote.signature),
+            _ => {}
+        }
+    }
+
+    /// Keeps a signed vote of this term for the proxy: a leader in its proof (a late
+    /// grant included), a candidate with the votes that will become it. An unsigned
+    /// copy never replaces a signed one: duplicates may come in any order.
+    pub(super) fn keep_signature(&mut self, voter: String, signature: Vec<u8>) {
+        let held = match self.role {
+            Role::Leader => self.proof.entry(voter).or_default(),
+            Role::Candidate => self.votes.entry(voter).or_default(),
+            _ => return,
+        };
+        if held.is_empty() {
+            *held = signature;
         }
     }
 
@@ -243,7 +263,7 @@ impl Group {
         self.role = Role::Leader;
         self.leader = Some(self.me.name.clone());
         self.proof = self.votes.drain().collect();
-        self.proof.sort();
+        self.proof_needed = self.quorum();
         self.timers.stop(Timer::Election);
         self.progress = self
             .others()

@@ -34,7 +34,6 @@ fn node(name: &str, rank: u64) -> Group {
         info(name, rank),
         HardState::default(),
         ChaCha8Rng::seed_from_u64(rank),
-        Box::new(TestSigner(name.into())),
         Instant::now(),
     )
     .unwrap()
@@ -99,18 +98,28 @@ fn the_vote(outputs: &[Output]) -> VoteMsg {
     votes.into_iter().next().unwrap()
 }
 
-/// Delivers every message instantly until no node has anything to send.
+/// Delivers every message instantly, and signs every vote asked, until no node has
+/// anything to send.
 fn settle(nodes: &mut [Group], now: Instant) -> Vec<(String, GroupMessage)> {
     let mut log = Vec::new();
     loop {
         let mut queue = Vec::new();
+        let mut signed_any = false;
         for g in nodes.iter_mut() {
             let from = g.name().to_owned();
             for o in drain(g) {
-                if let Output::Send { to, frame, .. } = o {
-                    queue.push((from.clone(), to, frame));
+                match o {
+                    Output::Send { to, frame, .. } => queue.push((from.clone(), to, frame)),
+                    Output::SignVote { vote, .. } => {
+                        g.vote_signed(vote.signed(&TestSigner(from.clone())));
+                        signed_any = true;
+                    }
+                    _ => {}
                 }
             }
+        }
+        if queue.is_empty() && signed_any {
+            continue;
         }
         if queue.is_empty() {
             return log;
@@ -223,7 +232,6 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
         info("b", 2),
         last,
         ChaCha8Rng::seed_from_u64(9),
-        Box::new(TestSigner("b".into())),
         now,
     )
     .unwrap();
@@ -243,18 +251,122 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
 }
 
 #[test]
-fn raft_5_2_granted_votes_are_signed_per_spec_9() {
+fn spec_7_13_a_grant_goes_out_at_once_and_signed_after() {
     let now = Instant::now();
     let mut g = follower("b", &["a", "b", "c"], 1, now);
     g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    let vote = the_vote(&drain(&mut g));
-    let input = crate::vote_signing_input("lobby", 2, "b", "a", false, true).unwrap();
-    assert_eq!(vote.signature, TestSigner("b".into()).sign_vote(&input));
-    g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
+    let out = drain(&mut g);
+    let grant = the_vote(&out);
     assert!(
-        the_vote(&drain(&mut g)).signature.is_empty(),
-        "refusals are unsigned"
+        grant.granted && grant.signature.is_empty(),
+        "unsigned first"
     );
+    let asked: Vec<&VoteMsg> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::SignVote { vote, .. } => Some(vote),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![&grant], "the same vote is to be signed");
+    g.vote_signed(grant.clone().signed(&TestSigner("b".into())));
+    let signed = the_vote(&drain(&mut g));
+    let input = crate::vote_signing_input("lobby", 2, "b", "a", false, true).unwrap();
+    assert_eq!(signed.signature, TestSigner("b".into()).sign_vote(&input));
+    assert_eq!(
+        VoteMsg {
+            signature: Vec::new(),
+            ..signed
+        },
+        grant,
+        "the signed copy is the same vote"
+    );
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
+    let out = drain(&mut g);
+    assert!(!the_vote(&out).granted);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::SignVote { .. })),
+        "refusals are not signed"
+    );
+}
+
+#[test]
+fn a_signature_for_an_old_term_is_not_sent() {
+    let now = Instant::now();
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    let grant = the_vote(&drain(&mut g));
+    g.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 1)));
+    drain(&mut g);
+    g.vote_signed(grant.signed(&TestSigner("b".into())));
+    assert!(sends(&drain(&mut g)).is_empty(), "term 2 is over");
+}
+
+#[test]
+fn a_leader_proves_its_election_only_with_a_majority_of_signatures() {
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 1, now);
+    let t = c.poll_timeout().unwrap();
+    c.tick(t);
+    c.step(t, "a", GroupMessage::Vote(pre_grant(2, "a", "c")));
+    let out = drain(&mut c);
+    assert_eq!(c.role(), Role::Candidate, "{out:?}");
+    let own = out
+        .iter()
+        .find_map(|o| match o {
+            Output::SignVote { vote, .. } => Some(vote.clone()),
+            _ => None,
+        })
+        .expect("the candidate signs its own vote off the critical path");
+    assert_eq!(
+        (own.voter.as_str(), own.candidate.as_str(), own.term),
+        ("c", "c", 2)
+    );
+    // An unsigned grant elects...
+    c.step(t, "a", GroupMessage::Vote(grant(2, "a", "c", Vec::new())));
+    assert_eq!(c.role(), Role::Leader);
+    assert_eq!(c.election_proof(), None, "...but proves nothing yet");
+    c.vote_signed(own.clone().signed(&TestSigner("c".into())));
+    assert_eq!(c.election_proof(), None, "one signature of the two needed");
+    // A duplicate unsigned grant after the signed one does not erase it.
+    c.step(
+        t,
+        "a",
+        GroupMessage::Vote(grant(2, "a", "c", b"sig-a".to_vec())),
+    );
+    c.step(t, "a", GroupMessage::Vote(grant(2, "a", "c", Vec::new())));
+    let proof = c.election_proof().expect("two of three signed");
+    assert_eq!(
+        proof.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert!(proof.iter().all(|(_, sig)| !sig.is_empty()));
+    // A late grant of b adds to the proof.
+    c.step(
+        t,
+        "b",
+        GroupMessage::Vote(grant(2, "b", "c", b"sig-b".to_vec())),
+    );
+    assert_eq!(c.election_proof().map(|p| p.len()), Some(3));
+}
+
+fn grant(term: u64, voter: &str, candidate: &str, signature: Vec<u8>) -> VoteMsg {
+    VoteMsg {
+        group: "lobby".into(),
+        term,
+        voter: voter.into(),
+        candidate: candidate.into(),
+        pre_vote: false,
+        granted: true,
+        signature,
+    }
+}
+
+fn pre_grant(term: u64, voter: &str, candidate: &str) -> VoteMsg {
+    VoteMsg {
+        pre_vote: true,
+        ..grant(term, voter, candidate, Vec::new())
+    }
 }
 
 #[test]
@@ -271,7 +383,7 @@ fn raft_5_1_a_higher_term_makes_a_leader_step_down() {
         term: 7,
         leader: None
     })));
-    assert!(a.election_proof().is_empty(), "no proof once deposed");
+    assert!(a.election_proof().is_none(), "no proof once deposed");
 }
 
 #[test]
@@ -499,7 +611,7 @@ fn raft_5_2_a_candidate_with_a_majority_leads_and_keeps_the_signed_votes() {
         t - now >= Duration::from_millis(150),
         "not before the election timeout"
     );
-    let proof = leader.election_proof();
+    let proof = leader.election_proof().expect("signed once settled");
     assert_eq!(proof.len(), 2, "own vote and one other: a majority of 3");
     for (voter, signature) in &proof {
         let input =
@@ -757,7 +869,6 @@ fn config_rejects_failure_removal_within_the_check_quorum_window() {
         info("a", 1),
         HardState::default(),
         ChaCha8Rng::seed_from_u64(1),
-        Box::new(TestSigner("a".into())),
         Instant::now(),
     )
     .err();
@@ -829,7 +940,8 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
         "b",
         GroupMessage::VoteRequest(stamped_vote_request(2, "b", (mterm, version))),
     );
-    assert!(the_vote(&drain(&mut nodes[0])).granted);
+    let grant = the_vote(&drain(&mut nodes[0]));
+    assert!(grant.granted);
     assert_ne!(
         nodes[0].role(),
         Role::Left,
@@ -848,6 +960,15 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
     );
     let out = drain(&mut nodes[0]);
     assert!(sends(&out).contains(&("b".into(), GroupMessage::MembershipAck { term: 2, version })));
+    assert_ne!(
+        nodes[0].role(),
+        Role::Left,
+        "stays until the signed copy of its vote is out: b shows it to the proxy"
+    );
+    let signed = grant.signed(&TestSigner("a".into()));
+    nodes[0].vote_signed(signed.clone());
+    let out = drain(&mut nodes[0]);
+    assert!(sends(&out).contains(&("b".into(), GroupMessage::Vote(signed))));
     assert_eq!(nodes[0].role(), Role::Left);
     assert!(out.contains(&Output::Event(GroupEvent::Left)));
 }

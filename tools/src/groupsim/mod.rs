@@ -3,8 +3,9 @@
 //! and the proxy beside them ([`services`]); [`schedule`] is one random fault schedule.
 //! The suites in `node/tests/group_sim.rs` and `sockmsg-bench sim` run them.
 //!
-//! Network model, at the level of session messages: each message takes 0.1–0.5 ms. The
-//! session layer guarantees the ordered and reliable classes, so those are delivered
+//! Network model, at the level of session messages: each message takes 0.1–0.5 ms, and
+//! each vote signature (asked by [`Output::SignVote`]) is ready 1–8 ms after the time
+//! the group asked it for, as RSA takes on a busy host. The session layer guarantees the ordered and reliable classes, so those are delivered
 //! (ordered ones FIFO per link) unless the link is cut (a partition, symmetric or one
 //! way) or the receiver is down or restarted since; unreliable messages (heartbeats and
 //! their acks) are also lost at the schedule's loss rate. Any message may be duplicated
@@ -31,7 +32,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use services::{MemoSigner, Services, NAMES, REFRESH_INTERVAL, WALL_EPOCH_MS};
 use sockmsg_node::{
-    Group, GroupConfig, GroupEvent, GroupMessage, HardState, MemberInfo, Output, Role, VoteSigner,
+    Group, GroupConfig, GroupEvent, GroupMessage, HardState, MemberInfo, Output, Role, VoteMsg,
+    VoteSigner,
 };
 use sockmsg_proxy::client::RecordDraft;
 use sockmsg_proxy::Kind;
@@ -72,6 +74,16 @@ pub struct Node {
     /// The last record this node announced to the proxy as leader: (term, version,
     /// when, issued_at_ms).
     pub announced: Option<(u64, u64, Instant, u64)>,
+    /// Signs this node's votes: its RSA test key (memoised) with services, else a
+    /// checksum.
+    signer: Box<dyn VoteSigner>,
+}
+
+/// A vote signature in the making: node, its epoch (a restart loses it), the vote.
+struct Signing {
+    node: usize,
+    epoch: u64,
+    vote: VoteMsg,
 }
 
 struct InFlight {
@@ -89,6 +101,7 @@ pub struct Sim {
     pub now: Instant,
     pub nodes: Vec<Node>,
     queue: BTreeMap<(Instant, u64), InFlight>,
+    signing: BTreeMap<(Instant, u64), Signing>,
     next_id: u64,
     fifo: HashMap<(usize, usize), Instant>,
     /// Cut links, (from, to): messages that way are lost.
@@ -147,9 +160,15 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let start = Instant::now();
         let members = names.len();
+        let with_services = services.is_some();
         let nodes = names
             .into_iter()
             .map(|name| Node {
+                signer: if with_services {
+                    Box::new(MemoSigner::of(&name))
+                } else {
+                    Box::new(SimSigner(name.clone()))
+                },
                 name,
                 group: None,
                 hard: HardState::default(),
@@ -171,6 +190,7 @@ impl Sim {
             now: start,
             nodes,
             queue: BTreeMap::new(),
+            signing: BTreeMap::new(),
             next_id: 0,
             fifo: HashMap::new(),
             blocked: HashSet::new(),
@@ -201,20 +221,7 @@ impl Sim {
             incarnation: node.incarnation,
         };
         let rng = ChaCha8Rng::seed_from_u64(self.rng.random());
-        let signer: Box<dyn VoteSigner> = if self.services.is_some() {
-            Box::new(MemoSigner::of(&node.name))
-        } else {
-            Box::new(SimSigner(node.name.clone()))
-        };
-        let group = Group::new(
-            self.config.clone(),
-            me,
-            node.hard.clone(),
-            rng,
-            signer,
-            self.now,
-        )
-        .unwrap();
+        let group = Group::new(self.config.clone(), me, node.hard.clone(), rng, self.now).unwrap();
         node.group = Some(group);
         node.known_leader = (node.hard.term, None);
         node.last_leader_change = self.now;
@@ -388,7 +395,10 @@ impl Sim {
                 members: g.members().iter().map(|m| m.name.clone()).collect(),
                 issued_at_ms,
             };
-            let votes = g.election_proof();
+            // The new leader's votes are still being signed.
+            let Some(votes) = g.election_proof() else {
+                continue;
+            };
             let elapsed = self.elapsed();
             let verdict = self
                 .services
@@ -486,6 +496,17 @@ impl Sim {
                 Output::Persist(hard) => self.nodes[i].hard = hard,
                 Output::Send { to, class, frame } => self.send(i, &to, class, frame),
                 Output::Event(event) => self.on_event(i, event),
+                Output::SignVote { vote, at } => {
+                    let took = Duration::from_micros(self.rng.random_range(1_000..=8_000));
+                    self.next_id += 1;
+                    let signing = Signing {
+                        node: i,
+                        epoch: self.nodes[i].epoch,
+                        vote,
+                    };
+                    self.signing
+                        .insert((at.max(self.now) + took, self.next_id), signing);
+                }
             }
         }
     }
@@ -621,7 +642,11 @@ impl Sim {
     /// Processes the next event (a message arrival or a timer) if it is due by `until`;
     /// returns false once time has reached `until`.
     pub fn step(&mut self, until: Instant) -> bool {
-        let next_msg = self.queue.keys().next().map(|k| k.0);
+        let next_msg = [self.queue.keys().next(), self.signing.keys().next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|k| k.0);
         let next_timer = (0..self.nodes.len())
             .filter_map(|i| self.group(i).and_then(|g| g.poll_timeout()).map(|t| (t, i)))
             .min();
@@ -660,7 +685,17 @@ impl Sim {
             self.same_instant = 0;
         }
         self.now = self.now.max(next);
-        if next_msg == Some(next) {
+        let next_signature = self.signing.keys().next().map(|k| k.0);
+        if next_signature == Some(next) {
+            let (_, Signing { node, epoch, vote }) = self.signing.pop_first().unwrap();
+            if self.nodes[node].epoch == epoch && self.is_up(node) {
+                let vote = vote.signed(self.nodes[node].signer.as_ref());
+                if let Some(g) = self.nodes[node].group.as_mut() {
+                    g.vote_signed(vote);
+                }
+                self.drain(node);
+            }
+        } else if next_msg == Some(next) {
             let (_, flight) = self.queue.pop_first().unwrap();
             let up = self.nodes[flight.to].epoch == flight.to_epoch && self.is_up(flight.to);
             let arrives = up && self.connected(flight.from, flight.to);

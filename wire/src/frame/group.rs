@@ -84,9 +84,10 @@ flags! {
 }
 
 wire_struct! {
-    /// A voter's answer. A granted real vote carries the voter's signature over the
-    /// frame's fields before `signature` (SPEC.md §"Signature inputs"), so the winner
-    /// can prove its election to the proxy; other answers carry an empty signature.
+    /// A voter's answer. A granted real vote is sent at once with an empty signature,
+    /// then again with the voter's signature over the frame's fields before `signature`
+    /// (SPEC.md §7.13, §9), so the winner can prove its election to the proxy; other
+    /// answers carry an empty signature.
     pub struct Vote<'a> {
         pub group: Name<'a>,
         pub term: u64,
