@@ -80,7 +80,7 @@ impl Group {
             voters: self.members.iter().map(|m| m.name.clone()).collect(),
         });
         // Reliably, so the acknowledgements come reliably too (a leaving former leader
-        // waits for this before it goes, see `Group::step`).
+        // waits for this before it goes, see `Group::leave_if_handed_over`).
         let msg = self.membership_msg();
         for to in self.others() {
             self.send(&to, msg.clone());

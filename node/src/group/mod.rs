@@ -1,8 +1,9 @@
 //! The sans-IO [`Group`] state machine.
 //!
 //! Inputs: [`Group::step`] (a message from an authenticated peer), [`Group::tick`] (time
-//! passed) and the commands [`Group::bootstrap`], [`Group::join`], [`Group::send_chat`],
-//! [`Group::leave`], [`Group::transfer_leadership`]. Outputs: drain
+//! passed), [`Group::vote_signed`] (a signature asked by [`Output::SignVote`]; RSA is the
+//! driver's business, and slow) and the commands [`Group::bootstrap`], [`Group::join`],
+//! [`Group::send_chat`], [`Group::leave`], [`Group::transfer_leadership`]. Outputs: drain
 //! [`Group::poll_output`] after every input, then sleep until [`Group::poll_timeout`].
 //!
 //! Poll order and the persistence contract: outputs come out in the order the driver must

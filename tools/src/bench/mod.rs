@@ -137,7 +137,10 @@ impl Cluster {
         while !(self.nodes[i].is_joined() && self.nodes.iter().all(|node| node.members() == n)) {
             stopped()?;
             if Instant::now() >= deadline {
-                bail!("{name} did not rejoin within {STEP_TIMEOUT:?}");
+                bail!(
+                    "{name} did not rejoin within {STEP_TIMEOUT:?}; its last events: {}",
+                    self.nodes[i].last_events(8)
+                );
             }
             self.nodes[i].wait(
                 self.nodes[i].mark(),

@@ -153,6 +153,8 @@ struct Log {
 /// A `sockmsg-node --json` process.
 pub struct Node {
     pub name: String,
+    /// Its stderr (see [`node_log`]).
+    log_path: PathBuf,
     child: Guarded,
     stdin: Option<ChildStdin>,
     log: Arc<(Mutex<Log>, Condvar)>,
@@ -167,7 +169,7 @@ impl Node {
         config: &Path,
     ) -> Result<Node> {
         let bin = binary(bins, "sockmsg-node")?;
-        let (filter, stderr) = node_log(work, name)?;
+        let (filter, log_path, stderr) = node_log(work, name)?;
         let mut child = Command::new(bin)
             .args(["--json", "--name", name, "--bind", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -206,6 +208,7 @@ impl Node {
         });
         Ok(Node {
             name: name.to_owned(),
+            log_path,
             stdin: child.stdin.take(),
             child: Guarded(child),
             log,
@@ -300,6 +303,25 @@ impl Node {
         Ok(ready == Some(true))
     }
 
+    /// For error messages: the last `n` events this node printed (JSON lines), whether
+    /// it is still running, and the end of its log.
+    pub fn last_events(&mut self, n: usize) -> String {
+        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = log.events.len().saturating_sub(n);
+        let mut out: Vec<String> = log.events[skip..]
+            .iter()
+            .map(|e| e.value.to_string())
+            .collect();
+        drop(log);
+        if let Ok(Some(status)) = self.child.0.try_wait() {
+            out.push(format!("(it exited: {status})"));
+        }
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(n).collect();
+        out.extend(tail.into_iter().rev().map(|l| format!("log: {l}")));
+        out.join("\n")
+    }
+
     pub fn is_joined(&self) -> bool {
         let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         log.events.iter().any(|e| e.value["event"] == "joined")
@@ -337,14 +359,18 @@ impl Node {
     }
 }
 
-/// Where a node's log goes: nowhere, or with `SOCKMSG_BENCH_LOG=DIR` appended to
-/// `DIR/<name>.log` at the level `RUST_LOG` gives (default: the node's trace events,
-/// timestamped to the microsecond: what a slow round spent its time on).
-fn node_log(work: &Path, name: &str) -> Result<(String, Stdio)> {
-    let Some(dir) = std::env::var_os("SOCKMSG_BENCH_LOG").filter(|d| !d.is_empty()) else {
-        return Ok(("error".into(), Stdio::null()));
+/// Where a node's log (stderr) goes: `DIR/<name>.log`, appended, where DIR is
+/// `SOCKMSG_BENCH_LOG` if set (then at the level `RUST_LOG` gives, by default the
+/// node's trace events, timestamped to the microsecond: what a slow round spent its
+/// time on), else the run's scratch directory (errors only: why a node stopped).
+fn node_log(work: &Path, name: &str) -> Result<(String, PathBuf, Stdio)> {
+    let (dir, filter) = match std::env::var_os("SOCKMSG_BENCH_LOG").filter(|d| !d.is_empty()) {
+        Some(dir) => (
+            work.join(dir),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "sockmsg_node=trace".into()),
+        ),
+        None => (work.join("logs"), "error".into()),
     };
-    let dir = work.join(dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new()
@@ -352,8 +378,7 @@ fn node_log(work: &Path, name: &str) -> Result<(String, Stdio)> {
         .append(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "sockmsg_node=trace".into());
-    Ok((filter, Stdio::from(file)))
+    Ok((filter, path, Stdio::from(file)))
 }
 
 /// A config file for benchmark nodes: 2048-bit identities (made once per run).
