@@ -14,6 +14,16 @@ use sockmsg_wire::session::crypto::Signer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// The leader's signature of `draft` (SPEC.md §9): an RSA signature, milliseconds of
+/// CPU, so a caller with an event loop makes it on a blocking thread.
+pub fn sign_record(draft: &RecordDraft, leader: &dyn Signer) -> Result<Vec<u8>, ProxyError> {
+    let mut rng =
+        sockmsg_keymgr::datadir::os_rng().map_err(|e| ProxyError::Build(e.to_string()))?;
+    draft
+        .sign(leader, &mut rng)
+        .map_err(|e| ProxyError::Build(e.to_string()))
+}
+
 /// Bytes a query is padded to, so a LEADER_INFO of a full group fits the proxy's 3×
 /// amplification bound (SPEC.md §4).
 const QUERY_SIZE: usize = 1000;
@@ -72,23 +82,18 @@ impl ProxyClient {
         }
     }
 
-    /// LEADER_CLAIM (term 1) or LEADER_ANNOUNCE of `draft`, signed by `leader`, with
-    /// the signed `votes` that elected it.
+    /// LEADER_CLAIM (term 1) or LEADER_ANNOUNCE of `draft` with the leader's
+    /// `signature` of it ([`sign_record`]) and the signed `votes` that elected it.
     pub async fn propose(
         &self,
         kind: Kind,
         draft: &RecordDraft,
-        leader: &dyn Signer,
+        signature: &[u8],
         votes: &[(String, Vec<u8>)],
     ) -> Result<Verdict, ProxyError> {
-        let mut rng =
-            sockmsg_keymgr::datadir::os_rng().map_err(|e| ProxyError::Build(e.to_string()))?;
-        let signature = draft
-            .sign(leader, &mut rng)
-            .map_err(|e| ProxyError::Build(e.to_string()))?;
         let id = rand::rng().random::<u64>();
         let request = draft
-            .request(id, kind, &signature, votes, 0)
+            .request(id, kind, signature, votes, 0)
             .map_err(|e| ProxyError::Build(e.to_string()))?;
         let answer = self.exchange(id, &request).await?;
         match decode_response(&answer) {

@@ -208,16 +208,27 @@ impl Driver {
     }
 
     /// Signs and sends a claim or an announcement off the event loop; the verdict comes
-    /// back as [`TaskResult::Claim`] or [`TaskResult::Announce`].
+    /// back as [`TaskResult::Claim`] or [`TaskResult::Announce`]. The signature is made on
+    /// a blocking thread: on the loop, a leader's refresh every 3 s held up every
+    /// session for the 2–7 ms of RSA.
     fn spawn_proposal(&self, kind: Kind, draft: RecordDraft, votes: Vec<(String, Vec<u8>)>) {
         let proxy = self.proxy.clone();
         let signer = self.signer.clone();
         let tasks = self.tasks_tx.clone();
         tokio::spawn(async move {
-            let result = proxy
-                .propose(kind, &draft, signer.as_ref(), &votes)
-                .await
-                .map_err(|e| e.to_string());
+            let signed = tokio::task::spawn_blocking(move || {
+                let signature = sign_record(&draft, signer.as_ref());
+                (draft, signature)
+            })
+            .await;
+            let result = match signed {
+                Ok((draft, Ok(signature))) => proxy
+                    .propose(kind, &draft, &signature, &votes)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok((_, Err(e))) => Err(e.to_string()),
+                Err(e) => Err(format!("signing the record failed: {e}")),
+            };
             let _ = tasks.send(match kind {
                 Kind::Claim => TaskResult::Claim(result),
                 Kind::Announce => TaskResult::Announce(result),

@@ -46,7 +46,7 @@ use crate::fragment::ChatReassembly;
 use crate::group::{Group, GroupConfig, GroupEvent, Output, Role, VoteSigner};
 use crate::keys::{KeyNews, PeerKeyCache};
 use crate::message::{GroupMessage, MemberInfo, VoteMsg};
-use crate::proxy_client::{ProxyClient, Verdict};
+use crate::proxy_client::{sign_record, ProxyClient, Verdict};
 use crate::statefile::StateFile;
 
 mod membership;
