@@ -710,6 +710,9 @@ fn a_leaving_leader_hands_over_even_in_a_group_of_two() {
     assert_eq!(nodes[1].role(), Role::Leader);
     assert_eq!(nodes[1].members().len(), 1, "a was removed");
     assert!(nodes[1].members().iter().all(|m| m.name == "b"));
+    let proof = nodes[1].election_proof().expect("b can prove its election");
+    let voters: Vec<&str> = proof.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(voters, ["a", "b"], "a sent its signed vote before it left");
 }
 
 #[test]
