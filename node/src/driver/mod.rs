@@ -178,26 +178,48 @@ impl VoteSigner for RsaVoteSigner {
     }
 }
 
-/// Runs `work` with the calling thread in Linux's `SCHED_IDLE` class (any runnable
-/// normal thread preempts it at once), then restores the thread's policy: blocking-pool
-/// threads are reused for other work. Elsewhere, or if the kernel refuses, it just runs.
-fn at_idle_priority<T>(work: impl FnOnce() -> T) -> T {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
-        let before = unsafe { libc::sched_getscheduler(0) };
-        let lowered =
-            before >= 0 && unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
-        let result = work();
-        if lowered {
-            // SAFETY: as above; `before` is the policy the kernel reported.
-            unsafe { libc::sched_setscheduler(0, before, &param) };
-        }
-        result
+/// The thread that signs this node's votes (see [`Output::SignVote`]), at the lowest
+/// priority for its whole life: an RSA signature is milliseconds of CPU that no event
+/// loop, ours or another node's on the same host, should wait behind. Its own thread
+/// because Linux lets an unprivileged thread lower its priority but not raise it back:
+/// a blocking-pool thread lowered for one signature would stay low for whatever it ran
+/// next. Ends when the driver and its pending requests are gone.
+struct VoteSigningThread {
+    jobs: std::sync::mpsc::Sender<VoteMsg>,
+}
+
+impl VoteSigningThread {
+    fn start(signer: Arc<RsaSigner>, results: mpsc::UnboundedSender<TaskResult>) -> Result<Self> {
+        let (jobs, requests) = std::sync::mpsc::channel::<VoteMsg>();
+        std::thread::Builder::new()
+            .name("vote-signer".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                let signer = RsaVoteSigner(signer);
+                for vote in requests {
+                    if results
+                        .send(TaskResult::VoteSigned(vote.signed(&signer)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the vote-signing thread")?;
+        Ok(VoteSigningThread { jobs })
     }
-    #[cfg(not(target_os = "linux"))]
-    work()
+}
+
+/// Nice 19 for the calling thread (Linux keeps niceness per thread). Not `SCHED_IDLE`:
+/// on a host kept busy that would starve the signatures a new leader needs for the
+/// proxy; at nice 19 a signature still gets a share. Elsewhere, or if refused, nothing.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
 }
 
 /// Binds the node's UDP socket: buffers sized for bursts (a leader's heartbeats to 63
@@ -267,6 +289,8 @@ pub struct Driver {
     reassembly: ChatReassembly,
 
     tasks_tx: mpsc::UnboundedSender<TaskResult>,
+    /// Signs votes off every event loop.
+    vote_signer: VoteSigningThread,
     tasks_rx: mpsc::UnboundedReceiver<TaskResult>,
     events: mpsc::UnboundedSender<NodeEvent>,
 
@@ -367,6 +391,7 @@ impl Driver {
         )?;
         let known_peers = dir.known_peers();
         let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+        let vote_signer = VoteSigningThread::start(signer.clone(), tasks_tx.clone())?;
         let fingerprint = sockmsg_keymgr::registry::fingerprint(signer.public_key_der());
         let _ = events.send(NodeEvent::Started {
             name: settings.name.clone(),
@@ -399,6 +424,7 @@ impl Driver {
             receipts: HashMap::new(),
             reassembly: ChatReassembly::default(),
             tasks_tx,
+            vote_signer,
             tasks_rx,
             events,
             querying: false,
@@ -611,20 +637,13 @@ impl Driver {
         }
     }
 
-    /// Signs a granted vote at `at` (see [`Output::SignVote`]) on a blocking thread at
-    /// idle priority, so that the milliseconds of RSA never delay an event loop, and
-    /// hands it back.
+    /// Has the vote-signing thread sign a granted vote at `at` (see
+    /// [`Output::SignVote`]); the result comes back as [`TaskResult::VoteSigned`].
     fn sign_vote(&self, vote: VoteMsg, at: Instant) {
-        let signer = RsaVoteSigner(self.signer.clone());
-        let tasks = self.tasks_tx.clone();
+        let jobs = self.vote_signer.jobs.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let signed =
-                tokio::task::spawn_blocking(move || at_idle_priority(|| vote.signed(&signer)))
-                    .await;
-            if let Ok(vote) = signed {
-                let _ = tasks.send(TaskResult::VoteSigned(vote));
-            }
+            let _ = jobs.send(vote);
         });
     }
 

@@ -110,7 +110,13 @@ impl Group {
         }
     }
 
-    fn vote(&self, term: u64, candidate: &str, pre_vote: bool, granted: bool) -> VoteMsg {
+    pub(super) fn vote(
+        &self,
+        term: u64,
+        candidate: &str,
+        pre_vote: bool,
+        granted: bool,
+    ) -> VoteMsg {
         VoteMsg {
             group: self.config.group.clone(),
             term,
@@ -136,9 +142,14 @@ impl Group {
     }
 
     /// Asks the driver for the signature of our granted `vote`, after the election's
-    /// busy moment (see [`Output::SignVote`]).
-    fn sign_later(&mut self, now: Instant, vote: VoteMsg) {
-        let at = now + self.config.heartbeat_interval;
+    /// busy moment (see [`Output::SignVote`]); at once if we are leaving, since we wait
+    /// for it.
+    pub(super) fn sign_later(&mut self, now: Instant, vote: VoteMsg) {
+        let at = if self.leaving.is_some() {
+            now
+        } else {
+            now + self.config.heartbeat_interval
+        };
         self.outputs.push_back(Output::SignVote { vote, at });
     }
 
@@ -221,22 +232,21 @@ impl Group {
             self.become_follower(now, vote.term, None);
             return;
         }
-        if vote.term != self.hard.term
-            || vote.candidate != self.me.name
-            || !vote.granted
-            || !self.is_voter(&vote.voter)
-        {
+        if vote.term != self.hard.term || vote.candidate != self.me.name || !vote.granted {
             return;
         }
         match self.role {
-            Role::Candidate => {
+            Role::Candidate if self.is_voter(&vote.voter) => {
                 self.keep_signature(vote.voter, vote.signature);
                 if self.votes.len() >= self.quorum() {
                     self.become_leader(now);
                 }
             }
-            // The signed copy of a vote that elected us, or a late grant: proof.
-            Role::Leader => self.keep_signature(vote.voter, vote.signature),
+            // The signed copy of a vote that elected us (its voter may have left since:
+            // a former leader's LEAVE may overtake it), or a late grant of a member.
+            Role::Leader if self.proof.contains_key(&vote.voter) || self.is_voter(&vote.voter) => {
+                self.keep_signature(vote.voter, vote.signature)
+            }
             _ => {}
         }
     }
@@ -264,6 +274,7 @@ impl Group {
         self.leader = Some(self.me.name.clone());
         self.proof = self.votes.drain().collect();
         self.proof_needed = self.quorum();
+        self.proof_deadline = Some(now + self.config.election_timeout_max * 10);
         self.timers.stop(Timer::Election);
         self.progress = self
             .others()
@@ -335,6 +346,12 @@ impl Group {
 
     /// Thesis §6.2: a leader that has not heard from a majority within an election
     /// timeout steps down, so a leader cut off in a minority does not lead forever.
+    ///
+    /// Also: a leader that still cannot prove its election 10 election timeouts after
+    /// winning stands again. Signatures come a heartbeat after the grants; short of a
+    /// majority by then, some were lost (a voter restarted or left before signing), and
+    /// without the proof the proxy keeps naming the old leader, so newcomers cannot
+    /// find the group. A new election collects fresh ones.
     pub(super) fn on_check_quorum(&mut self, now: Instant) {
         if self.role != Role::Leader {
             return;
@@ -349,8 +366,13 @@ impl Group {
                     .is_some_and(|p| now.duration_since(p.last_heard) < window)
             })
             .count();
+        let unproven = self.election_proof().is_none()
+            && self.proof_deadline.is_some_and(|deadline| now >= deadline);
         if heard < self.quorum() {
             self.become_follower(now, self.hard.term, None);
+        } else if unproven {
+            self.become_follower(now, self.hard.term, None);
+            self.start_election(now);
         } else {
             self.timers.set(Timer::CheckQuorum, now + window);
         }

@@ -148,6 +148,7 @@ impl Group {
         }
         if self.role == Role::Leader && self.transfer_leadership(now).is_ok() {
             self.leaving = Some(self.hard.term);
+            self.leave_restamped = false;
             self.timers
                 .set(Timer::JoinRetry, now + self.config.election_timeout_max);
             return Ok(());

@@ -227,9 +227,12 @@ pub struct Group {
     /// How many signed votes make the proof: a majority of the membership we were
     /// elected in (it may grow or shrink while we lead).
     proof_needed: usize,
-    /// Votes we granted in the current term whose signed copy has not gone out yet
-    /// (by candidate): a leaving node stays until it has, or a group of two could not
-    /// prove its new leader to the proxy.
+    /// Leader: when we stand again if the proof is still short (see
+    /// [`Group::on_check_quorum`]).
+    proof_deadline: Option<Instant>,
+    /// Votes we granted in the current term whose signed copy has not gone out yet: a
+    /// leaving node stays until it has, or a group of two could not prove its new
+    /// leader to the proxy.
     signatures_owed: usize,
 
     // Membership.
@@ -249,6 +252,9 @@ pub struct Group {
     /// leave() was called while leading, in this term: we stay until we have voted in a
     /// later term (for the transfer target) or the deadline passes.
     leaving: Option<u64>,
+    /// While leaving: we adopted our successor's MEMBERSHIP stamped with its term (a
+    /// reliable message, so our acknowledgement goes reliably too).
+    leave_restamped: bool,
     /// Names that said LEAVE, with the incarnation: removed when we lead.
     departed: HashMap<String, u64>,
 
@@ -289,7 +295,9 @@ impl Group {
             votes: HashMap::new(),
             proof: BTreeMap::new(),
             proof_needed: 0,
+            proof_deadline: None,
             signatures_owed: 0,
+            leave_restamped: false,
             members,
             membership_term,
             version,
@@ -303,6 +311,14 @@ impl Group {
             chat: chat::ChatState::default(),
         };
         group.reset_election_timer(now);
+        // A vote granted before a restart may never have been signed, and its candidate
+        // may need the signature to prove its election: sign it (again).
+        if let Some(candidate) = group.hard.voted_for.clone() {
+            if candidate != group.me.name {
+                let vote = group.vote(group.hard.term, &candidate, false, true);
+                group.sign_later(now, vote);
+            }
+        }
         Ok(group)
     }
 
@@ -365,6 +381,12 @@ impl Group {
         if self.role == Role::Left {
             return;
         }
+        let membership_stamp = match &msg {
+            GroupMessage::Membership {
+                membership_term, ..
+            } => Some(*membership_term),
+            _ => None,
+        };
         match msg {
             GroupMessage::Heartbeat {
                 term,
@@ -417,6 +439,11 @@ impl Group {
                 }
             }
         }
+        if let (Some(led), Some(stamp)) = (self.leaving, membership_stamp) {
+            if stamp > led && self.membership_term == stamp {
+                self.leave_restamped = true;
+            }
+        }
         self.leave_if_handed_over();
     }
 
@@ -452,8 +479,7 @@ impl Group {
                 .voted_for
                 .as_ref()
                 .is_some_and(|v| *v != self.me.name);
-        let restamped = self.membership_term > led;
-        if voted && restamped && self.signatures_owed == 0 && self.role != Role::Leader {
+        if voted && self.leave_restamped && self.signatures_owed == 0 && self.role != Role::Leader {
             self.finish_leave();
         }
     }

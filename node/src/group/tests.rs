@@ -951,6 +951,28 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
         "stays until it holds the new leader's membership (dissertation §4.1)"
     );
     let members = nodes[0].members().to_vec();
+    let signed = grant.clone().signed(&TestSigner("a".into()));
+    nodes[0].vote_signed(signed.clone());
+    drain(&mut nodes[0]);
+    // A heartbeat carrying the new stamp is not enough: it is acknowledged unreliably,
+    // and b needs our acknowledgement of its MEMBERSHIP to change anything.
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::Heartbeat {
+            term: 2,
+            leader: "b".into(),
+            membership_term: 2,
+            membership_version: version,
+            members: members.clone(),
+        },
+    );
+    drain(&mut nodes[0]);
+    assert_ne!(
+        nodes[0].role(),
+        Role::Left,
+        "a heartbeat is not the MEMBERSHIP"
+    );
     nodes[0].step(
         now,
         "b",
@@ -963,17 +985,168 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
     );
     let out = drain(&mut nodes[0]);
     assert!(sends(&out).contains(&("b".into(), GroupMessage::MembershipAck { term: 2, version })));
+    assert_eq!(nodes[0].role(), Role::Left);
+    assert!(out.contains(&Output::Event(GroupEvent::Left)));
+}
+
+#[test]
+fn a_leaving_leader_stays_until_its_signed_vote_is_out() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    nodes[0].leave(now).unwrap();
+    drain(&mut nodes[0]);
+    let (mterm, version) = (nodes[0].membership_term(), nodes[0].membership_version());
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::VoteRequest(stamped_vote_request(2, "b", (mterm, version))),
+    );
+    let out = drain(&mut nodes[0]);
+    let at = out
+        .iter()
+        .find_map(|o| match o {
+            Output::SignVote { at, .. } => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(at, now, "a leaving node signs at once: it waits for it");
+    let members = nodes[0].members().to_vec();
+    nodes[0].step(
+        now,
+        "b",
+        GroupMessage::Membership {
+            term: 2,
+            membership_term: 2,
+            version,
+            members,
+        },
+    );
+    drain(&mut nodes[0]);
     assert_ne!(
         nodes[0].role(),
         Role::Left,
         "stays until the signed copy of its vote is out: b shows it to the proxy"
     );
-    let signed = grant.signed(&TestSigner("a".into()));
+    let signed = the_vote(&out).signed(&TestSigner("a".into()));
     nodes[0].vote_signed(signed.clone());
     let out = drain(&mut nodes[0]);
     assert!(sends(&out).contains(&("b".into(), GroupMessage::Vote(signed))));
     assert_eq!(nodes[0].role(), Role::Left);
-    assert!(out.contains(&Output::Event(GroupEvent::Left)));
+}
+
+#[test]
+fn a_signed_vote_counts_even_after_its_voter_left() {
+    // a hands over to b and leaves; its LEAVE overtakes the signed copy of its vote.
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    let a = nodes[0].me().clone();
+    let mut b = nodes.remove(1);
+    b.step(
+        now,
+        "a",
+        GroupMessage::TransferLeadership {
+            term: 1,
+            target: "b".into(),
+        },
+    );
+    let own = drain(&mut b)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::SignVote { vote, .. } => Some(vote),
+            _ => None,
+        })
+        .unwrap();
+    b.step(now, "a", GroupMessage::Vote(grant(2, "a", "b", Vec::new())));
+    assert_eq!(b.role(), Role::Leader);
+    let version = b.membership_version();
+    b.step(now, "a", GroupMessage::MembershipAck { term: 2, version });
+    b.step(
+        now,
+        "a",
+        GroupMessage::Leave {
+            name: "a".into(),
+            incarnation: a.incarnation,
+        },
+    );
+    assert!(
+        b.members().iter().all(|m| m.name == "b"),
+        "a is no longer a member"
+    );
+    b.vote_signed(own.signed(&TestSigner("b".into())));
+    b.step(
+        now,
+        "a",
+        GroupMessage::Vote(grant(2, "a", "b", b"sig-a".to_vec())),
+    );
+    let proof = b.election_proof().expect("both signatures held");
+    assert_eq!(proof.len(), 2);
+}
+
+#[test]
+fn a_leader_that_cannot_prove_its_election_stands_again() {
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 1, now);
+    let t = c.poll_timeout().unwrap();
+    c.tick(t);
+    c.step(t, "a", GroupMessage::Vote(pre_grant(2, "a", "c")));
+    c.step(t, "a", GroupMessage::Vote(grant(2, "a", "c", Vec::new())));
+    assert_eq!(c.role(), Role::Leader);
+    // a keeps answering, but its signature never comes (it restarted before signing).
+    let mut at = t;
+    while c.role() == Role::Leader && at < t + Duration::from_secs(10) {
+        at += Duration::from_millis(50);
+        c.step(
+            at,
+            "a",
+            GroupMessage::MembershipAck {
+                term: 2,
+                version: c.membership_version(),
+            },
+        );
+        c.tick(at);
+    }
+    assert_eq!(c.role(), Role::Candidate, "stood again");
+    assert_eq!(c.term(), 3);
+    let waited = at - t;
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "after 10 election timeouts: {waited:?}"
+    );
+}
+
+#[test]
+fn a_restarted_voter_signs_its_persisted_grant_again() {
+    let now = Instant::now();
+    let hard = HardState {
+        term: 4,
+        voted_for: Some("a".into()),
+        ..HardState::default()
+    };
+    let mut b = Group::new(
+        GroupConfig::new("lobby"),
+        info("b", 2),
+        hard,
+        ChaCha8Rng::seed_from_u64(2),
+        now,
+    )
+    .unwrap();
+    let asked: Vec<VoteMsg> = drain(&mut b)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SignVote { vote, .. } => Some(vote),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (
+            asked[0].term,
+            asked[0].voter.as_str(),
+            asked[0].candidate.as_str()
+        ),
+        (4, "b", "a")
+    );
+    assert!(asked[0].granted && !asked[0].pre_vote);
 }
 
 #[test]
