@@ -71,6 +71,26 @@ fn sends(outputs: &[Output]) -> Vec<(String, GroupMessage)> {
         .collect()
 }
 
+/// The MEMBERSHIP that b, elected in term 2, sends first: `members` at `version`,
+/// stamped with its term (dissertation §4.1).
+fn restamped_by_b(version: u64, members: Vec<MemberInfo>) -> GroupMessage {
+    GroupMessage::Membership {
+        term: 2,
+        membership_term: 2,
+        version,
+        members,
+    }
+}
+
+/// b, a follower of a, b and c in term 1, after a's VOTE_REQUEST for term 2: the group
+/// and what it output.
+fn b_asked_by_a(now: Instant) -> (Group, Vec<Output>) {
+    let mut g = follower("b", &["a", "b", "c"], 1, now);
+    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    let out = drain(&mut g);
+    (g, out)
+}
+
 fn vote_request(term: u64, candidate: &str, version: u64) -> VoteRequestMsg {
     stamped_vote_request(term, candidate, (0, version))
 }
@@ -156,9 +176,8 @@ fn group_of(names: &[&str], now: Instant) -> Vec<Group> {
 #[test]
 fn raft_5_2_a_node_grants_one_vote_per_term() {
     let now = Instant::now();
-    let mut g = follower("b", &["a", "b", "c"], 1, now);
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    assert!(the_vote(&drain(&mut g)).granted);
+    let (mut g, out) = b_asked_by_a(now);
+    assert!(the_vote(&out).granted);
     g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
     let refused = the_vote(&drain(&mut g));
     assert!(!refused.granted, "a second candidate in the same term");
@@ -173,9 +192,7 @@ fn raft_5_2_a_node_grants_one_vote_per_term() {
 #[test]
 fn raft_5_2_the_vote_is_persisted_before_it_is_sent() {
     let now = Instant::now();
-    let mut g = follower("b", &["a", "b", "c"], 1, now);
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    let out = drain(&mut g);
+    let (_, out) = b_asked_by_a(now);
     let persisted = out
         .iter()
         .rposition(|o| {
@@ -203,9 +220,7 @@ fn raft_5_2_the_vote_is_persisted_before_it_is_sent() {
 #[test]
 fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
     let now = Instant::now();
-    let mut g = follower("b", &["a", "b", "c"], 1, now);
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    drain(&mut g);
+    b_asked_by_a(now);
     // The driver writes each Persist; a restart reads back the last one.
     let mut g = node("b", 2);
     g.step(
@@ -253,9 +268,7 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
 #[test]
 fn spec_7_13_a_grant_goes_out_at_once_and_signed_after() {
     let now = Instant::now();
-    let mut g = follower("b", &["a", "b", "c"], 1, now);
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    let out = drain(&mut g);
+    let (mut g, out) = b_asked_by_a(now);
     let grant = the_vote(&out);
     assert!(
         grant.granted && grant.signature.is_empty(),
@@ -293,9 +306,8 @@ fn spec_7_13_a_grant_goes_out_at_once_and_signed_after() {
 #[test]
 fn a_signature_for_an_old_term_is_not_sent() {
     let now = Instant::now();
-    let mut g = follower("b", &["a", "b", "c"], 1, now);
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    let grant = the_vote(&drain(&mut g));
+    let (mut g, out) = b_asked_by_a(now);
+    let grant = the_vote(&out);
     g.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 1)));
     drain(&mut g);
     g.vote_signed(grant.signed(&TestSigner("b".into())));
@@ -973,16 +985,7 @@ fn a_leaving_leader_stays_until_it_has_voted_for_the_target() {
         Role::Left,
         "a heartbeat is not the MEMBERSHIP"
     );
-    nodes[0].step(
-        now,
-        "b",
-        GroupMessage::Membership {
-            term: 2,
-            membership_term: 2,
-            version,
-            members,
-        },
-    );
+    nodes[0].step(now, "b", restamped_by_b(version, members));
     let out = drain(&mut nodes[0]);
     assert!(sends(&out).contains(&("b".into(), GroupMessage::MembershipAck { term: 2, version })));
     assert_eq!(nodes[0].role(), Role::Left);
@@ -1004,16 +1007,7 @@ fn a_leaving_leader_stays_until_its_signed_vote_is_out() {
     let out = drain(&mut nodes[0]);
     assert!(out.iter().any(|o| matches!(o, Output::SignVote { .. })));
     let members = nodes[0].members().to_vec();
-    nodes[0].step(
-        now,
-        "b",
-        GroupMessage::Membership {
-            term: 2,
-            membership_term: 2,
-            version,
-            members,
-        },
-    );
+    nodes[0].step(now, "b", restamped_by_b(version, members));
     drain(&mut nodes[0]);
     assert_ne!(
         nodes[0].role(),
