@@ -26,11 +26,10 @@ fn bins() -> Option<PathBuf> {
     }
 }
 
-fn bench(args: &[&str], hgrm: &std::path::Path) -> String {
+/// Runs `sockmsg-bench ARGS`, asserts that it succeeded, and returns its stdout.
+fn run_ok(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
         .args(args)
-        .arg("--hgrm")
-        .arg(hgrm)
         .output()
         .expect("run sockmsg-bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -39,6 +38,13 @@ fn bench(args: &[&str], hgrm: &std::path::Path) -> String {
         "sockmsg-bench {args:?} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// Runs a subcommand that writes `--hgrm`, and checks the file parses back, monotone.
+fn bench(args: &[&str], hgrm: &std::path::Path) -> String {
+    let hgrm_arg = hgrm.to_str().expect("a UTF-8 temp path");
+    let stdout = run_ok(&[args, &["--hgrm", hgrm_arg]].concat());
     let rows = parse_hgrm(&std::fs::read_to_string(hgrm).expect("hgrm written"))
         .expect("the .hgrm parses");
     assert!(!rows.is_empty());
@@ -112,16 +118,7 @@ fn a_bad_request_is_a_clear_error() {
 
 #[test]
 fn sim_runs_fault_schedules_and_reports_them() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
-        .args(["sim", "--seeds", "6", "--from", "100"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&["sim", "--seeds", "6", "--from", "100"]);
     assert!(stdout.contains("6 schedules (seeds 100..106)"), "{stdout}");
     assert!(stdout.contains("0 failed"), "{stdout}");
 }
@@ -129,32 +126,24 @@ fn sim_runs_fault_schedules_and_reports_them() {
 #[test]
 fn transport_runs_the_session_benchmark_side_by_side() {
     // Builds bench/transport (its own workspace) on first use: minutes on a new machine.
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmsg-bench"))
-        .args(["transport", "--timeout", "1800", "--"])
-        .args([
-            "--messages",
-            "1000",
-            "--round-trips",
-            "100",
-            "--handshakes",
-            "2",
-        ])
-        .args([
-            "--runs",
-            "1",
-            "--layout",
-            "shared",
-            "--tests",
-            "throughput,pingpong",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&[
+        "transport",
+        "--timeout",
+        "1800",
+        "--",
+        "--messages",
+        "1000",
+        "--round-trips",
+        "100",
+        "--handshakes",
+        "2",
+        "--runs",
+        "1",
+        "--layout",
+        "shared",
+        "--tests",
+        "throughput,pingpong",
+    ]);
     for transport in ["plain UDP", "quinn", "sockmsg"] {
         assert!(stdout.contains(transport), "{transport} in {stdout}");
     }
