@@ -59,7 +59,7 @@ impl StateFile {
     /// Opens `path` and reads the newest state it holds (the default state if there is
     /// no file yet, which is then created).
     pub fn open(path: &Path) -> Result<(StateFile, HardState)> {
-        let (state, seq) = match fs::read(path) {
+        let (state, seq) = match read_bounded(path) {
             Ok(bytes) => read_slots(&bytes)?,
             Err(e) if e.kind() == ErrorKind::NotFound => (HardState::default(), None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -98,6 +98,22 @@ impl StateFile {
         self.seq = seq;
         Ok(())
     }
+}
+
+/// The file's bytes, refusing one larger than two slots (no state file of ours, old
+/// or new, is) rather than reading whatever size it has.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let limit = 2 * SLOT_LEN as u64;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than a state file ({limit} bytes)"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Where the slot of sequence number `seq` starts: odd and even alternate, so a save
@@ -299,6 +315,9 @@ mod tests {
         assert!(StateFile::open(&path).is_err());
         fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         assert!(StateFile::open(&path).is_err());
+        fs::write(&path, vec![b'#'; 2 * SLOT_LEN + 1]).unwrap();
+        let err = StateFile::open(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("larger than"), "{err:#}");
     }
 
     #[test]
