@@ -183,20 +183,24 @@ impl VoteSigner for RsaVoteSigner {
 /// loop, ours or another node's on the same host, should wait behind. Its own thread
 /// because Linux lets an unprivileged thread lower its priority but not raise it back:
 /// a blocking-pool thread lowered for one signature would stay low for whatever it ran
-/// next. Ends when the driver and its pending requests are gone.
+/// next. Requests come in the order of their `at` (each is asked one heartbeat after
+/// its grant), so waiting for each in turn delays none. Ends with the driver.
 struct VoteSigningThread {
-    jobs: std::sync::mpsc::Sender<VoteMsg>,
+    jobs: std::sync::mpsc::Sender<(VoteMsg, Instant)>,
 }
 
 impl VoteSigningThread {
     fn start(signer: Arc<RsaSigner>, results: mpsc::UnboundedSender<TaskResult>) -> Result<Self> {
-        let (jobs, requests) = std::sync::mpsc::channel::<VoteMsg>();
+        let (jobs, requests) = std::sync::mpsc::channel::<(VoteMsg, Instant)>();
         std::thread::Builder::new()
             .name("vote-signer".into())
             .spawn(move || {
                 lower_this_threads_priority();
                 let signer = RsaVoteSigner(signer);
-                for vote in requests {
+                for (vote, at) in requests {
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                     if results
                         .send(TaskResult::VoteSigned(vote.signed(&signer)))
                         .is_err()
@@ -640,11 +644,7 @@ impl Driver {
     /// Has the vote-signing thread sign a granted vote at `at` (see
     /// [`Output::SignVote`]); the result comes back as [`TaskResult::VoteSigned`].
     fn sign_vote(&self, vote: VoteMsg, at: Instant) {
-        let jobs = self.vote_signer.jobs.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            let _ = jobs.send(vote);
-        });
+        let _ = self.vote_signer.jobs.send((vote, at));
     }
 
     /// Session events into the group, group outputs into sessions, until both are quiet.
