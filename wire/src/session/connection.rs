@@ -51,9 +51,13 @@ use crate::frame::{
 use crate::limits::AEAD_TAG_LEN;
 use crate::packet::{encode_cleartext_packet, Header, Packet, PacketFlags, PacketType, HEADER_LEN};
 
-/// Smallest datagram that may carry an INITIAL (SPEC.md §4): padding it this far is what
-/// lets a responder answer without becoming an amplifier.
+/// Smallest INITIAL packet (header and payload, SPEC.md §4): padding each INITIAL this far
+/// is what lets a responder answer without becoming an amplifier. The name is historical:
+/// the rule applies to the packet, and an INITIAL ends its datagram (SPEC.md §2).
 pub const MIN_INITIAL_DATAGRAM: usize = 1200;
+
+/// [`MIN_INITIAL_DATAGRAM`] under the name that says what it bounds.
+pub const MIN_INITIAL_PACKET: usize = MIN_INITIAL_DATAGRAM;
 
 /// Packet numbers remembered for duplicate detection and ACK ranges.
 const RECEIVED_RANGES: usize = 256;
@@ -107,6 +111,22 @@ pub enum CloseReason {
     AuthenticationFailed(String),
     /// The peer broke the protocol inside an authenticated packet.
     ProtocolViolation(&'static str),
+}
+
+/// Why [`super::Endpoint::provide_signature`] refused a signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No such connection: it closed (e.g. the handshake timed out) and was forgotten.
+    /// Not a fault: the driver drops the signature.
+    #[error("no such connection (it has closed)")]
+    UnknownConnection,
+    /// The connection is not waiting for a signature (it never asked, it already got
+    /// one, or it has closed).
+    #[error("the connection is not waiting for a signature")]
+    NotRequested,
+    /// The signature does not fit a `Signature` field (SPEC §6); the session ended.
+    #[error("a signature of {len} bytes does not fit the wire format")]
+    TooLong { len: usize },
 }
 
 /// Counters of what a connection dropped or did; bad input is counted, never fatal
@@ -218,6 +238,15 @@ enum State {
         cookie: Vec<u8>,
         retries: u32,
     },
+    /// Responder with deferred signing ([`SessionConfig::defer_signatures`]): keys
+    /// derived, HANDSHAKE_RESPONSE waiting for our signature over the transcript.
+    AwaitingResponseSignature {
+        transcript: [u8; 32],
+        ephemeral: [u8; 32],
+    },
+    /// Initiator with deferred signing: the responder's signature verified, keys derived,
+    /// HANDSHAKE_FINISH waiting for our signature over the transcript.
+    AwaitingFinishSignature,
     /// Responder: HANDSHAKE_RESPONSE sent, keys derived; waiting for HANDSHAKE_FINISH,
     /// which proves the initiator's identity. `response` is re-sent if the INITIAL is.
     AwaitingFinish {
@@ -283,6 +312,9 @@ pub struct Connection {
     closed_reported: bool,
     /// Why the last handshake signature from the peer was refused, for diagnostics.
     last_auth_error: Option<String>,
+    /// With deferred signing: the message we need signed, until the endpoint hands it
+    /// to the driver.
+    sign_request: Option<Vec<u8>>,
     stats: ConnectionStats,
 }
 
@@ -335,6 +367,7 @@ impl Connection {
             events: VecDeque::new(),
             closed_reported: false,
             last_auth_error: None,
+            sign_request: None,
             stats: ConnectionStats::default(),
         }
     }
@@ -368,8 +401,10 @@ impl Connection {
     }
 
     /// Answers a HANDSHAKE_INIT whose cookie the endpoint has checked: derives the keys,
-    /// signs the transcript and queues HANDSHAKE_RESPONSE. Returns `None` if the
-    /// initiator's ephemeral key is unusable.
+    /// signs the transcript and queues HANDSHAKE_RESPONSE; with
+    /// [`SessionConfig::defer_signatures`], asks for the signature instead
+    /// ([`Connection::take_sign_request`]) and sends the response once it is given.
+    /// Returns `None` if the initiator's ephemeral key is unusable.
     pub(crate) fn accept(
         shared: Arc<Shared>,
         now: Instant,
@@ -396,24 +431,6 @@ impl Connection {
                 ephemeral: &our_public,
             },
         );
-        let signature = shared
-            .signer
-            .sign(&mut rng, &signed_message(RESPONDER_LABEL, &transcript));
-        let response = Frame::HandshakeResponse(HandshakeResponse {
-            responder: our_name,
-            responder_cid: local_cid,
-            ephemeral: &our_public,
-            signature: Signature::new(&signature).ok()?,
-        });
-        let mut datagram = Vec::with_capacity(response.encoded_len() + HEADER_LEN);
-        encode_cleartext_packet(
-            &mut datagram,
-            PacketType::HANDSHAKE,
-            init.initiator_cid,
-            0,
-            &[response],
-        )
-        .ok()?;
         let secrets = derive_session_secrets(&shared_secret, &transcript);
         let mut connection = Connection::new(
             shared,
@@ -422,9 +439,9 @@ impl Connection {
             local_cid,
             (peer_addr, init.initiator.as_str().to_owned()),
             rng,
-            State::AwaitingFinish {
+            State::AwaitingResponseSignature {
                 transcript,
-                response: datagram.clone(),
+                ephemeral: our_public,
             },
         );
         connection.remote_cid = init.initiator_cid;
@@ -437,8 +454,51 @@ impl Connection {
             secrets.initiator_to_responder,
             now,
         ));
-        connection.handshake_out = Some(datagram);
+        let message = signed_message(RESPONDER_LABEL, &transcript);
+        if connection.shared.config.defer_signatures {
+            connection.sign_request = Some(message);
+        } else {
+            let signature = connection.shared.signer.sign(&mut connection.rng, &message);
+            connection.complete_response(&signature).ok()?;
+        }
         Some(connection)
+    }
+
+    /// Builds HANDSHAKE_RESPONSE with our signature and queues it: the responder now
+    /// waits for FINISH.
+    fn complete_response(&mut self, signature: &[u8]) -> Result<(), SignatureError> {
+        let State::AwaitingResponseSignature {
+            transcript,
+            ephemeral,
+        } = self.state
+        else {
+            return Err(SignatureError::NotRequested);
+        };
+        let too_long = SignatureError::TooLong {
+            len: signature.len(),
+        };
+        let our_name = Name::new(self.shared.signer.name()).map_err(|_| too_long.clone())?;
+        let response = Frame::HandshakeResponse(HandshakeResponse {
+            responder: our_name,
+            responder_cid: self.local_cid,
+            ephemeral: &ephemeral,
+            signature: Signature::new(signature).map_err(|_| too_long.clone())?,
+        });
+        let mut datagram = Vec::with_capacity(response.encoded_len() + HEADER_LEN);
+        encode_cleartext_packet(
+            &mut datagram,
+            PacketType::HANDSHAKE,
+            self.remote_cid,
+            0,
+            &[response],
+        )
+        .map_err(|_| too_long)?;
+        self.state = State::AwaitingFinish {
+            transcript,
+            response: datagram.clone(),
+        };
+        self.handshake_out = Some(datagram);
+        Ok(())
     }
 
     // ----- getters -------------------------------------------------------------------
@@ -474,6 +534,26 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
+    }
+
+    /// A responder's handshake in progress: a cookie-verified INITIAL created it and the
+    /// initiator's FINISH has not verified yet. The endpoint caps how many exist
+    /// ([`SessionConfig::max_half_open`]).
+    pub fn is_half_open(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitingResponseSignature { .. } | State::AwaitingFinish { .. }
+        )
+    }
+
+    /// Whether the handshake is waiting for our signature (deferred signing): asked for
+    /// through [`super::Endpoint::poll_sign_request`], given with
+    /// [`super::Endpoint::provide_signature`].
+    pub fn is_awaiting_signature(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitingResponseSignature { .. } | State::AwaitingFinishSignature
+        )
     }
 
     /// The smoothed round-trip time.
@@ -538,8 +618,46 @@ impl Connection {
                 };
                 self.report_closed(CloseReason::Local { code });
             }
-            State::InitialSent { .. } => self.terminate(CloseReason::Local { code }),
+            // Nothing was sent under the keys yet (or no keys): just forget the session.
+            State::InitialSent { .. }
+            | State::AwaitingResponseSignature { .. }
+            | State::AwaitingFinishSignature => self.terminate(CloseReason::Local { code }),
             State::Closing { .. } | State::Draining { .. } | State::Closed => {}
+        }
+    }
+
+    /// With deferred signing: the message (label ‖ transcript hash, SPEC §9) this
+    /// connection needs signed with our key, once; `None` otherwise.
+    pub(crate) fn take_sign_request(&mut self) -> Option<Vec<u8>> {
+        if self.is_awaiting_signature() {
+            self.sign_request.take()
+        } else {
+            self.sign_request = None;
+            None
+        }
+    }
+
+    /// Takes our signature over the message of [`Connection::take_sign_request`] and
+    /// sends HANDSHAKE_RESPONSE (responder) or HANDSHAKE_FINISH (initiator). The
+    /// signature is not checked here: it is ours, made by the driver with our key. One
+    /// that cannot be encoded (longer than `MAX_SIGNATURE_LEN`) ends the session.
+    pub(crate) fn provide_signature(
+        &mut self,
+        now: Instant,
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        match self.state {
+            State::AwaitingResponseSignature { .. } => {
+                let result = self.complete_response(signature);
+                if result.is_err() {
+                    self.terminate(CloseReason::AuthenticationFailed(
+                        "our signature does not fit the wire format".into(),
+                    ));
+                }
+                result
+            }
+            State::AwaitingFinishSignature => self.complete_finish(now, signature),
+            _ => Err(SignatureError::NotRequested),
         }
     }
 
@@ -850,12 +968,29 @@ impl Connection {
             secrets.responder_to_initiator,
             now,
         ));
-        let signature = self
-            .shared
-            .signer
-            .sign(&mut self.rng, &signed_message(INITIATOR_LABEL, &transcript));
+        let message = signed_message(INITIATOR_LABEL, &transcript);
+        self.handshake_retry_at = None;
+        self.state = State::AwaitingFinishSignature;
+        if self.shared.config.defer_signatures {
+            // Nothing goes out until the driver has signed; the handshake timeout still
+            // runs.
+            self.sign_request = Some(message);
+            return;
+        }
+        let signature = self.shared.signer.sign(&mut self.rng, &message);
+        // Cannot be NotRequested: the state was set just above. A signature too long for
+        // the wire has already ended the session.
+        let _ = self.complete_finish(now, &signature);
+    }
+
+    /// Builds HANDSHAKE_FINISH with our signature and queues it: the initiator is
+    /// established (and re-sends FINISH until the responder's first DATA arrives).
+    fn complete_finish(&mut self, now: Instant, signature: &[u8]) -> Result<(), SignatureError> {
+        if !matches!(self.state, State::AwaitingFinishSignature) {
+            return Err(SignatureError::NotRequested);
+        }
         let mut finish = Vec::new();
-        let encoded = Signature::new(&signature).ok().and_then(|signature| {
+        let encoded = Signature::new(signature).ok().and_then(|signature| {
             encode_cleartext_packet(
                 &mut finish,
                 PacketType::HANDSHAKE,
@@ -869,7 +1004,9 @@ impl Connection {
             self.terminate(CloseReason::AuthenticationFailed(
                 "our signature does not fit the wire format".into(),
             ));
-            return;
+            return Err(SignatureError::TooLong {
+                len: signature.len(),
+            });
         }
         self.handshake_out = Some(finish.clone());
         self.state = State::Established {
@@ -881,6 +1018,7 @@ impl Connection {
         self.events.push_back(Event::Connected {
             peer: self.peer_name.clone(),
         });
+        Ok(())
     }
 
     fn on_finish(&mut self, now: Instant, finish: &HandshakeFinish<'_>) {

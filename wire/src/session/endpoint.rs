@@ -6,9 +6,23 @@
 //! and no RSA work, and never gets more than a RETRY, smaller than the padded INITIAL),
 //! and gathers its sessions' datagrams, timers and events.
 //!
+//! Admission before any RSA work (SPEC §2, §5.1): each INITIAL packet must itself be
+//! padded to [`MIN_INITIAL_PACKET`] bytes, and an INITIAL ends its datagram (what follows
+//! is dropped and counted), so one datagram makes at most one RETRY or one signature. A
+//! cookie-verified INITIAL that would make us sign must then find room under
+//! [`SessionConfig::max_half_open`] and a token in its source address's bucket
+//! ([`super::ratelimit`]); otherwise it is dropped and counted, with no state and no RSA.
+//!
+//! Signing: by default the endpoint calls [`Signer::sign`] itself, on the caller's
+//! thread. With [`SessionConfig::defer_signatures`] it hands out [`SignRequest`]s
+//! instead ([`Endpoint::poll_sign_request`]); the driver signs wherever it likes and gives
+//! the signature back with [`Endpoint::provide_signature`], the handshake waiting
+//! meanwhile, so established sessions never wait for RSA.
+//!
 //! Call order, as for a connection: after [`Endpoint::handle_datagram`],
 //! [`Endpoint::handle_timeout`] or a mutator, drain [`Endpoint::poll_transmit`], then
-//! [`Endpoint::poll_event`], then arm one timer at [`Endpoint::poll_timeout`].
+//! [`Endpoint::poll_event`] (and, with deferred signing, [`Endpoint::poll_sign_request`]),
+//! then arm one timer at [`Endpoint::poll_timeout`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,14 +33,15 @@ use std::time::Instant;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::connection::{Connection, Event, Shared, MIN_INITIAL_DATAGRAM};
+use super::connection::{Connection, Event, Role, Shared, SignatureError, MIN_INITIAL_PACKET};
 use super::cookie::CookieKey;
 use super::crypto::{PeerKeys, Signer};
+use super::ratelimit::{Admission, HandshakeLimiter};
 use super::streams::{MessageId, SendError};
 use super::SessionConfig;
 use crate::codec::Token;
 use crate::frame::{CloseCode, Frame, HandshakeInit, MessageClass, Retry};
-use crate::packet::{encode_cleartext_packet, Datagram, Packet, PacketType};
+use crate::packet::{encode_cleartext_packet, Datagram, Packet, PacketType, HEADER_LEN};
 
 /// Names one connection of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,6 +54,20 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
+/// A handshake transcript to sign with our key (deferred signing,
+/// [`SessionConfig::defer_signatures`]).
+///
+/// Sign `message` exactly as given (it is already label-prefixed, SPEC §9), e.g. with
+/// the same [`Signer`] on another thread, and hand the signature to
+/// [`Endpoint::provide_signature`] with `handle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignRequest {
+    pub handle: ConnectionHandle,
+    /// Responder: the signature goes into HANDSHAKE_RESPONSE. Initiator: into FINISH.
+    pub role: Role,
+    pub message: Vec<u8>,
+}
+
 /// What the endpoint dropped or did outside any connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
@@ -47,8 +76,12 @@ pub struct EndpointStats {
     pub malformed: u64,
     /// Packets for a connection id we do not know.
     pub unknown_connection: u64,
-    /// INITIALs in datagrams shorter than [`MIN_INITIAL_DATAGRAM`].
+    /// INITIAL packets shorter than [`MIN_INITIAL_PACKET`] (each INITIAL is checked, not
+    /// its datagram).
     pub short_initial: u64,
+    /// Packets dropped because they followed an INITIAL in its datagram (an INITIAL ends
+    /// its datagram; an undecodable rest counts as one).
+    pub after_initial: u64,
     /// INITIALs for another group.
     pub wrong_group: u64,
     /// INITIALs that did not hold exactly one HANDSHAKE_INIT.
@@ -59,9 +92,23 @@ pub struct EndpointStats {
     pub bad_cookie: u64,
     /// INITIALs refused because `max_connections` sessions exist.
     pub refused_full: u64,
+    /// Cookie-verified INITIALs dropped, before any RSA work, because
+    /// [`SessionConfig::max_half_open`] responder handshakes were in progress.
+    pub refused_half_open: u64,
+    /// Cookie-verified INITIALs dropped, before any RSA work, because their source
+    /// address had no token left ([`SessionConfig::handshake_burst`]).
+    pub rate_limited: u64,
+    /// Source addresses forgotten to keep the rate-limit table within
+    /// [`SessionConfig::handshake_sources`].
+    pub rate_table_evictions: u64,
+    /// Signatures asked for with deferred signing ([`Endpoint::poll_sign_request`]).
+    pub sign_requests: u64,
+    /// Signatures given back ([`Endpoint::provide_signature`]) and used.
+    pub signatures_provided: u64,
     /// REQUEST/RESPONSE packets, which belong to the proxy and key manager.
     pub not_session: u64,
-    /// Sessions accepted (cookie valid, response signed).
+    /// Sessions accepted (cookie valid and admitted; response signed, or its signature
+    /// requested with deferred signing).
     pub accepted: u64,
 }
 
@@ -76,6 +123,7 @@ pub struct Endpoint {
     by_cid: BTreeMap<u64, ConnectionHandle>,
     by_initial: BTreeMap<(SocketAddr, u64), ConnectionHandle>,
     stateless_out: VecDeque<Transmit>,
+    limiter: HandshakeLimiter,
     /// The connection whose datagram went out last, for round-robin sending.
     last_sender: ConnectionHandle,
     stats: EndpointStats,
@@ -98,6 +146,11 @@ impl Endpoint {
         rng.fill_bytes(&mut cookie_secret);
         let cookies =
             CookieKey::with_lifetime(cookie_secret, config.cookie_lifetime.as_secs().max(1));
+        let limiter = HandshakeLimiter::new(
+            config.handshake_burst,
+            config.handshake_refill,
+            config.handshake_sources,
+        );
         Endpoint {
             shared: Arc::new(Shared {
                 config,
@@ -113,6 +166,7 @@ impl Endpoint {
             by_cid: BTreeMap::new(),
             by_initial: BTreeMap::new(),
             stateless_out: VecDeque::new(),
+            limiter,
             last_sender: ConnectionHandle(u64::MAX),
             stats: EndpointStats::default(),
         }
@@ -134,6 +188,62 @@ impl Endpoint {
 
     pub fn connections(&self) -> impl Iterator<Item = (ConnectionHandle, &Connection)> {
         self.connections.iter().map(|(h, c)| (*h, c))
+    }
+
+    /// Responder handshakes in progress (see [`Connection::is_half_open`]).
+    pub fn half_open(&self) -> usize {
+        self.connections
+            .values()
+            .filter(|c| c.is_half_open())
+            .count()
+    }
+
+    /// Handshake tokens `source` has left at `now` (a source not seen yet has
+    /// [`SessionConfig::handshake_burst`]).
+    pub fn handshake_tokens(&self, source: SocketAddr, now: Instant) -> u32 {
+        self.limiter.tokens(source.ip(), now)
+    }
+
+    /// Source addresses the rate limiter remembers (at most
+    /// [`SessionConfig::handshake_sources`]).
+    pub fn rate_limited_sources(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// The next signature to make, with deferred signing; `None` when none is due (and
+    /// always without [`SessionConfig::defer_signatures`]). Each is handed out once.
+    pub fn poll_sign_request(&mut self) -> Option<SignRequest> {
+        let request = self
+            .connections
+            .iter_mut()
+            .find_map(|(handle, connection)| {
+                connection.take_sign_request().map(|message| SignRequest {
+                    handle: *handle,
+                    role: connection.role(),
+                    message,
+                })
+            })?;
+        self.stats.sign_requests += 1;
+        Some(request)
+    }
+
+    /// Gives the signature asked for by a [`SignRequest`]: the connection sends
+    /// HANDSHAKE_RESPONSE or HANDSHAKE_FINISH at the next [`Endpoint::poll_transmit`].
+    /// [`SignatureError::UnknownConnection`] (the handshake timed out or was closed
+    /// meanwhile) is routine; drop the signature.
+    pub fn provide_signature(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let connection = self
+            .connections
+            .get_mut(&handle)
+            .ok_or(SignatureError::UnknownConnection)?;
+        connection.provide_signature(now, signature)?;
+        self.stats.signatures_provided += 1;
+        Ok(())
     }
 
     /// Starts a session with `peer_name` at `peer_addr`.
@@ -187,13 +297,20 @@ impl Endpoint {
 
     /// Takes one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        for packet in Datagram::new(datagram) {
+        let mut packets = Datagram::new(datagram);
+        while let Some(packet) = packets.next() {
             let Ok(packet) = packet else {
                 self.stats.malformed += 1;
                 return;
             };
             match packet.packet_type() {
-                PacketType::INITIAL => self.on_initial(now, from, &packet, datagram.len()),
+                PacketType::INITIAL => {
+                    self.on_initial(now, from, &packet, datagram.len());
+                    // An INITIAL ends its datagram (SPEC §2): packing many into one
+                    // datagram buys no more than one RETRY or one signature.
+                    self.stats.after_initial += packets.count() as u64;
+                    return;
+                }
                 PacketType::REQUEST | PacketType::RESPONSE => self.stats.not_session += 1,
                 _ => match self.by_cid.get(&packet.header().connection_id()) {
                     Some(handle) => {
@@ -277,7 +394,7 @@ impl Endpoint {
     // ----- internals -------------------------------------------------------------------
 
     fn on_initial(&mut self, now: Instant, from: SocketAddr, packet: &Packet<'_>, len: usize) {
-        if len < MIN_INITIAL_DATAGRAM {
+        if HEADER_LEN + packet.payload().len() < MIN_INITIAL_PACKET {
             self.stats.short_initial += 1;
             return;
         }
@@ -337,10 +454,26 @@ impl Endpoint {
         }
     }
 
+    /// Admits a cookie-verified INITIAL (SPEC §5.1) and creates its responder session.
+    /// The checks that cost no token come first, so an INITIAL refused for room does not
+    /// also use up its source's allowance.
     fn accept(&mut self, now: Instant, from: SocketAddr, init: &HandshakeInit<'_>) {
         if self.connections.len() >= self.shared.config.max_connections {
             self.stats.refused_full += 1;
             return;
+        }
+        if self.half_open() >= self.shared.config.max_half_open {
+            self.stats.refused_half_open += 1;
+            return;
+        }
+        match self.limiter.try_acquire(from.ip(), now) {
+            Admission::Limited => {
+                self.stats.rate_limited += 1;
+                return;
+            }
+            Admission::Admitted { evicted } => {
+                self.stats.rate_table_evictions += u64::from(evicted);
+            }
         }
         let cid = self.fresh_cid();
         let rng = self.child_rng();

@@ -32,15 +32,29 @@ pub mod crypto;
 pub mod endpoint;
 pub mod handshake;
 pub mod ranges;
+pub mod ratelimit;
 pub mod recovery;
 pub mod streams;
 
 use std::time::Duration;
 
-pub use connection::{CloseReason, Connection, ConnectionStats, Event, Role};
+pub use connection::{CloseReason, Connection, ConnectionStats, Event, Role, SignatureError};
 pub use crypto::{PeerKeys, RsaKeyring, RsaSigner, Signer};
-pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, Transmit};
+pub use endpoint::{ConnectionHandle, Endpoint, EndpointStats, SignRequest, Transmit};
 pub use streams::{MessageId, SendError};
+
+/// Default [`SessionConfig::max_half_open`]: twice the largest group (SPEC §11
+/// `MAX_MEMBERS`), so a whole group restarting at once is never refused.
+pub const DEFAULT_MAX_HALF_OPEN: usize = 128;
+/// Default [`SessionConfig::handshake_burst`]: room for every node of a 32-node machine
+/// (they share one IP address) to open a session at once.
+pub const DEFAULT_HANDSHAKE_BURST: u32 = 32;
+/// Default [`SessionConfig::handshake_refill`]: ten handshakes a second per source
+/// afterwards (an initiator refused retransmits its INITIAL within 100-800 ms, well
+/// inside the cookie's life, so an honest handshake is delayed, not lost).
+pub const DEFAULT_HANDSHAKE_REFILL: Duration = Duration::from_millis(100);
+/// Default [`SessionConfig::handshake_sources`] (SPEC §11 `MAX_HANDSHAKE_SOURCES`).
+pub const DEFAULT_HANDSHAKE_SOURCES: usize = 4096;
 
 /// The tunables of a session. Defaults match config.yml's `timing` and `transport`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +86,24 @@ pub struct SessionConfig {
     pub cookie_lifetime: Duration,
     /// Most sessions an endpoint keeps; INITIALs beyond are dropped.
     pub max_connections: usize,
+    /// Most responder handshakes in progress at once (cookie verified, FINISH not yet):
+    /// a cookie-verified INITIAL beyond is dropped before any RSA work (SPEC §5.1).
+    pub max_half_open: usize,
+    /// Handshakes one source IP address may start at once (its token bucket's size):
+    /// each cookie-verified INITIAL that would make us sign takes a token, and one that
+    /// finds none is dropped before any RSA work (SPEC §5.1).
+    pub handshake_burst: u32,
+    /// One token is added back to a source's bucket per this interval.
+    pub handshake_refill: Duration,
+    /// Most source addresses whose buckets are remembered (least recently used evicted
+    /// first; SPEC §11).
+    pub handshake_sources: usize,
+    /// Sign handshake transcripts outside the endpoint: instead of calling
+    /// [`Signer::sign`] on its own thread, the endpoint hands out
+    /// [`SignRequest`]s ([`Endpoint::poll_sign_request`]) and the handshake waits until
+    /// the driver gives the signature back ([`Endpoint::provide_signature`]), so RSA never
+    /// runs on the event loop. Off by default: [`Signer::sign`] is called synchronously.
+    pub defer_signatures: bool,
     /// Keep each session's traffic secrets for [`Connection::keylog_secrets`] (a
     /// debugging aid, `SOCKMSG_KEYLOG`; off by default: whoever reads the file can
     /// decrypt the sessions).
@@ -94,6 +126,11 @@ impl Default for SessionConfig {
             rekey_after: Duration::from_secs(120),
             cookie_lifetime: Duration::from_secs(10),
             max_connections: 1024,
+            max_half_open: DEFAULT_MAX_HALF_OPEN,
+            handshake_burst: DEFAULT_HANDSHAKE_BURST,
+            handshake_refill: DEFAULT_HANDSHAKE_REFILL,
+            handshake_sources: DEFAULT_HANDSHAKE_SOURCES,
+            defer_signatures: false,
             keylog: false,
         }
     }
