@@ -180,6 +180,10 @@ section! {
         pub bind: SocketAddr,
         /// Identity key, persisted vote and incarnation; `None` = the user's data directory.
         pub data_dir: Option<PathBuf>,
+        /// One-time enrollment token for a key manager in invite mode, hex (as
+        /// `sockmsg-keymgr invite` prints it); `None` (or `""` in the file) = none.
+        /// [`Config::invite_token`] decodes it.
+        pub invite: Option<String>,
     }
 }
 
@@ -206,6 +210,12 @@ section! {
         pub key_bits: u32,
         /// Who may register a name.
         pub registration: Registration,
+        /// New names or key rotations one source may make at once (its token bucket).
+        pub register_burst: u32,
+        /// Tokens a source's bucket gets back per minute.
+        pub register_per_minute: u32,
+        /// Names one public key may be bound to.
+        pub max_names_per_key: u32,
         /// Manager key and database; `None` = the user's data directory.
         pub data_dir: Option<PathBuf>,
         /// Pinned fingerprint of the manager's key, as `sockmsg-keymgr init` prints it;
@@ -380,9 +390,25 @@ impl Config {
         Config::from_yaml_str(&text).map_err(|e| e.in_file(path))
     }
 
-    /// `""` for an optional name or fingerprint means the same as `null`.
+    /// `node.invite` decoded: `Ok(None)` if none is set, `Err` (naming the key) if it is
+    /// not hex or too long for the wire's token (64 bytes).
+    pub fn invite_token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        self.node
+            .invite
+            .as_deref()
+            .map(|text| {
+                parse_invite(text).map_err(|reason| ConfigError::invalid("node.invite", reason))
+            })
+            .transpose()
+    }
+
+    /// `""` for an optional name, fingerprint or invite means the same as `null`.
     fn normalize(&mut self) {
-        for value in [&mut self.node.name, &mut self.keymgr.fingerprint] {
+        for value in [
+            &mut self.node.name,
+            &mut self.keymgr.fingerprint,
+            &mut self.node.invite,
+        ] {
             if value.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 *value = None;
             }
@@ -401,10 +427,26 @@ impl Config {
             check_name("node.name", name)?;
         }
         check_name("node.group", &self.node.group)?;
+        self.invite_token()?;
         check_reachable("proxy.address", self.proxy.address)?;
         check_reachable("keymgr.address", self.keymgr.address)?;
         check_key_bits("keymgr.key_bits", self.keymgr.key_bits)?;
         check_key_bits("identity.key_bits", self.identity.key_bits)?;
+        for (key, value) in [
+            ("keymgr.register_burst", self.keymgr.register_burst),
+            (
+                "keymgr.register_per_minute",
+                self.keymgr.register_per_minute,
+            ),
+            ("keymgr.max_names_per_key", self.keymgr.max_names_per_key),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (0 would refuse every registration)",
+                ));
+            }
+        }
 
         let t = &self.timing;
         if t.heartbeat_ms == 0 {
@@ -528,6 +570,39 @@ fn check_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
     sockmsg_wire::Name::new(name)
         .map(|_| ())
         .map_err(|e| ConfigError::invalid(key, format!("{name:?}: {e}")))
+}
+
+/// An invite token as `sockmsg-keymgr invite` prints it: hex (spaces around it
+/// ignored), 1..=64 bytes. The message says what is wrong, never echoing the token.
+pub fn parse_invite(text: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    let max = sockmsg_wire::limits::MAX_TOKEN_LEN;
+    if text.is_empty() {
+        return Err("the invite token is empty".into());
+    }
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the invite token must be hexadecimal, as `sockmsg-keymgr invite` prints it \
+             ({} characters given)",
+            text.len()
+        ));
+    }
+    if text.len() / 2 > max {
+        return Err(format!(
+            "the invite token is {} bytes long; at most {max}",
+            text.len() / 2
+        ));
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    };
+    Ok(text
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| digit(pair[0]) << 4 | digit(pair[1]))
+        .collect())
 }
 
 /// An address others connect to must name a host and a port.
@@ -681,9 +756,63 @@ mod tests {
 
     #[test]
     fn empty_name_and_fingerprint_mean_unset() {
-        let config = Config::from_yaml_str("node: {name: ''}\nkeymgr: {fingerprint: ''}").unwrap();
+        let config =
+            Config::from_yaml_str("node: {name: '', invite: ' '}\nkeymgr: {fingerprint: ''}")
+                .unwrap();
         assert_eq!(config.node.name, None);
+        assert_eq!(config.node.invite, None);
         assert_eq!(config.keymgr.fingerprint, None);
+    }
+
+    #[test]
+    fn registration_limits_and_the_invite_token() {
+        let default = Config::default();
+        assert_eq!(default.keymgr.register_burst, 64);
+        assert_eq!(default.keymgr.register_per_minute, 60);
+        assert_eq!(default.keymgr.max_names_per_key, 4);
+        assert_eq!(default.node.invite, None);
+        assert_eq!(default.invite_token().unwrap(), None);
+
+        let config = Config::from_yaml_str(
+            "keymgr: {register_burst: 2, register_per_minute: 1, max_names_per_key: 1}\n\
+             node: {invite: ' 00FFa1 '}",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.keymgr.register_burst,
+                config.keymgr.register_per_minute,
+                config.keymgr.max_names_per_key
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(config.invite_token().unwrap(), Some(vec![0x00, 0xff, 0xa1]));
+
+        let message = error_of("keymgr: {register_brust: 2}");
+        assert!(message.contains("register_brust"), "{message}");
+        for (text, key) in [
+            ("keymgr: {register_burst: 0}", "keymgr.register_burst"),
+            (
+                "keymgr: {register_per_minute: 0}",
+                "keymgr.register_per_minute",
+            ),
+            ("keymgr: {max_names_per_key: 0}", "keymgr.max_names_per_key"),
+            ("node: {invite: 'xyz1'}", "node.invite"),
+            ("node: {invite: 'abc'}", "node.invite"),
+        ] {
+            match Config::from_yaml_str(text) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: expected Invalid({key}), got {other:?}"),
+            }
+        }
+        let long = "ab".repeat(65);
+        let message = error_of(&format!("node: {{invite: '{long}'}}"));
+        assert!(message.contains("65 bytes"), "{message}");
+        assert!(
+            !message.contains(&long),
+            "the token is not echoed: {message}"
+        );
+        assert!(error_of("keymgr: {register_burst: -1}").contains("register_burst"));
     }
 
     #[test]

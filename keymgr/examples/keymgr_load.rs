@@ -10,7 +10,10 @@
 //! By default a server is started in this process (its own tokio runtime and threads,
 //! on 127.0.0.1, port chosen by the system) over a temporary data directory initialised
 //! with the test manager key `carol`; `--server ADDR` targets a running key manager
-//! instead (registration must be open; names are made unique per run).
+//! instead (registration must be open and its limits raised, e.g. `keymgr:
+//! {register_burst: 1000000, register_per_minute: 1000000, max_names_per_key: 1000000}`
+//! in its `--config` file, since every name comes from one host and five keys; names are
+//! made unique per run). The in-process server runs with `Limits::unlimited()`.
 //!
 //! 1. Setup: registers `--names` names (so lookups find records), fetches each record
 //!    over TCP and verifies it against the manager key, and pads lookups to at least a
@@ -19,9 +22,10 @@
 //!    padded KEY_LOOKUP requests outstanding (answers matched by request id) for
 //!    `--duration-secs` or `--max-lookups` lookups, whichever ends first.
 //! 3. Registrations: `--registrations` KEY_REGISTERs with the RSA-2048 test keys, signed
-//!    before the clock starts over nonces fetched up front (one challenge per sender; the
-//!    manager binds a nonce to the client's IP address, not its port, so any sender on
-//!    this host may use any of them), then sent at once by `--tcp-connections` TCP
+//!    before the clock starts over nonces fetched up front (one challenge per
+//!    registration, since nonces are single use; the manager binds a nonce to the
+//!    client's IP address, not its port, so any sender on this host may use any of them),
+//!    then sent at once by `--tcp-connections` TCP
 //!    connections (one request outstanding each: the server reads a connection's next
 //!    request after answering the previous) and `--udp-tasks` UDP tasks (`--udp-window`
 //!    outstanding each). The manager acknowledges only after the batch is committed with
@@ -40,6 +44,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng as _;
+use sockmsg_keymgr::admission::Limits;
 use sockmsg_keymgr::datadir;
 use sockmsg_keymgr::registry::{self, RegistrationMode, MANAGER_NAME};
 use sockmsg_keymgr::server::{ServeConfig, Server, Stats, StatsSnapshot};
@@ -168,6 +173,7 @@ fn main() -> Result<()> {
                 RegistrationMode::Open,
             );
             config.udp_workers = args.server_udp_workers.max(1);
+            config.limits = Limits::unlimited();
             let server = server_rt.block_on(Server::bind(config))?;
             let addr = server.local_addr();
             let stats = server.stats();
@@ -811,20 +817,29 @@ async fn register_phase(
     udp_window: usize,
     id_base: u64,
 ) -> Result<RegisterOutcome> {
-    // Connections and one nonce each, fetched up front.
+    // Connections, and one nonce per registration (nonces are single use), fetched up
+    // front over them in turn.
     let mut streams = Vec::new();
     let mut sockets = Vec::new();
-    let mut nonces = Vec::new();
-    let nonce_time = Instant::now();
-    for i in 0..tcp {
-        let mut stream = tcp_connect(addr).await?;
-        nonces.push(challenge_tcp(&mut stream, id_base - 1 - i as u64).await?);
-        streams.push(stream);
+    for _ in 0..tcp {
+        streams.push(tcp_connect(addr).await?);
     }
-    for i in 0..udp {
-        let socket = udp_connect(addr).await?;
-        nonces.push(challenge_udp(&socket, id_base - 1 - (tcp + i) as u64).await?);
-        sockets.push(socket);
+    for _ in 0..udp {
+        sockets.push(udp_connect(addr).await?);
+    }
+    let mut nonces = Vec::with_capacity(names.len());
+    let nonce_time = Instant::now();
+    for i in 0..names.len() {
+        let id = id_base - 1 - i as u64;
+        let nonce = if !streams.is_empty() {
+            let count = streams.len();
+            challenge_tcp(&mut streams[i % count], id).await?
+        } else if !sockets.is_empty() {
+            challenge_udp(&sockets[i % sockets.len()], id).await?
+        } else {
+            bail!("no TCP connection and no UDP task to register with");
+        };
+        nonces.push(nonce);
     }
 
     // Sign everything, on every core, before the clock starts.
@@ -911,7 +926,7 @@ fn sign_all(
                         id_base + i as u64,
                         &keys[i % keys.len()],
                         &names[i],
-                        &nonces[i % nonces.len()],
+                        &nonces[i],
                         &mut rng,
                     );
                 }

@@ -809,6 +809,7 @@ mod tests {
             Action::Commit {
                 operation,
                 request_id,
+                nonce,
             } => {
                 let state = &mut *state;
                 let batch = state.registry.plan_batch(
@@ -818,6 +819,7 @@ mod tests {
                     &mut state.rng,
                 );
                 let result = state.registry.apply(batch).remove(0);
+                state.registry.admission().answer(&nonce, result.clone());
                 Some(match result {
                     Ok(()) => handler::ok_response(request_id),
                     Err(refusal) => handler::refusal_response(request_id, &refusal),

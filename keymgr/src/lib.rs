@@ -18,6 +18,8 @@
 //! - [`registry::Registry`]: the rules, as a two-step state machine (check, then
 //!   plan → commit → apply), so that nothing is acknowledged before it is durable;
 //! - [`handler::handle_request`]: request bytes to an [`handler::Action`];
+//! - [`admission`]: single-use challenge nonces (with the answer each one got, so a
+//!   retransmission gets the same answer) and per-source rate limits;
 //! - [`merkle`]: RFC 9162 trees; records are signed a batch at a time, and each record
 //!   carries its inclusion proof, so a lookup costs a read, never an RSA operation;
 //! - [`store::Store`]: the redb file; [`datadir`]: the data directory and its secrets;
@@ -25,6 +27,7 @@
 //! - [`client::KeymgrClient`] and [`verify`]: what nodes use to look records up and check
 //!   them against the manager's pinned (or trusted-on-first-use) fingerprint.
 
+pub mod admission;
 pub mod client;
 pub mod datadir;
 pub mod handler;

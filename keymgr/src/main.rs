@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sockmsg_config::Config;
+use sockmsg_keymgr::admission::Limits;
 use sockmsg_keymgr::datadir;
 use sockmsg_keymgr::registry::RegistrationMode;
 use sockmsg_keymgr::server::{self, ServeConfig};
@@ -54,6 +55,10 @@ enum Command {
     },
     /// Serve registrations and lookups over UDP and TCP (same port) until SIGTERM or
     /// Ctrl-C. Log level: RUST_LOG (default info).
+    ///
+    /// Challenge nonces are single use. Registrations are limited per source address
+    /// (keymgr.register_burst, keymgr.register_per_minute) and per key
+    /// (keymgr.max_names_per_key); set them in a file given with --config.
     Serve {
         #[command(flatten)]
         data_dir: DataDirArg,
@@ -161,7 +166,9 @@ fn run(cli: Cli) -> Result<()> {
                 Some(Registration::Invite) => RegistrationMode::Invite,
                 None => server::registration_mode(config.keymgr.registration),
             };
-            let serve_config = ServeConfig::new(dir, listen, registration);
+            let mut serve_config = ServeConfig::new(dir, listen, registration);
+            // keymgr.register_burst, register_per_minute, max_names_per_key.
+            serve_config.limits = Limits::from_config(&config.keymgr);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -13,8 +13,9 @@
 //!    [`PlannedBatch::writes`] to disk, then calls [`Registry::apply`] and only then sends
 //!    the replies. Nothing is acknowledged before it is durable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
@@ -25,6 +26,7 @@ use sockmsg_wire::frame::{
 use sockmsg_wire::session::crypto::{PeerKeys, RsaKeyring, Signer};
 use sockmsg_wire::{Decode, Encode, List, Name, PublicKey, Reader, Signature};
 
+use crate::admission::{Admission, Limits};
 use crate::merkle::{self, Digest};
 use crate::store::Write;
 
@@ -36,7 +38,8 @@ pub const MANAGER_NAME: &str = "_keymgr";
 pub const REGISTER_LABEL: &[u8] = b"sockmsg/1 key-register\0";
 pub const ROTATE_LABEL: &[u8] = b"sockmsg/1 key-rotate\0";
 
-/// How long a challenge nonce stays valid.
+/// How long a challenge nonce stays valid. It is also single use: see
+/// [`crate::admission`].
 pub const NONCE_LIFETIME_MS: u64 = 60_000;
 
 /// Bytes of an invite token: a 16-byte id and a 16-byte MAC over it.
@@ -136,14 +139,32 @@ pub struct PlannedBatch {
 /// Names bound to keys, and the secrets behind nonces and invites.
 pub struct Registry {
     records: BTreeMap<String, StoredRecord>,
+    /// How many records each key (by [`key_digest`]) is bound in, the manager's own
+    /// excepted: bounded by the records.
+    names_per_key: HashMap<[u8; 32], u32>,
     used_invites: BTreeSet<Vec<u8>>,
     mode: RegistrationMode,
     nonce_secret: [u8; 32],
+    /// Makes every nonce unique, even two issued to one address in one millisecond.
+    nonce_counter: AtomicU64,
     invite_secret: [u8; 32],
+    /// Used nonces and rate limits: what requests did, rather than what is stored.
+    admission: Admission,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("records", &self.records.len())
+            .field("mode", &self.mode)
+            .field("limits", self.admission.limits())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
-    /// A registry holding `records` (as loaded from disk) and `used_invites`.
+    /// A registry holding `records` (as loaded from disk) and `used_invites`, with the
+    /// default [`Limits`] (see [`Registry::set_limits`]).
     pub fn new(
         records: impl IntoIterator<Item = StoredRecord>,
         used_invites: impl IntoIterator<Item = Vec<u8>>,
@@ -151,17 +172,54 @@ impl Registry {
         nonce_secret: [u8; 32],
         invite_secret: [u8; 32],
     ) -> Self {
-        let records = records
+        let records: BTreeMap<String, StoredRecord> = records
             .into_iter()
             .filter_map(|record| Some((record_name(&record.bytes)?, record)))
             .collect();
+        let mut names_per_key: HashMap<[u8; 32], u32> = HashMap::new();
+        for (name, record) in &records {
+            if name != MANAGER_NAME {
+                *names_per_key
+                    .entry(key_digest(&record.public_key))
+                    .or_default() += 1;
+            }
+        }
         Registry {
             records,
+            names_per_key,
             used_invites: used_invites.into_iter().collect(),
             mode,
             nonce_secret,
+            nonce_counter: AtomicU64::new(0),
             invite_secret,
+            admission: Admission::default(),
         }
+    }
+
+    /// Replaces the admission limits (forgetting used nonces and buckets: call it before
+    /// serving).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.admission = Admission::new(limits);
+    }
+
+    /// Takes over `old`'s used nonces, rate buckets and nonce counter: a registry
+    /// reloaded from disk (after a failed commit) must not make used nonces usable again.
+    pub fn carry_over(&mut self, old: &mut Registry) {
+        std::mem::swap(&mut self.admission, &mut old.admission);
+        let counter = old.nonce_counter.load(Ordering::Relaxed);
+        self.nonce_counter.store(counter, Ordering::Relaxed);
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// How many names `public_key` is bound to now.
+    pub fn names_of_key(&self, public_key: &[u8]) -> u32 {
+        self.names_per_key
+            .get(&key_digest(public_key))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn record(&self, name: &str) -> Option<&StoredRecord> {
@@ -176,29 +234,43 @@ impl Registry {
 
     // ----- nonces and invites ----------------------------------------------------------
 
-    /// A nonce for `client`, valid for [`NONCE_LIFETIME_MS`]: the issue time and a MAC
-    /// over it and the client's address. Stateless: nothing is stored per client.
+    /// A nonce for `client`, valid for [`NONCE_LIFETIME_MS`]: the issue time, a counter
+    /// (so that no two nonces are alike) and a 128-bit MAC over both and the client's
+    /// address. Issuing stores nothing per client; a nonce is remembered only once used
+    /// ([`crate::admission`]).
     pub fn nonce(&self, client: SocketAddr, now_ms: u64) -> [u8; 32] {
+        let counter = self.nonce_counter.fetch_add(1, Ordering::Relaxed);
         let mut nonce = [0; 32];
         nonce[..8].copy_from_slice(&now_ms.to_be_bytes());
-        let mac = self.nonce_mac(client, now_ms);
-        nonce[8..].copy_from_slice(&mac[..24]);
+        nonce[8..16].copy_from_slice(&counter.to_be_bytes());
+        let mac = self.nonce_mac(client, &nonce[..16]);
+        nonce[16..].copy_from_slice(&mac[..16]);
         nonce
     }
 
-    fn nonce_mac(&self, client: SocketAddr, issued_ms: u64) -> [u8; 32] {
+    fn nonce_mac(&self, client: SocketAddr, issued_and_counter: &[u8]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.nonce_secret)
             .expect("HMAC takes keys of any length");
         mac.update(b"sockmsg/1 keymgr-nonce\0");
         mac.update(client.ip().to_string().as_bytes());
-        mac.update(&issued_ms.to_be_bytes());
+        mac.update(&[0]);
+        mac.update(issued_and_counter);
         mac.finalize().into_bytes().into()
     }
 
-    fn check_nonce(&self, client: SocketAddr, nonce: &[u8; 32], now_ms: u64) -> OpResult {
-        let issued = u64::from_be_bytes(nonce[..8].try_into().unwrap_or_default());
+    /// When a nonce stops being valid (whether or not it is genuine).
+    pub fn nonce_expiry(nonce: &[u8; 32]) -> u64 {
+        let mut issued = [0; 8];
+        issued.copy_from_slice(&nonce[..8]);
+        u64::from_be_bytes(issued).saturating_add(NONCE_LIFETIME_MS)
+    }
+
+    /// Whether `nonce` was issued by this registry to `client`'s address and is still
+    /// fresh. (Whether it was used already is [`crate::admission`]'s business.)
+    pub fn check_nonce(&self, client: SocketAddr, nonce: &[u8; 32], now_ms: u64) -> OpResult {
+        let issued = Self::nonce_expiry(nonce).saturating_sub(NONCE_LIFETIME_MS);
         let fresh = issued <= now_ms && now_ms - issued <= NONCE_LIFETIME_MS;
-        let genuine = self.nonce_mac(client, issued)[..24] == nonce[8..];
+        let genuine = self.nonce_mac(client, &nonce[..16])[..16] == nonce[16..];
         if fresh && genuine {
             Ok(())
         } else {
@@ -237,7 +309,8 @@ impl Registry {
 
     // ----- step 1: check ---------------------------------------------------------------
 
-    /// Checks a registration: nonce, proof of possession, name, invite.
+    /// Checks a registration: nonce (not whether it was used: see
+    /// [`crate::handler`]), proof of possession, then the rules.
     pub fn check_register(
         &self,
         client: SocketAddr,
@@ -245,6 +318,13 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Operation, Refusal> {
         self.check_nonce(client, request.nonce, now_ms)?;
+        self.prove_register(request)?;
+        self.rules_register(request)
+    }
+
+    /// A registration's proof of possession: the reserved name, and the signature by the
+    /// key being registered.
+    pub fn prove_register(&self, request: &KeyRegister<'_>) -> OpResult {
         let name = request.name.as_str();
         if name == MANAGER_NAME {
             return Err(Refusal::new(KeyResultCode::NAME_TAKEN, "reserved name"));
@@ -255,18 +335,31 @@ impl Registry {
             request.public_key.as_bytes(),
             &signed,
             request.signature,
-        )?;
+        )
+    }
+
+    /// The rules a proven registration must pass now (name free or already this key's,
+    /// invite, names per key).
+    pub fn rules_register(&self, request: &KeyRegister<'_>) -> Result<Operation, Refusal> {
         let invite = (!request.invite.is_empty()).then(|| request.invite.as_bytes().to_vec());
         let operation = Operation::Register {
-            name: name.to_owned(),
+            name: request.name.as_str().to_owned(),
             public_key: request.public_key.as_bytes().to_vec(),
             invite,
         };
-        self.admissible(&operation, &BTreeMap::new(), &BTreeSet::new())?;
+        self.admissible(&operation, &Planned::default())?;
         Ok(operation)
     }
 
-    /// Checks a rotation: nonce, and both signatures (old key, new key).
+    /// Whether a registration of `name` to `public_key` would write a record (bind a
+    /// free name), rather than confirm the binding that holds: what costs a token.
+    pub fn register_changes(&self, name: &str, public_key: &[u8]) -> bool {
+        self.records
+            .get(name)
+            .is_none_or(|record| record.public_key != public_key)
+    }
+
+    /// Checks a rotation: nonce, both signatures (old key, new key), then the rules.
     pub fn check_rotate(
         &self,
         client: SocketAddr,
@@ -274,6 +367,15 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Operation, Refusal> {
         self.check_nonce(client, request.nonce, now_ms)?;
+        let operation = self.prove_rotate(request)?;
+        self.admissible(&operation, &Planned::default())?;
+        Ok(operation)
+    }
+
+    /// A rotation's proofs: the signature by the key bound now, and by the new key.
+    /// Returns the operation, whose rules are still to be checked
+    /// ([`Registry::rules_rotate`]).
+    pub fn prove_rotate(&self, request: &KeyRotate<'_>) -> Result<Operation, Refusal> {
         let name = request.name.as_str();
         let current = self
             .records
@@ -287,25 +389,43 @@ impl Registry {
             &signed,
             request.new_signature,
         )?;
-        let operation = Operation::Rotate {
+        Ok(Operation::Rotate {
             name: name.to_owned(),
             old_key: current.public_key.clone(),
             new_key: request.new_public_key.as_bytes().to_vec(),
-        };
-        self.admissible(&operation, &BTreeMap::new(), &BTreeSet::new())?;
-        Ok(operation)
+        })
     }
 
-    /// Whether `operation` may apply on top of the stored state and of `pending`
+    /// The rules a proven rotation must pass now (not revoked, names per key).
+    pub fn rules_rotate(&self, operation: &Operation) -> OpResult {
+        self.admissible(operation, &Planned::default())
+    }
+
+    /// Whether `operation` may apply on top of the stored state and of `planned`
     /// (records and invites taken by earlier operations of the same batch).
-    fn admissible(
-        &self,
-        operation: &Operation,
-        pending: &BTreeMap<String, StoredRecord>,
-        pending_invites: &BTreeSet<Vec<u8>>,
-    ) -> OpResult {
+    fn admissible(&self, operation: &Operation, planned: &Planned) -> OpResult {
         let name = operation.name();
-        let current = pending.get(name).or_else(|| self.records.get(name));
+        let current = planned.records.get(name).or_else(|| self.records.get(name));
+        let pending_invites = &planned.invites;
+        let key_full = |key: &[u8]| -> OpResult {
+            let held = i64::from(self.names_of_key(key))
+                + planned
+                    .key_delta
+                    .get(&key_digest(key))
+                    .copied()
+                    .unwrap_or(0);
+            let limit = self.admission.limits().max_names_per_key;
+            if held >= i64::from(limit) {
+                return Err(Refusal::new(
+                    KeyResultCode::BAD_KEY,
+                    format!(
+                        "this key is already bound to {held} name(s), the most one key may \
+                         have here (keymgr.max_names_per_key); use another key"
+                    ),
+                ));
+            }
+            Ok(())
+        };
         match operation {
             Operation::Register {
                 public_key, invite, ..
@@ -330,16 +450,24 @@ impl Registry {
                             "this invite token was already used",
                         ));
                     }
-                    Ok(())
+                    key_full(public_key)
                 }
-                None => Ok(()),
+                None => key_full(public_key),
             },
-            Operation::Rotate { old_key, .. } => match current {
+            Operation::Rotate {
+                old_key, new_key, ..
+            } => match current {
                 Some(record) if record.status == KeyStatus::REVOKED => Err(Refusal::new(
                     KeyResultCode::REVOKED,
                     "this name's key was revoked",
                 )),
-                Some(record) if record.public_key == *old_key => Ok(()),
+                Some(record) if record.public_key == *old_key => {
+                    if new_key == old_key {
+                        Ok(())
+                    } else {
+                        key_full(new_key)
+                    }
+                }
                 Some(_) => Err(Refusal::new(
                     KeyResultCode::BAD_SIGNATURE,
                     "the name moved to another key meanwhile",
@@ -366,27 +494,40 @@ impl Registry {
         manager: &dyn Signer,
         rng: &mut ChaCha20Rng,
     ) -> PlannedBatch {
-        let mut pending: BTreeMap<String, StoredRecord> = BTreeMap::new();
-        let mut pending_invites = BTreeSet::new();
+        let mut planned = Planned::default();
         let mut results = Vec::with_capacity(operations.len());
         let mut fields: Vec<(String, Vec<u8>, u64, KeyStatus)> = Vec::new();
         for operation in operations {
-            let result = self.admissible(operation, &pending, &pending_invites);
+            let result = self.admissible(operation, &planned);
             if result.is_ok() {
-                if let Some(change) = self.change_for(operation, &pending) {
+                if let Some(change) = self.change_for(operation, &planned.records) {
                     if let Operation::Register {
                         invite: Some(token),
                         ..
                     } = operation
                     {
                         if self.mode == RegistrationMode::Invite && token.len() >= 16 {
-                            pending_invites.insert(token[..16].to_vec());
+                            planned.invites.insert(token[..16].to_vec());
                         }
                     }
                     let (name, key, serial, status) = change;
+                    if name != MANAGER_NAME {
+                        let before = planned
+                            .records
+                            .get(&name)
+                            .or_else(|| self.records.get(&name))
+                            .map(|record| key_digest(&record.public_key));
+                        let after = key_digest(&key);
+                        if before != Some(after) {
+                            if let Some(before) = before {
+                                *planned.key_delta.entry(before).or_default() -= 1;
+                            }
+                            *planned.key_delta.entry(after).or_default() += 1;
+                        }
+                    }
                     // Placeholder, replaced with the signed record below; it lets later
                     // operations of the batch see this one.
-                    pending.insert(
+                    planned.records.insert(
                         name.clone(),
                         StoredRecord {
                             bytes: Vec::new(),
@@ -409,7 +550,7 @@ impl Registry {
                 bytes: record.bytes.clone(),
             })
             .collect();
-        writes.extend(pending_invites.iter().map(|id| Write::InviteUsed {
+        writes.extend(planned.invites.iter().map(|id| Write::InviteUsed {
             id: id.clone(),
             at_ms: now_ms,
         }));
@@ -417,7 +558,7 @@ impl Registry {
             writes,
             results,
             records,
-            invites: pending_invites.into_iter().collect(),
+            invites: planned.invites.into_iter().collect(),
         }
     }
 
@@ -452,10 +593,41 @@ impl Registry {
 
     /// Makes a committed batch visible. Call only after its writes are durable.
     pub fn apply(&mut self, batch: PlannedBatch) -> Vec<OpResult> {
-        self.records.extend(batch.records);
+        for (name, record) in batch.records {
+            if name != MANAGER_NAME {
+                if let Some(old) = self.records.get(&name) {
+                    let old = key_digest(&old.public_key);
+                    if let Some(count) = self.names_per_key.get_mut(&old) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.names_per_key.remove(&old);
+                        }
+                    }
+                }
+                *self
+                    .names_per_key
+                    .entry(key_digest(&record.public_key))
+                    .or_default() += 1;
+            }
+            self.records.insert(name, record);
+        }
         self.used_invites.extend(batch.invites);
         batch.results
     }
+}
+
+/// What the operations planned so far in a batch change (or nothing, for a check).
+#[derive(Debug, Default)]
+struct Planned {
+    records: BTreeMap<String, StoredRecord>,
+    invites: BTreeSet<Vec<u8>>,
+    /// Change in each key's name count.
+    key_delta: HashMap<[u8; 32], i64>,
+}
+
+/// What the names-per-key count is keyed by: SHA-256 of the key's DER.
+fn key_digest(public_key: &[u8]) -> [u8; 32] {
+    Sha256::digest(public_key).into()
 }
 
 /// Signs `fields` (name, key, serial, status) as one batch: leaves, root, one signature,

@@ -48,6 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info};
 
+use crate::admission::Limits;
 use crate::datadir;
 use crate::handler::{self, Action};
 use crate::registry::{Operation, Refusal, RegistrationMode, Registry};
@@ -74,10 +75,15 @@ pub struct ServeConfig {
     pub commit_queue: usize,
     /// Tasks receiving UDP datagrams.
     pub udp_workers: usize,
+    /// Registration rate per source, names per key, and the sizes of the tables of used
+    /// nonces and of sources (config.yml `keymgr.register_burst`, `register_per_minute`,
+    /// `max_names_per_key`: [`Limits::from_config`]).
+    pub limits: Limits,
 }
 
 impl ServeConfig {
-    /// The defaults: 5 s per TCP packet, 30 s idle, 256 connections, batches of 1024.
+    /// The defaults: 5 s per TCP packet, 30 s idle, 256 connections, batches of 1024,
+    /// the default [`Limits`] (as config.yml).
     pub fn new(
         data_dir: impl Into<PathBuf>,
         listen: SocketAddr,
@@ -95,6 +101,7 @@ impl ServeConfig {
             udp_workers: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 8),
+            limits: Limits::default(),
         }
     }
 }
@@ -124,6 +131,8 @@ sockmsg_service::service_stats! {
 struct Pending {
     operation: Operation,
     request_id: u64,
+    /// The nonce it consumed: its answer is recorded there.
+    nonce: [u8; 32],
     reply: oneshot::Sender<Vec<u8>>,
 }
 
@@ -147,19 +156,26 @@ impl Shared {
         handler::handle_request(&registry, client, transport, request, datadir::now_ms())
     }
 
-    /// Queues an operation for the committer; `Err` holds the refusal to send at once.
+    /// Queues an operation for the committer; `Err` holds the refusal to send at once
+    /// (and the nonce is given back: the request was not decided).
     fn submit(
         &self,
         operation: Operation,
         request_id: u64,
+        nonce: [u8; 32],
     ) -> Result<oneshot::Receiver<Vec<u8>>, Vec<u8>> {
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
             operation,
             request_id,
+            nonce,
             reply,
         };
-        match self.commits.try_send(pending) {
+        let sent = self.commits.try_send(pending);
+        if sent.is_err() {
+            self.registry().admission().release(&nonce);
+        }
+        match sent {
             Ok(()) => Ok(receiver),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&self.stats.busy);
@@ -190,7 +206,8 @@ impl Handler for Shared {
             Action::Commit {
                 operation,
                 request_id,
-            } => match self.submit(operation, request_id) {
+                nonce,
+            } => match self.submit(operation, request_id, nonce) {
                 Ok(receiver) => Response::Later(Box::pin(async move {
                     Ok(commit_reply(receiver, request_id).await)
                 })),
@@ -299,12 +316,13 @@ impl Server {
             .map_err(|e| anyhow!("opening the data directory failed: {e}"))??;
         let fingerprint = data.fingerprint();
         let nonce_secret = datadir::random_bytes()?;
-        let registry = datadir::load_registry(
+        let mut registry = datadir::load_registry(
             data.store(),
             config.registration,
             nonce_secret,
             *data.invite_secret(),
         )?;
+        registry.set_limits(config.limits);
         let records = registry.records().count();
         let (manager, invite_secret, store) = data.into_parts();
 
@@ -336,6 +354,7 @@ impl Server {
             %local_addr,
             data_dir = %config.data_dir.display(),
             registration = ?config.registration,
+            limits = ?config.limits,
             records,
             %fingerprint,
             "key manager listening (UDP and TCP)"
@@ -459,21 +478,35 @@ impl Committer {
     async fn commit(&mut self, batch: &mut Vec<Pending>) {
         let operations: Vec<Operation> = batch.iter().map(|p| p.operation.clone()).collect();
         let replies = match self.write(operations).await {
-            Ok(results) => results
-                .into_iter()
-                .zip(batch.iter())
-                .map(|(result, pending)| match result {
-                    Ok(()) => {
-                        bump(&self.shared.stats.committed);
-                        handler::ok_response(pending.request_id)
-                    }
-                    Err(refusal) => handler::refusal_response(pending.request_id, &refusal),
-                })
-                .collect(),
+            Ok(results) => {
+                let registry = self.shared.registry();
+                let admission = registry.admission();
+                results
+                    .into_iter()
+                    .zip(batch.iter())
+                    .map(|(result, pending)| {
+                        admission.answer(&pending.nonce, result.clone());
+                        match result {
+                            Ok(()) => {
+                                bump(&self.shared.stats.committed);
+                                handler::ok_response(pending.request_id)
+                            }
+                            Err(refusal) => handler::refusal_response(pending.request_id, &refusal),
+                        }
+                    })
+                    .collect()
+            }
             Err(e) => {
                 bump(&self.shared.stats.commit_failures);
                 error!("group commit of {} operation(s) failed: {e:#}", batch.len());
                 self.recover().await;
+                // Not decided: a retry of the same request is decided anew.
+                {
+                    let registry = self.shared.registry();
+                    for pending in batch.iter() {
+                        registry.admission().release(&pending.nonce);
+                    }
+                }
                 batch
                     .iter()
                     .map(|p| {
@@ -559,12 +592,16 @@ impl Committer {
         })
         .await;
         match reopened {
-            Ok(Ok((store, registry))) => {
-                *self
+            Ok(Ok((store, mut registry))) => {
+                let mut current = self
                     .shared
                     .registry
                     .write()
-                    .unwrap_or_else(|e| e.into_inner()) = registry;
+                    .unwrap_or_else(|e| e.into_inner());
+                // Used nonces and rate buckets survive the reload.
+                registry.carry_over(&mut current);
+                *current = registry;
+                drop(current);
                 self.store = Some(Arc::new(store));
                 info!("key database reopened after a failed commit");
             }

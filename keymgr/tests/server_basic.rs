@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng as _;
+use sockmsg_keymgr::admission::Limits;
 use sockmsg_keymgr::datadir;
 use sockmsg_keymgr::merkle;
 use sockmsg_keymgr::registry::{self, RegistrationMode, MANAGER_NAME};
@@ -664,9 +665,12 @@ async fn invites_are_single_use_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_are_group_committed() {
     let (dir, _) = init_dir("group");
-    let server = Running::start(config(dir.path(), RegistrationMode::Open)).await;
-    let alice = Arc::new(signer("alice", ALICE_PEM));
     const N: usize = 40;
+    // Forty names for one key from one address: more than the default limits allow.
+    let mut config = config(dir.path(), RegistrationMode::Open);
+    config.limits = Limits::unlimited();
+    let server = Running::start(config).await;
+    let alice = Arc::new(signer("alice", ALICE_PEM));
     let mut tasks = Vec::new();
     for i in 0..N {
         let (addr, alice) = (server.addr, Arc::clone(&alice));
@@ -805,7 +809,9 @@ async fn connections_over_the_limit_are_closed_at_once() {
 
 /// The node-side client against the real server: lookups verify against the pinned
 /// fingerprint, a rotation moves the name, and the captured original registration,
-/// replayed afterwards, cannot move it back.
+/// replayed afterwards, cannot move it back: it gets the answer it got then (SPEC.md §8:
+/// a repeated request with the same nonce gets the same answer) and changes nothing, and
+/// its nonce cannot be used for anything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_rotation_and_a_replayed_registration() {
     use sockmsg_keymgr::client::{KeymgrClient, Trust};
@@ -840,11 +846,23 @@ async fn client_rotation_and_a_replayed_registration() {
     assert_eq!(record.public_key_der, dave.public_key_der());
     assert_eq!(record.serial, 2);
 
-    // The replay is refused: the name is bound to another key now.
+    // The replay gets its original answer, and the name stays with the new key.
     let answer = udp.call(id, &captured).await;
-    expect_code(answer, KeyResultCode::NAME_TAKEN);
+    expect_ok(answer);
     let record = expect_record(udp.lookup("alice").await);
     assert_eq!(record.public_key, dave.public_key_der());
+    assert_eq!(record.serial, 2);
+    // The captured nonce, in another (validly signed) request: refused.
+    let id = udp.id();
+    let reused = register_request(id, &alice, "alice2", &nonce, &[]);
+    let reason = expect_code(udp.call(id, &reused).await, KeyResultCode::BAD_NONCE);
+    assert!(reason.contains("used"), "{reason}");
+    expect_code(udp.lookup("alice2").await, KeyResultCode::NOT_FOUND);
+    assert_eq!(
+        server.stats.snapshot().committed,
+        2,
+        "the replay committed nothing"
+    );
 
     server.stop().await;
 }
@@ -882,5 +900,74 @@ async fn truncated_and_overlong_tcp_frames_are_dropped() {
             .expect("closed in time"));
     }
     expect_record(good.lookup("bob").await);
+    server.stop().await;
+}
+
+/// The limits of config.yml on a real server: a source's burst of new names, then
+/// `UNAVAILABLE` with the time to wait (and confirming a name it holds stays free); one
+/// key bound to at most `max_names_per_key` names (`BAD_KEY`); both readable through the
+/// node-side client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_rate_limited_per_source_and_per_key() {
+    use sockmsg_keymgr::client::{ClientError, KeymgrClient, Trust};
+
+    let (dir, fingerprint) = init_dir("limits");
+    let mut config = config(dir.path(), RegistrationMode::Open);
+    let yaml = sockmsg_config::Config::from_yaml_str(
+        "keymgr: {register_burst: 3, register_per_minute: 1, max_names_per_key: 2}",
+    )
+    .expect("config");
+    config.limits = Limits::from_config(&yaml.keymgr);
+    let server = Running::start(config).await;
+    let client = KeymgrClient::new(server.addr, Trust::Pinned(fingerprint)).expect("client");
+    let alice = signer("alice", ALICE_PEM);
+    let bob = signer("bob", BOB_PEM);
+
+    for name in ["a1", "a2"] {
+        timeout(WAIT, client.register(name, &alice, None))
+            .await
+            .expect("in time")
+            .expect("registered");
+    }
+    // A third name for alice's key.
+    match timeout(WAIT, client.register("a3", &alice, None))
+        .await
+        .expect("in time")
+    {
+        Err(ClientError::Refused { code, reason }) => {
+            assert_eq!(code, KeyResultCode::BAD_KEY);
+            assert!(reason.contains("max_names_per_key"), "{reason}");
+        }
+        other => panic!("expected BAD_KEY, got {other:?}"),
+    }
+    // The third token of the burst went to that refused request: the bucket is empty.
+    match timeout(WAIT, client.register("b1", &bob, None))
+        .await
+        .expect("in time")
+    {
+        Err(error @ ClientError::Refused { .. }) => {
+            let ClientError::Refused { code, reason } = &error else {
+                unreachable!()
+            };
+            assert_eq!(*code, KeyResultCode::UNAVAILABLE);
+            assert!(
+                reason.contains("too many registrations from 127.0.0.1: retry in"),
+                "{reason}"
+            );
+            assert!(error.to_string().contains("retry in"), "{error}");
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    // Restarting nodes re-register the names they hold: never limited.
+    for _ in 0..3 {
+        timeout(WAIT, client.register("a1", &alice, None))
+            .await
+            .expect("in time")
+            .expect("a confirmation is free");
+    }
+    expect_code(
+        UdpClient::connect(server.addr).await.lookup("b1").await,
+        KeyResultCode::NOT_FOUND,
+    );
     server.stop().await;
 }
