@@ -680,6 +680,36 @@ fn os_seed() -> Result<[u8; 32], ClientError> {
     Ok(seed)
 }
 
+/// Records in a known-hosts file (as [`Trust::TrustOnFirstUse`] keeps it) that the key
+/// manager at `addr` has key `fingerprint`, as a node that starts a manager itself knows
+/// first-hand. `Ok(true)` if it was recorded now, `Ok(false)` if it already was;
+/// [`ClientError::FingerprintChanged`] if the file says another key for `addr`.
+pub fn remember_known_host(
+    file: &Path,
+    addr: SocketAddr,
+    fingerprint: &str,
+) -> Result<bool, ClientError> {
+    let io = |error| ClientError::Io {
+        context: format!("known-hosts file {}", file.display()),
+        error,
+    };
+    let fingerprint = normalize_fingerprint(fingerprint);
+    match known_host(file, addr).map_err(io)? {
+        Some((_, known)) if known == fingerprint => Ok(false),
+        Some((line, expected)) => Err(ClientError::FingerprintChanged {
+            addr,
+            expected,
+            found: fingerprint,
+            file: file.to_owned(),
+            line,
+        }),
+        None => {
+            remember_host(file, addr, &fingerprint).map_err(io)?;
+            Ok(true)
+        }
+    }
+}
+
 /// The remembered fingerprint of `addr` in a known-hosts file, with its line number
 /// (from 1). A missing file knows nothing.
 fn known_host(file: &Path, addr: SocketAddr) -> io::Result<Option<(usize, String)>> {
@@ -1281,6 +1311,34 @@ mod tests {
         assert!(matches!(
             client.lookup("alice").await,
             Err(ClientError::Io { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_recorded_manager_is_trusted_and_another_key_refused() {
+        let server = FakeServer::start(carol()).await;
+        let dir = TempDir::new("remember");
+        let known_hosts = dir.0.join("known_keymgr");
+        let carol_fp = fingerprint(carol().public_key_der());
+        assert!(remember_known_host(&known_hosts, server.addr, &carol_fp).unwrap());
+        assert!(!remember_known_host(&known_hosts, server.addr, &carol_fp).unwrap());
+        // Recorded, so the first contact is no longer a first use: dave is refused.
+        server.replace_manager(dave());
+        let tofu = Trust::TrustOnFirstUse {
+            known_hosts: known_hosts.clone(),
+        };
+        let err = client(&server, tofu, config())
+            .lookup("alice")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::FingerprintChanged { expected, .. } if *expected == carol_fp),
+            "{err}"
+        );
+        let dave_fp = fingerprint(dave().public_key_der());
+        assert!(matches!(
+            remember_known_host(&known_hosts, server.addr, &dave_fp),
+            Err(ClientError::FingerprintChanged { line: 1, .. })
         ));
     }
 

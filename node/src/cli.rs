@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use sockmsg_config::Config;
-use sockmsg_keymgr::client::Trust;
+use sockmsg_keymgr::client::ClientError;
 use sockmsg_node::datadir::NodeDir;
 use sockmsg_node::driver::{check_name, Driver, NodeSettings};
 use sockmsg_node::group::GroupConfig;
+use sockmsg_wire::frame::KeyResultCode;
 use sockmsg_wire::session::SessionConfig;
 use tokio::sync::mpsc;
 
@@ -70,6 +71,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// One-time enrollment token (hex, as `sockmsg-keymgr invite` prints it) for a key
+    /// manager that runs with `registration: invite`. Needed only the first time this
+    /// name registers. Default: node.invite.
+    #[arg(long, value_name = "TOKEN")]
+    pub invite: Option<String>,
+
     /// Scripting mode: commands as lines on stdin, one JSON object per event on stdout,
     /// each with a millisecond timestamp ("ts"). No prompts.
     #[arg(long)]
@@ -108,6 +115,12 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let group = args.group.clone().unwrap_or(config.node.group.clone());
     check_name(&group).context("group name")?;
+    let invite = match &args.invite {
+        Some(text) => {
+            Some(sockmsg_config::parse_invite(text).map_err(|e| anyhow!("--invite: {e}"))?)
+        }
+        None => config.invite_token()?,
+    };
 
     let dir = NodeDir::open(&data_dir, &name)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -139,12 +152,11 @@ pub async fn run(args: Args) -> Result<()> {
             dir.path().join("identity.pem").display()
         ));
     }
-    let trust = match (&services.keymgr_fingerprint, &config.keymgr.fingerprint) {
-        (Some(fp), _) | (None, Some(fp)) => Trust::Pinned(fp.clone()),
-        (None, None) => Trust::TrustOnFirstUse {
-            known_hosts: dir.known_keymgr_file(),
-        },
-    };
+    let trust = services::trust(
+        &services,
+        config.keymgr.fingerprint.as_deref(),
+        &dir.known_keymgr_file(),
+    )?;
     let advertise = (bind.ip().is_unspecified()).then(detect_lan_ip).flatten();
     let settings = NodeSettings {
         name: name.clone(),
@@ -154,12 +166,15 @@ pub async fn run(args: Args) -> Result<()> {
         proxy: services.proxy,
         keymgr: services.keymgr,
         keymgr_trust: trust,
+        invite: invite.clone(),
         group_config: group_config(&config, &group),
         session: session_config(&config),
         socket_buffer: 2 << 20,
     };
     let history = dir.history_file();
-    let driver = Driver::start(settings, Arc::new(signer), dir, events_tx).await?;
+    let driver = Driver::start(settings, Arc::new(signer), dir, events_tx)
+        .await
+        .map_err(|e| explain_refusal(e, invite.is_some()))?;
     let (commands_tx, commands_rx) = mpsc::channel(256);
     // The input side ends by itself (end of input, /exit); it is not joined, since a
     // blocked read of stdin cannot be interrupted.
@@ -169,8 +184,33 @@ pub async fn run(args: Args) -> Result<()> {
         .run(commands_rx, sockmsg_service::shutdown_signal())
         .await;
     let _ = output.await;
-    drop(services);
+    services.stop().await;
     result
+}
+
+/// Adds what to do to a registration the key manager refused for want of an invite.
+fn explain_refusal(error: anyhow::Error, had_invite: bool) -> anyhow::Error {
+    let needs_invite = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ClientError>(),
+            Some(ClientError::Refused {
+                code: KeyResultCode::INVITE_REQUIRED,
+                ..
+            })
+        )
+    });
+    match (needs_invite, had_invite) {
+        (false, _) => error,
+        (true, false) => error.context(
+            "this key manager registers new names only with an invite token: ask its \
+             operator for one (`sockmsg-keymgr invite`) and start again with --invite TOKEN \
+             (or node.invite in the config file)",
+        ),
+        (true, true) => error.context(
+            "the key manager did not accept the invite token (already used, or minted by \
+             another key manager): ask its operator for a new one (`sockmsg-keymgr invite`)",
+        ),
+    }
 }
 
 /// The group timers from `timing:`.

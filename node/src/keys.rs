@@ -5,8 +5,13 @@
 //! A miss is remembered: a handshake with a peer whose key the node has not fetched yet
 //! waits (see `Connection`'s FINISH handling), and the driver fetches the names in
 //! [`PeerKeyCache::take_wanted`] so that the retried handshake message verifies.
+//!
+//! Also here: [`open_keylog`], the file `SOCKMSG_KEYLOG` names (session secrets, for
+//! `sockmsg-dump`), opened so that nobody else can read it or slip it a symlink.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sockmsg_keymgr::verify::VerifiedRecord;
@@ -105,6 +110,96 @@ impl PeerKeys for PeerKeyCache {
     }
 }
 
+/// Why the key log was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum KeylogError {
+    #[error("cannot open {}: {error}", path.display())]
+    Open {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{} is a symbolic link: refusing to write session secrets through it (name the \
+         file itself)",
+        path.display()
+    )]
+    Symlink { path: PathBuf },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error(
+        "{} belongs to another user (uid {owner}, we are {me}): refusing to write session \
+         secrets into it",
+        path.display()
+    )]
+    NotOurs { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "{} can be read by other users (mode {mode:03o}): run `chmod 600 {}` or name a \
+         new file",
+        path.display(),
+        path.display()
+    )]
+    Readable { path: PathBuf, mode: u32 },
+}
+
+/// Opens the key log at `path` for appending (SPEC.md §5.4): created mode 0600; never
+/// through a symbolic link (`O_NOFOLLOW`: the last component is not followed); an
+/// existing file must be a regular file of ours that no other user can read. The checks
+/// are made on the opened file (`fstat`), so the file cannot be swapped in between.
+pub fn open_keylog(path: &Path) -> Result<File, KeylogError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let file = options.open(path).map_err(|error| {
+        // O_NOFOLLOW on a symbolic link fails with ELOOP.
+        #[cfg(unix)]
+        if error.raw_os_error() == Some(libc::ELOOP)
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return KeylogError::Symlink {
+                path: path.to_owned(),
+            };
+        }
+        KeylogError::Open {
+            path: path.to_owned(),
+            error,
+        }
+    })?;
+    let metadata = file.metadata().map_err(|error| KeylogError::Open {
+        path: path.to_owned(),
+        error,
+    })?;
+    if !metadata.is_file() {
+        return Err(KeylogError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if metadata.uid() != me {
+            return Err(KeylogError::NotOurs {
+                path: path.to_owned(),
+                owner: metadata.uid(),
+                me,
+            });
+        }
+        let mode = metadata.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeylogError::Readable {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +248,105 @@ mod tests {
             KeyNews::Revoked
         );
         assert_eq!(cache.verify("alice", b"m", b"s"), Err(AuthError::Revoked));
+    }
+}
+
+#[cfg(all(test, unix))]
+mod keylog_tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("sockmsg-keylog-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_new_key_log_is_mode_0600_and_appended_to() {
+        let dir = TempDir::new("new");
+        let path = dir.0.join("keys.log");
+        open_keylog(&path).unwrap().write_all(b"one\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        open_keylog(&path).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    }
+
+    #[test]
+    fn a_symlink_is_refused_and_its_target_left_alone() {
+        let dir = TempDir::new("symlink");
+        let target = dir.0.join("victim");
+        std::fs::write(&target, "precious\n").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.0.join("keys.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = open_keylog(&link).unwrap_err();
+        assert!(matches!(error, KeylogError::Symlink { .. }), "{error:?}");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        // A dangling link (the usual trick: make us create the file elsewhere) too.
+        let dangling = dir.0.join("dangling.log");
+        std::os::unix::fs::symlink(dir.0.join("created-by-us"), &dangling).unwrap();
+        assert!(matches!(
+            open_keylog(&dangling),
+            Err(KeylogError::Symlink { .. })
+        ));
+        assert!(!dir.0.join("created-by-us").exists());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    }
+
+    #[test]
+    fn a_file_others_can_read_or_not_a_file_is_refused() {
+        let dir = TempDir::new("mode");
+        let path = dir.0.join("keys.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = open_keylog(&path).unwrap_err();
+        assert!(
+            matches!(error, KeylogError::Readable { mode: 0o644, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(open_keylog(&path).is_ok());
+        assert!(matches!(
+            open_keylog(&dir.0),
+            Err(KeylogError::Open { .. } | KeylogError::NotAFile { .. })
+        ));
+    }
+
+    /// A file owned by another user: only testable as root (chown). Skipped otherwise.
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: cannot make a file of another user; skipped");
+            return;
+        }
+        let dir = TempDir::new("owner");
+        let path = dir.0.join("keys.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let error = open_keylog(&path).unwrap_err();
+        assert!(
+            matches!(error, KeylogError::NotOurs { owner: 65534, .. }),
+            "{error:?}"
+        );
     }
 }

@@ -1,19 +1,25 @@
 //! The key manager and the proxy a node talks to: the configured ones if they answer,
 //! else (when the user named none) both started in this process on their configured
 //! loopback addresses, so a single machine needs no setup. They stop with the node.
+//!
+//! A manager started here is trusted like any other ([`trust`]): its fingerprint goes
+//! into the node's known-hosts file, so that whatever answers on that port later (the
+//! manager another node started, or an impostor) must have the same key.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sockmsg_config::Config;
-use sockmsg_keymgr::client::{ClientConfig, ClientError, KeymgrClient, Trust};
+use sockmsg_keymgr::admission::Limits;
+use sockmsg_keymgr::client::{remember_known_host, ClientConfig, ClientError, KeymgrClient, Trust};
 use sockmsg_keymgr::server::{
     registration_mode, ServeConfig as KeymgrServe, Server as KeymgrServer,
 };
 use sockmsg_proxy::server::{ServeConfig as ProxyServe, Server as ProxyServer};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::cli::Args;
 use crate::ui::Printer;
@@ -25,6 +31,26 @@ pub struct Services {
     /// Known when the key manager runs in this process.
     pub keymgr_fingerprint: Option<String>,
     _stop: Option<watch::Sender<bool>>,
+    /// The embedded servers' tasks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How the node trusts the key manager of `services`. A fingerprint pinned in the
+/// configuration wins (an embedded manager with another key is refused like any other).
+/// Otherwise the node's known-hosts file decides (trust on first use); a manager started
+/// in this process is recorded there first, and refused if the file already names
+/// another key for its address (its data directory was replaced, say).
+pub fn trust(services: &Services, pinned: Option<&str>, known_hosts: &Path) -> Result<Trust> {
+    if let Some(fingerprint) = pinned {
+        return Ok(Trust::Pinned(fingerprint.to_owned()));
+    }
+    if let Some(fingerprint) = &services.keymgr_fingerprint {
+        remember_known_host(known_hosts, services.keymgr, fingerprint)
+            .context("the key manager started in this process is not the one trusted before")?;
+    }
+    Ok(Trust::TrustOnFirstUse {
+        known_hosts: known_hosts.to_owned(),
+    })
 }
 
 /// Finds (or starts) the services.
@@ -41,6 +67,7 @@ pub async fn ensure(
         proxy,
         keymgr_fingerprint: None,
         _stop: None,
+        tasks: Vec::new(),
     };
     if !embed_allowed || keymgr_answers(keymgr).await {
         return Ok(services);
@@ -69,11 +96,12 @@ pub async fn ensure(
             .await
             .context("key manager init")??;
     }
-    let serve = KeymgrServe::new(
+    let mut serve = KeymgrServe::new(
         &data_dir,
         config.keymgr.listen,
         registration_mode(config.keymgr.registration),
     );
+    serve.limits = Limits::from_config(&config.keymgr);
     let server = match KeymgrServer::bind(serve).await {
         Ok(server) => server,
         Err(e) => {
@@ -87,13 +115,13 @@ pub async fn ensure(
     let fingerprint = server.fingerprint().to_owned();
     let keymgr_at = server.local_addr();
     let mut stop = stop_rx.clone();
-    tokio::spawn(async move {
+    services.tasks.push(tokio::spawn(async move {
         let _ = server
             .run(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-    });
+    }));
     let mut proxy_serve = ProxyServe::new(
         config.proxy.listen,
         keymgr_at,
@@ -105,13 +133,13 @@ pub async fn ensure(
         .context("cannot start the embedded proxy")?;
     let proxy_at = proxy_server.local_addr();
     let mut stop = stop_rx;
-    tokio::spawn(async move {
+    services.tasks.push(tokio::spawn(async move {
         let _ = proxy_server
             .run(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-    });
+    }));
     printer.notice(&format!(
         "started a key manager ({keymgr_at}, data in {}) and a proxy ({proxy_at}) in this \
          process; other nodes on this machine use them, and they stop when this node does",
@@ -122,6 +150,20 @@ pub async fn ensure(
     services.keymgr_fingerprint = Some(fingerprint);
     services._stop = Some(stop_tx);
     Ok(services)
+}
+
+impl Services {
+    /// Stops the embedded servers (if any) and waits until they are done (a key manager
+    /// answers what it accepted) and have let go of their ports. Dropping stops them
+    /// too, without waiting.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self._stop.take() {
+            let _ = stop.send(true);
+        }
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Services {
@@ -149,4 +191,153 @@ async fn keymgr_answers(addr: SocketAddr) -> bool {
         client.manager_key().await,
         Err(ClientError::Timeout { .. } | ClientError::Io { .. })
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+    use sockmsg_keymgr::registry::RegistrationMode;
+
+    const KEYMGR_PEM: &str = include_str!("../../testdata/keys/keymgr.pem");
+    const DAVE_PEM: &str = include_str!("../../testdata/keys/dave.pem");
+    /// Bound on each awaited step.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "sockmsg-node-services-{tag}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A loopback port free (for now) for both TCP and UDP.
+    fn free_port() -> u16 {
+        for _ in 0..50 {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free loopback port");
+    }
+
+    async fn manager_key(addr: SocketAddr, trust: Trust) -> Result<String, ClientError> {
+        let client = KeymgrClient::new(addr, trust)?;
+        let key = tokio::time::timeout(WAIT, client.manager_key())
+            .await
+            .expect("an answer in time")?;
+        Ok(key.fingerprint().to_owned())
+    }
+
+    /// A node that starts the embedded key manager records its fingerprint; when another
+    /// manager (another key) later answers on the same port, the node refuses it, both
+    /// when it finds it running and when its own manager's key has changed.
+    #[tokio::test]
+    async fn the_embedded_managers_fingerprint_is_pinned() {
+        let tmp = TempDir::new("pin");
+        let keymgr_dir = tmp.0.join("keymgr");
+        let fingerprint = sockmsg_keymgr::datadir::init_with_key(&keymgr_dir, KEYMGR_PEM).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = Config::default();
+        config.keymgr.listen = addr;
+        config.keymgr.address = addr;
+        config.keymgr.data_dir = Some(keymgr_dir);
+        config.proxy.listen = "127.0.0.1:0".parse().unwrap();
+        let args = Args::parse_from(["sockmsg-node"]);
+        let printer = crate::ui::Printer::new(true);
+        let known_hosts = tmp.0.join("alice/known_keymgr");
+
+        // First start: nothing answers, so the node starts a manager and records it.
+        let services = ensure(&config, &args, true, &printer).await.unwrap();
+        assert_eq!(services.keymgr, addr);
+        assert_eq!(services.keymgr_fingerprint.as_deref(), Some(&*fingerprint));
+        let trusted = trust(&services, None, &known_hosts).unwrap();
+        assert_eq!(
+            trusted,
+            Trust::TrustOnFirstUse {
+                known_hosts: known_hosts.clone()
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(&known_hosts).unwrap(),
+            format!("{addr} {fingerprint}\n")
+        );
+        assert_eq!(
+            manager_key(addr, trusted.clone()).await.unwrap(),
+            fingerprint
+        );
+        // A pinned fingerprint in the config wins.
+        assert_eq!(
+            trust(&services, Some("ab"), &known_hosts).unwrap(),
+            Trust::Pinned("ab".into())
+        );
+        services.stop().await;
+
+        // Another manager, with another key, on the same port.
+        let impostor_dir = tmp.0.join("impostor");
+        let impostor_fp = sockmsg_keymgr::datadir::init_with_key(&impostor_dir, DAVE_PEM).unwrap();
+        let impostor = KeymgrServer::bind(KeymgrServe::new(
+            &impostor_dir,
+            addr,
+            RegistrationMode::Open,
+        ))
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(impostor.run(async move {
+            let _ = stopped.await;
+        }));
+
+        // Next start: something answers, so nothing is embedded; it is refused.
+        let services = ensure(&config, &args, true, &printer).await.unwrap();
+        assert_eq!(services.keymgr_fingerprint, None);
+        let trusted = trust(&services, None, &known_hosts).unwrap();
+        match manager_key(addr, trusted).await {
+            Err(ClientError::FingerprintChanged {
+                expected, found, ..
+            }) => {
+                assert_eq!(expected, fingerprint);
+                assert_eq!(found, impostor_fp);
+            }
+            other => panic!("expected FingerprintChanged, got {other:?}"),
+        }
+        services.stop().await;
+        let _ = stop.send(());
+        tokio::time::timeout(WAIT, running)
+            .await
+            .expect("stopped in time")
+            .unwrap()
+            .unwrap();
+
+        // A node whose own embedded manager comes up with another key refuses it too.
+        let replaced = Services {
+            keymgr: addr,
+            proxy: addr,
+            keymgr_fingerprint: Some(impostor_fp),
+            _stop: None,
+            tasks: Vec::new(),
+        };
+        let error = trust(&replaced, None, &known_hosts).unwrap_err();
+        assert!(format!("{error:#}").contains("HAS CHANGED"), "{error:#}");
+        assert_eq!(
+            std::fs::read_to_string(&known_hosts).unwrap(),
+            format!("{addr} {fingerprint}\n"),
+            "the recorded key stays"
+        );
+    }
 }

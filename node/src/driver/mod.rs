@@ -83,6 +83,8 @@ pub struct NodeSettings {
     pub proxy: SocketAddr,
     pub keymgr: SocketAddr,
     pub keymgr_trust: Trust,
+    /// Enrollment token for a key manager in invite mode (`--invite`, `node.invite`).
+    pub invite: Option<Vec<u8>>,
     pub group_config: GroupConfig,
     pub session: SessionConfig,
     /// SO_RCVBUF / SO_SNDBUF asked for (the kernel may cap it).
@@ -350,7 +352,7 @@ impl Driver {
             )));
         }
         keymgr
-            .register(&settings.name, &signer, None)
+            .register(&settings.name, &signer, settings.invite.as_deref())
             .await
             .with_context(|| {
                 format!(
@@ -683,26 +685,21 @@ impl Driver {
     }
 }
 
-/// The key log named by `SOCKMSG_KEYLOG`, opened for appending (mode 0600), or `None`.
+/// The key log named by `SOCKMSG_KEYLOG` (see [`crate::keys::open_keylog`]: mode 0600,
+/// no symbolic link, ours alone), or `None`.
 pub fn open_keylog() -> Option<std::fs::File> {
     let path = std::env::var_os("SOCKMSG_KEYLOG").filter(|p| !p.is_empty())?;
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    match options.open(&path) {
+    let path = std::path::Path::new(&path);
+    match crate::keys::open_keylog(path) {
         Ok(file) => {
             tracing::warn!(
                 "SOCKMSG_KEYLOG: writing session secrets to {}",
-                std::path::Path::new(&path).display()
+                path.display()
             );
             Some(file)
         }
         Err(e) => {
-            tracing::warn!("SOCKMSG_KEYLOG: cannot open {path:?}: {e}");
+            tracing::warn!("SOCKMSG_KEYLOG: {e}; no key log");
             None
         }
     }
