@@ -65,11 +65,12 @@ impl Driver {
                     };
                     match self.reassembly.accept(&peer, &frame) {
                         Ok(Some(msg)) => {
+                            // Only a peer's own JOIN says where it listens: one naming
+                            // anyone else must not grow this map (a member could fill it
+                            // with names that never asked).
                             if let GroupMessage::Join(member) = &msg {
                                 if member.name == peer {
                                     self.addrs.insert(peer.clone(), member.addr);
-                                } else {
-                                    self.addrs.entry(member.name.clone()).or_insert(member.addr);
                                 }
                             }
                             tracing::trace!(kind = msg.kind(), from = %peer, "group frame in");

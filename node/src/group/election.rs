@@ -63,6 +63,10 @@ impl Group {
 
     /// Thesis §9.6: ask whether we could win in term + 1 before disturbing anyone.
     fn start_pre_vote(&mut self, now: Instant) {
+        if self.hard.term >= super::MAX_TERM {
+            // Unreachable: every term taken in is below MAX_TERM (see `terms`).
+            return;
+        }
         self.role = Role::PreCandidate;
         self.votes.clear();
         self.votes.insert(self.me.name.clone(), Vec::new());
@@ -79,6 +83,9 @@ impl Group {
 
     /// Raft §5.2: increment the term, vote for ourselves, ask everyone.
     pub(super) fn start_election(&mut self, now: Instant) {
+        if self.hard.term >= super::MAX_TERM {
+            return;
+        }
         self.role = Role::Candidate;
         self.hard.term += 1;
         self.hard.voted_for = Some(self.me.name.clone());
@@ -135,7 +142,11 @@ impl Group {
     fn answer(&mut self, now: Instant, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
         let vote = self.vote(term, candidate, pre_vote, granted);
         self.send(candidate, GroupMessage::Vote(vote.clone()));
-        if granted && !pre_vote {
+        // A repeated request (a retransmission, or a flood) is answered again but
+        // signed once: each signature is milliseconds of RSA.
+        let first = (term, candidate.to_owned());
+        if granted && !pre_vote && self.signature_asked.as_ref() != Some(&first) {
+            self.signature_asked = Some(first);
             self.signatures_owed += 1;
             self.sign_later(now, vote);
         }
@@ -306,7 +317,7 @@ impl Group {
     /// Raft §5.1: step down to follower in `term` (persisting a new term), following
     /// `leader` if known.
     pub(super) fn become_follower(&mut self, now: Instant, term: u64, leader: Option<String>) {
-        if term > self.hard.term {
+        if term > self.hard.term && term <= super::MAX_TERM {
             self.hard.term = term;
             self.hard.voted_for = None;
             self.persist();

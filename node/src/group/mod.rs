@@ -14,6 +14,7 @@
 mod chat;
 mod election;
 mod membership;
+mod terms;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,6 +25,8 @@ use sockmsg_wire::frame::MessageClass;
 
 use crate::message::{GroupMessage, MemberInfo, VoteMsg};
 use timers::{Timer, Timers};
+
+pub use terms::{Rejections, Violation, MAX_TERM};
 
 /// Timing of the group protocol (config.yml `group:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +263,12 @@ pub struct Group {
 
     // Chat.
     chat: chat::ChatState,
+
+    /// The (term, candidate) of the one granted vote we asked the driver to sign: one
+    /// RSA signature per term however often the request is repeated.
+    signature_asked: Option<(u64, String)>,
+    /// Frames dropped by the checks of [`terms`], per kind.
+    rejections: Rejections,
 }
 
 impl Group {
@@ -309,13 +318,17 @@ impl Group {
             departed: HashMap::new(),
             leaving: None,
             chat: chat::ChatState::default(),
+            signature_asked: None,
+            rejections: Rejections::default(),
         };
+        group.recover_absurd_term();
         group.reset_election_timer(now);
         // A vote granted before a restart may never have been signed, and its candidate
         // may need the signature to prove its election: sign it (again).
         if let Some(candidate) = group.hard.voted_for.clone() {
             if candidate != group.me.name {
                 let vote = group.vote(group.hard.term, &candidate, false, true);
+                group.signature_asked = Some((group.hard.term, candidate));
                 group.sign_later(now, vote);
             }
         }
@@ -379,6 +392,10 @@ impl Group {
     /// A message from the authenticated session peer `from`.
     pub fn step(&mut self, now: Instant, from: &str, msg: GroupMessage) {
         if self.role == Role::Left {
+            return;
+        }
+        if let Err(violation) = self.check_terms(&msg) {
+            self.rejections.count(violation);
             return;
         }
         let membership_stamp = match &msg {

@@ -1256,3 +1256,105 @@ fn receipts_are_bounded() {
     nodes[0].chat_delivered("b", 1);
     assert!(drain(&mut nodes[0]).is_empty());
 }
+
+#[test]
+fn a_term_above_max_term_is_refused_and_changes_nothing() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    drain(&mut nodes[0]);
+    drain(&mut nodes[1]);
+    let b = &mut nodes[1];
+    let hard_before = b.hard_state().clone();
+    b.step(
+        now,
+        "c",
+        GroupMessage::VoteRequest(vote_request(u64::MAX, "c", 9)),
+    );
+    b.step(
+        now,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(MAX_TERM + 1, "c", 9)),
+    );
+    assert_eq!(b.hard_state(), &hard_before, "no term taken, no vote cast");
+    assert!(drain(b).is_empty(), "nothing persisted, nothing sent");
+    assert_eq!(b.rejections().get(Violation::TermOutOfRange), 2);
+    // The leader is not deposed by an absurd acknowledgement either.
+    let a = &mut nodes[0];
+    a.step(
+        now,
+        "c",
+        GroupMessage::MembershipAck {
+            term: u64::MAX,
+            version: 1,
+        },
+    );
+    assert_eq!(a.role(), Role::Leader);
+    assert_eq!(a.term(), 1);
+    assert_eq!(a.rejections().get(Violation::TermOutOfRange), 1);
+    // A membership created in a later term than it is sent in is malformed.
+    let b = &mut nodes[1];
+    b.step(
+        now,
+        "a",
+        GroupMessage::Membership {
+            term: 1,
+            membership_term: 2,
+            version: 9,
+            members: vec![info("a", 1)],
+        },
+    );
+    assert_eq!(b.members().len(), 3);
+    assert_eq!(b.rejections().get(Violation::BadMembership), 1);
+}
+
+#[test]
+fn a_node_holding_an_absurd_persisted_term_recovers() {
+    let now = Instant::now();
+    let hard = HardState {
+        term: u64::MAX,
+        voted_for: Some("mallory".into()),
+        membership_term: 3,
+        membership_version: 2,
+        members: vec![info("a", 2), info("b", 1)],
+    };
+    let mut b = Group::new(
+        GroupConfig::new("lobby"),
+        info("b", 1),
+        hard,
+        ChaCha8Rng::seed_from_u64(1),
+        now,
+    )
+    .unwrap();
+    assert_eq!(b.term(), 3, "back to the term of the membership it holds");
+    assert_eq!(b.hard_state().voted_for, None);
+    assert!(drain(&mut b)
+        .iter()
+        .any(|o| matches!(o, Output::Persist(h) if h.term == 3)));
+    // It stands again without wrapping: a pre-vote for term 4.
+    let t = b.poll_timeout().unwrap();
+    b.tick(t);
+    let asked = sends(&drain(&mut b));
+    assert!(asked
+        .iter()
+        .any(|(_, m)| matches!(m, GroupMessage::PreVoteRequest(r) if r.term == 4)));
+}
+
+#[test]
+fn repeated_vote_requests_ask_for_one_signature() {
+    let now = Instant::now();
+    let (mut g, out) = b_asked_by_a(now);
+    let mut asked = out
+        .iter()
+        .filter(|o| matches!(o, Output::SignVote { .. }))
+        .count();
+    for _ in 0..100 {
+        g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+        let out = drain(&mut g);
+        assert!(the_vote(&out).granted, "each is answered");
+        asked += out
+            .iter()
+            .filter(|o| matches!(o, Output::SignVote { .. }))
+            .count();
+    }
+    assert_eq!(asked, 1, "one RSA signature per (term, candidate)");
+}
