@@ -9,7 +9,6 @@
 //! (`testdata/keys`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use sockmsg_wire::session::{
 use sockmsg_wire::{encode_cleartext_packet, Datagram, Frame, Name, PacketType, Token, HEADER_LEN};
 
 mod common;
-use common::{Peer, GROUP};
+use common::{alice_addr, bob_addr, carol_addr, CountingSigner, Peer, GROUP, MIN_INITIAL};
 
 const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
 const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
@@ -34,57 +33,12 @@ const ALICE_PUB: &str = include_str!("../../testdata/keys/alice.pub.pem");
 const BOB_PUB: &str = include_str!("../../testdata/keys/bob.pub.pem");
 const CAROL_PUB: &str = include_str!("../../testdata/keys/carol.pub.pem");
 
-/// SPEC.md §4: every INITIAL packet is padded to at least this many bytes.
-const MIN_INITIAL: usize = 1200;
 /// The largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
-
-fn alice_addr() -> SocketAddr {
-    loopback(1, 7402)
-}
-
-fn bob_addr() -> SocketAddr {
-    loopback(2, 7402)
-}
-
-fn carol_addr() -> SocketAddr {
-    loopback(3, 7402)
-}
 
 /// The attacker: an address that can receive (so it holds genuine cookies).
 fn mallory_addr() -> SocketAddr {
     loopback(66, 4000)
-}
-
-// ----- a signer that counts -----------------------------------------------------------------
-
-struct CountingSigner {
-    inner: Box<dyn Signer>,
-    signatures: AtomicU64,
-}
-
-impl CountingSigner {
-    fn new(inner: impl Signer + 'static) -> Arc<Self> {
-        Arc::new(CountingSigner {
-            inner: Box::new(inner),
-            signatures: AtomicU64::new(0),
-        })
-    }
-
-    fn count(&self) -> u64 {
-        self.signatures.load(Ordering::SeqCst)
-    }
-}
-
-impl Signer for CountingSigner {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn sign(&self, rng: &mut ChaCha20Rng, message: &[u8]) -> Vec<u8> {
-        self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.inner.sign(rng, message)
-    }
 }
 
 // ----- a node whose driver signs later ----------------------------------------------------

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,60 +32,13 @@ use sockmsg_wire::{
 };
 
 mod common;
-use common::{Peer, GROUP};
+use common::{alice_addr, bob_addr, carol_addr, CountingSigner, Peer, GROUP, MIN_INITIAL};
 
 const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
 const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
 const MALLORY_PEM: &str = include_str!("../../testdata/keys/mallory.pem");
 const ALICE_PUB: &str = include_str!("../../testdata/keys/alice.pub.pem");
 const BOB_PUB: &str = include_str!("../../testdata/keys/bob.pub.pem");
-
-/// SPEC.md §4: an INITIAL datagram is padded to at least this many bytes.
-const MIN_INITIAL: usize = 1200;
-
-fn alice_addr() -> SocketAddr {
-    loopback(1, 7402)
-}
-
-fn bob_addr() -> SocketAddr {
-    loopback(2, 7402)
-}
-
-fn carol_addr() -> SocketAddr {
-    loopback(3, 7402)
-}
-
-// ----- the node wrapper -------------------------------------------------------------------
-
-/// A signer that counts its signatures, to prove that a path does no RSA work.
-struct CountingSigner {
-    inner: Box<dyn Signer>,
-    signatures: AtomicU64,
-}
-
-impl CountingSigner {
-    fn new(inner: impl Signer + 'static) -> Arc<Self> {
-        Arc::new(CountingSigner {
-            inner: Box::new(inner),
-            signatures: AtomicU64::new(0),
-        })
-    }
-
-    fn count(&self) -> u64 {
-        self.signatures.load(Ordering::SeqCst)
-    }
-}
-
-impl Signer for CountingSigner {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn sign(&self, rng: &mut rand_chacha::ChaCha20Rng, message: &[u8]) -> Vec<u8> {
-        self.signatures.fetch_add(1, Ordering::SeqCst);
-        self.inner.sign(rng, message)
-    }
-}
 
 // ----- datagram helpers -------------------------------------------------------------------
 

@@ -227,3 +227,49 @@ pub fn connection_drops(s: &ConnectionStats) -> u64 {
         + s.refused_messages
         + s.auth_failures
 }
+
+/// SPEC.md §4: every INITIAL packet is padded to at least this many bytes.
+pub const MIN_INITIAL: usize = 1200;
+
+pub fn alice_addr() -> SocketAddr {
+    sockmsg_tools::sim::loopback(1, 7402)
+}
+
+pub fn bob_addr() -> SocketAddr {
+    sockmsg_tools::sim::loopback(2, 7402)
+}
+
+pub fn carol_addr() -> SocketAddr {
+    sockmsg_tools::sim::loopback(3, 7402)
+}
+
+/// A signer that counts its signatures, to prove that a path does no RSA work.
+pub struct CountingSigner {
+    inner: Box<dyn Signer>,
+    signatures: std::sync::atomic::AtomicU64,
+}
+
+impl CountingSigner {
+    pub fn new(inner: impl Signer + 'static) -> Arc<Self> {
+        Arc::new(CountingSigner {
+            inner: Box::new(inner),
+            signatures: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.signatures.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Signer for CountingSigner {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn sign(&self, rng: &mut rand_chacha::ChaCha20Rng, message: &[u8]) -> Vec<u8> {
+        self.signatures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.sign(rng, message)
+    }
+}
