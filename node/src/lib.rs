@@ -27,6 +27,8 @@ pub mod keys;
 pub mod message;
 pub mod proxy_client;
 pub mod statefile;
+#[cfg(test)]
+mod testdir;
 
 pub use fragment::{ChatReassembly, MAX_FRAGMENT_LEN};
 pub use group::{

@@ -5,6 +5,8 @@
 
 mod cli;
 mod services;
+#[cfg(test)]
+mod testdir;
 mod ui;
 
 use std::process::ExitCode;

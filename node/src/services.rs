@@ -196,6 +196,7 @@ async fn keymgr_answers(addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TempDir;
     use clap::Parser as _;
     use sockmsg_keymgr::registry::RegistrationMode;
 
@@ -203,26 +204,6 @@ mod tests {
     const DAVE_PEM: &str = include_str!("../../testdata/keys/dave.pem");
     /// Bound on each awaited step.
     const WAIT: Duration = Duration::from_secs(20);
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!(
-                "sockmsg-node-services-{tag}-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A loopback port free (for now) for both TCP and UDP.
     fn free_port() -> u16 {
