@@ -15,16 +15,19 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sockmsg_tools::sim::{loopback, Network, Node};
-use sockmsg_wire::frame::{HandshakeInit, MessageClass, Padding, Retry};
+use sockmsg_wire::frame::MessageClass;
 use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
 use sockmsg_wire::session::{
     CloseReason, ConnectionHandle, EndpointStats, Event, PeerKeys, Role, RsaKeyring, RsaSigner,
     SessionConfig, SignRequest, SignatureError, Signer,
 };
-use sockmsg_wire::{encode_cleartext_packet, Datagram, Frame, Name, PacketType, Token, HEADER_LEN};
+use sockmsg_wire::PacketType;
 
 mod common;
-use common::{alice_addr, bob_addr, carol_addr, CountingSigner, Peer, GROUP, MIN_INITIAL};
+use common::{
+    alice_addr, bob_addr, build_initial, carol_addr, packet_type, retry_cookie, CountingSigner,
+    Peer, MIN_INITIAL,
+};
 
 const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
 const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
@@ -32,6 +35,9 @@ const CAROL_PEM: &str = include_str!("../../testdata/keys/carol.pem");
 const ALICE_PUB: &str = include_str!("../../testdata/keys/alice.pub.pem");
 const BOB_PUB: &str = include_str!("../../testdata/keys/bob.pub.pem");
 const CAROL_PUB: &str = include_str!("../../testdata/keys/carol.pub.pem");
+
+/// The ephemeral key in mallory's hand-built INITIALs (never used to derive anything).
+const MALLORY_EPHEMERAL: [u8; 32] = [9; 32];
 
 /// The largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -137,49 +143,6 @@ impl Node for Host {
 
 // ----- datagram helpers -------------------------------------------------------------------
 
-fn packet_type(datagram: &[u8]) -> PacketType {
-    PacketType(datagram[3])
-}
-
-/// The cookie of a RETRY datagram.
-fn retry_cookie(datagram: &[u8]) -> Vec<u8> {
-    let packet = Datagram::new(datagram)
-        .next()
-        .expect("a packet")
-        .expect("a well-formed packet");
-    assert_eq!(packet.packet_type(), PacketType::RETRY);
-    packet
-        .frames()
-        .find_map(|frame| match frame {
-            Ok(Frame::Retry(Retry { cookie })) => Some(cookie.as_bytes().to_vec()),
-            _ => None,
-        })
-        .expect("a RETRY frame")
-}
-
-/// An INITIAL packet as an initiator builds it, padded to `total_len` bytes (or left
-/// unpadded if it is already that long).
-fn build_initial(initiator: &str, cid: u64, cookie: &[u8], total_len: usize) -> Vec<u8> {
-    let ephemeral = [9u8; 32];
-    let init = Frame::HandshakeInit(HandshakeInit {
-        group: Name::new(GROUP).expect("group name"),
-        initiator: Name::new(initiator).expect("name"),
-        initiator_cid: cid,
-        ephemeral: &ephemeral,
-        cookie: Token::new(cookie).expect("cookie fits a token"),
-    });
-    let mut frames = vec![init];
-    let unpadded = HEADER_LEN + sockmsg_wire::Encode::encoded_len(&frames[0]);
-    if total_len > unpadded {
-        frames.push(Frame::Padding(
-            Padding::new(total_len - unpadded).expect("padding"),
-        ));
-    }
-    let mut packet = Vec::new();
-    encode_cleartext_packet(&mut packet, PacketType::INITIAL, cid, 0, &frames).expect("INITIAL");
-    packet
-}
-
 /// Hands `bytes` to the node at `to` as if it had just arrived from `from`, at `now`.
 fn deliver_at(
     net: &mut Network<Host>,
@@ -209,7 +172,7 @@ fn fetch_cookie(net: &mut Network<Host>, from: SocketAddr, to: SocketAddr, cid: 
         net,
         from,
         to,
-        &build_initial("mallory", cid, &[], MIN_INITIAL),
+        &build_initial("mallory", cid, &MALLORY_EPHEMERAL, &[], MIN_INITIAL),
     );
     let out = take_transmits(net, to);
     assert_eq!(out.len(), 1, "one RETRY per padded INITIAL");
@@ -355,7 +318,13 @@ fn fifty_packed_small_initials_get_no_retry_and_are_counted() {
     let (mut net, bob_signer) = test_net(1, SessionConfig::default());
     let mut datagram = Vec::new();
     for i in 0..50u64 {
-        datagram.extend(build_initial("mallory", 0x1000 + i, &[], 0));
+        datagram.extend(build_initial(
+            "mallory",
+            0x1000 + i,
+            &MALLORY_EPHEMERAL,
+            &[],
+            0,
+        ));
     }
     // The datagram is far above 1,200 bytes; no INITIAL in it is.
     assert!(datagram.len() >= MIN_INITIAL, "{}", datagram.len());
@@ -375,9 +344,15 @@ fn fifty_packed_small_initials_get_no_retry_and_are_counted() {
 #[test]
 fn a_padded_initial_with_small_ones_packed_behind_gets_exactly_one_retry() {
     let (mut net, _) = test_net(2, SessionConfig::default());
-    let mut datagram = build_initial("mallory", 0x2000, &[], MIN_INITIAL);
+    let mut datagram = build_initial("mallory", 0x2000, &MALLORY_EPHEMERAL, &[], MIN_INITIAL);
     for i in 1..50u64 {
-        datagram.extend(build_initial("mallory", 0x2000 + i, &[], 0));
+        datagram.extend(build_initial(
+            "mallory",
+            0x2000 + i,
+            &MALLORY_EPHEMERAL,
+            &[],
+            0,
+        ));
     }
     let before = bob_stats(&net);
     deliver(&mut net, mallory_addr(), bob_addr(), &datagram);
@@ -396,7 +371,13 @@ fn a_largest_datagram_of_fully_padded_initials_gets_exactly_one_retry() {
     let count = MAX_UDP_PAYLOAD / MIN_INITIAL;
     let mut datagram = Vec::new();
     for i in 0..count as u64 {
-        datagram.extend(build_initial("mallory", 0x3000 + i, &[], MIN_INITIAL));
+        datagram.extend(build_initial(
+            "mallory",
+            0x3000 + i,
+            &MALLORY_EPHEMERAL,
+            &[],
+            MIN_INITIAL,
+        ));
     }
     assert!(datagram.len() <= MAX_UDP_PAYLOAD);
     let before = bob_stats(&net);
@@ -408,7 +389,7 @@ fn a_largest_datagram_of_fully_padded_initials_gets_exactly_one_retry() {
     assert_eq!(after.after_initial, before.after_initial + count as u64 - 1);
 
     // Whatever follows an INITIAL is dropped, even an undecodable tail (counted once).
-    let mut tail = build_initial("mallory", 0x3fff, &[], MIN_INITIAL);
+    let mut tail = build_initial("mallory", 0x3fff, &MALLORY_EPHEMERAL, &[], MIN_INITIAL);
     tail.extend([0x53, 0x4d, 0x01]);
     let before = bob_stats(&net);
     deliver(&mut net, mallory_addr(), bob_addr(), &tail);
@@ -432,7 +413,13 @@ fn packed_cookie_bearing_initials_cost_at_most_one_signature() {
     // All fifty sent back in one datagram, fully padded (60,000 bytes)...
     let mut packed = Vec::new();
     for (cid, cookie) in cids.iter().zip(&cookies) {
-        packed.extend(build_initial("mallory", *cid, cookie, MIN_INITIAL));
+        packed.extend(build_initial(
+            "mallory",
+            *cid,
+            &MALLORY_EPHEMERAL,
+            cookie,
+            MIN_INITIAL,
+        ));
     }
     assert!(packed.len() <= MAX_UDP_PAYLOAD);
     let before = bob_stats(&net);
@@ -452,7 +439,13 @@ fn packed_cookie_bearing_initials_cost_at_most_one_signature() {
     // ...or unpadded, the rest of the cookies: no signature at all.
     let mut small = Vec::new();
     for (cid, cookie) in cids.iter().zip(&cookies).skip(1) {
-        small.extend(build_initial("mallory", *cid, cookie, 0));
+        small.extend(build_initial(
+            "mallory",
+            *cid,
+            &MALLORY_EPHEMERAL,
+            cookie,
+            0,
+        ));
     }
     let before = bob_stats(&net);
     deliver(&mut net, mallory_addr(), bob_addr(), &small);
@@ -481,7 +474,7 @@ fn cookie_initial(
         now,
         from,
         bob_addr(),
-        &build_initial("mallory", cid, cookie, MIN_INITIAL),
+        &build_initial("mallory", cid, &MALLORY_EPHEMERAL, cookie, MIN_INITIAL),
     );
     let node = net.node_mut(bob_addr());
     let out: Vec<_> = std::iter::from_fn(|| node.poll_transmit(now)).collect();
@@ -624,7 +617,7 @@ fn an_honest_handshake_completes_during_a_flood_from_one_address() {
         .connect(now, bob_addr(), "bob");
     let mut carol = None;
     for (i, (cid, cookie)) in cids.iter().zip(&cookies).enumerate() {
-        let initial = build_initial("mallory", *cid, cookie, MIN_INITIAL);
+        let initial = build_initial("mallory", *cid, &MALLORY_EPHEMERAL, cookie, MIN_INITIAL);
         net.inject(mallory_addr(), bob_addr(), initial);
         net.run_for(Duration::from_millis(2)).expect("runs");
         if i == flood as usize / 2 {
@@ -934,7 +927,13 @@ fn deferred_signing_is_admitted_like_synchronous_signing() {
         .collect();
     let mut packed = Vec::new();
     for (cid, cookie) in cids.iter().zip(&cookies).take(10) {
-        packed.extend(build_initial("mallory", *cid, cookie, MIN_INITIAL));
+        packed.extend(build_initial(
+            "mallory",
+            *cid,
+            &MALLORY_EPHEMERAL,
+            cookie,
+            MIN_INITIAL,
+        ));
     }
     deliver(&mut net, mallory_addr(), bob_addr(), &packed);
     assert_eq!(net.node(bob_addr()).held.len(), 1);
@@ -943,7 +942,7 @@ fn deferred_signing_is_admitted_like_synchronous_signing() {
             &mut net,
             mallory_addr(),
             bob_addr(),
-            &build_initial("mallory", *cid, cookie, MIN_INITIAL),
+            &build_initial("mallory", *cid, &MALLORY_EPHEMERAL, cookie, MIN_INITIAL),
         );
     }
     assert_eq!(net.node(bob_addr()).held.len(), 2, "the burst of two");

@@ -17,9 +17,7 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sockmsg_tools::sim::{loopback, LinkConfig, Network, Node};
-use sockmsg_wire::frame::{
-    CloseCode, Fragment, HandshakeFinish, HandshakeInit, Message, MessageClass, Padding, Retry,
-};
+use sockmsg_wire::frame::{CloseCode, Fragment, HandshakeFinish, Message, MessageClass, Retry};
 use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
 use sockmsg_wire::session::crypto::AuthError;
 use sockmsg_wire::session::streams::{RecvBuffer, SendQueue};
@@ -27,12 +25,13 @@ use sockmsg_wire::session::{
     CloseReason, ConnectionHandle, ConnectionStats, EndpointStats, Event, PeerKeys, RsaKeyring,
     RsaSigner, SendError, SessionConfig, Signer,
 };
-use sockmsg_wire::{
-    encode_cleartext_packet, Datagram, Frame, Name, PacketType, Signature, Token, HEADER_LEN,
-};
+use sockmsg_wire::{encode_cleartext_packet, Frame, PacketType, Signature, Token, HEADER_LEN};
 
 mod common;
-use common::{alice_addr, bob_addr, carol_addr, CountingSigner, Peer, GROUP, MIN_INITIAL};
+use common::{
+    alice_addr, bob_addr, build_initial, carol_addr, packet_type, retry_cookie, CountingSigner,
+    Peer, MIN_INITIAL,
+};
 
 const ALICE_PEM: &str = include_str!("../../testdata/keys/alice.pem");
 const BOB_PEM: &str = include_str!("../../testdata/keys/bob.pem");
@@ -41,10 +40,6 @@ const ALICE_PUB: &str = include_str!("../../testdata/keys/alice.pub.pem");
 const BOB_PUB: &str = include_str!("../../testdata/keys/bob.pub.pem");
 
 // ----- datagram helpers -------------------------------------------------------------------
-
-fn packet_type(datagram: &[u8]) -> PacketType {
-    PacketType(datagram[3])
-}
 
 fn cid_of(datagram: &[u8]) -> u64 {
     u64::from_be_bytes(datagram[8..16].try_into().expect("8 bytes"))
@@ -56,58 +51,6 @@ fn pn_of(datagram: &[u8]) -> u64 {
 
 fn set_cid(datagram: &mut [u8], cid: u64) {
     datagram[8..16].copy_from_slice(&cid.to_be_bytes());
-}
-
-/// The cookie of a RETRY datagram.
-fn retry_cookie(datagram: &[u8]) -> Vec<u8> {
-    let packet = Datagram::new(datagram)
-        .next()
-        .expect("a packet")
-        .expect("a well-formed packet");
-    assert_eq!(packet.packet_type(), PacketType::RETRY);
-    packet
-        .frames()
-        .find_map(|frame| match frame {
-            Ok(Frame::Retry(Retry { cookie })) => Some(cookie.as_bytes().to_vec()),
-            _ => None,
-        })
-        .expect("a RETRY frame")
-}
-
-/// An INITIAL as an initiator builds it, padded to exactly `total_len` bytes (or left
-/// unpadded if it is already that long).
-fn build_initial(
-    initiator: &str,
-    initiator_cid: u64,
-    ephemeral: &[u8; 32],
-    cookie: &[u8],
-    total_len: usize,
-) -> Vec<u8> {
-    let init = Frame::HandshakeInit(HandshakeInit {
-        group: Name::new(GROUP).expect("group name"),
-        initiator: Name::new(initiator).expect("name"),
-        initiator_cid,
-        ephemeral,
-        cookie: Token::new(cookie).expect("cookie fits a token"),
-    });
-    let mut frames = vec![init];
-    let unpadded = HEADER_LEN + sockmsg_wire::Encode::encoded_len(&frames[0]);
-    if total_len > unpadded {
-        frames.push(Frame::Padding(
-            Padding::new(total_len - unpadded).expect("padding"),
-        ));
-    }
-    let mut datagram = Vec::new();
-    encode_cleartext_packet(
-        &mut datagram,
-        PacketType::INITIAL,
-        initiator_cid,
-        0,
-        &frames,
-    )
-    .expect("an INITIAL");
-    assert_eq!(datagram.len(), total_len.max(unpadded));
-    datagram
 }
 
 /// Hands `bytes` to the node at `to` as if it had just arrived from `from`: the same call

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sockmsg_tools::sim::Node;
-use sockmsg_wire::frame::MessageClass;
+use sockmsg_wire::frame::{HandshakeInit, MessageClass, Padding, Retry};
 use sockmsg_wire::session::crypto::insecure::{TestKeys, TestSigner};
 use sockmsg_wire::session::crypto::{PeerKeys, Signer};
 use sockmsg_wire::session::{
     CloseReason, ConnectionHandle, ConnectionStats, Endpoint, EndpointStats, Event, MessageId,
     SessionConfig,
 };
+use sockmsg_wire::{encode_cleartext_packet, Datagram, Frame, Name, PacketType, Token, HEADER_LEN};
 
 /// The group every test endpoint belongs to.
 pub const GROUP: &str = "lobby";
@@ -272,4 +273,62 @@ impl Signer for CountingSigner {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.sign(rng, message)
     }
+}
+
+// ----- datagram helpers -------------------------------------------------------------------
+
+pub fn packet_type(datagram: &[u8]) -> PacketType {
+    PacketType(datagram[3])
+}
+
+/// The cookie of a RETRY datagram.
+pub fn retry_cookie(datagram: &[u8]) -> Vec<u8> {
+    let packet = Datagram::new(datagram)
+        .next()
+        .expect("a packet")
+        .expect("a well-formed packet");
+    assert_eq!(packet.packet_type(), PacketType::RETRY);
+    packet
+        .frames()
+        .find_map(|frame| match frame {
+            Ok(Frame::Retry(Retry { cookie })) => Some(cookie.as_bytes().to_vec()),
+            _ => None,
+        })
+        .expect("a RETRY frame")
+}
+
+/// An INITIAL as an initiator builds it, padded to exactly `total_len` bytes (or left
+/// unpadded if it is already that long).
+pub fn build_initial(
+    initiator: &str,
+    initiator_cid: u64,
+    ephemeral: &[u8; 32],
+    cookie: &[u8],
+    total_len: usize,
+) -> Vec<u8> {
+    let init = Frame::HandshakeInit(HandshakeInit {
+        group: Name::new(GROUP).expect("group name"),
+        initiator: Name::new(initiator).expect("name"),
+        initiator_cid,
+        ephemeral,
+        cookie: Token::new(cookie).expect("cookie fits a token"),
+    });
+    let mut frames = vec![init];
+    let unpadded = HEADER_LEN + sockmsg_wire::Encode::encoded_len(&frames[0]);
+    if total_len > unpadded {
+        frames.push(Frame::Padding(
+            Padding::new(total_len - unpadded).expect("padding"),
+        ));
+    }
+    let mut datagram = Vec::new();
+    encode_cleartext_packet(
+        &mut datagram,
+        PacketType::INITIAL,
+        initiator_cid,
+        0,
+        &frames,
+    )
+    .expect("an INITIAL");
+    assert_eq!(datagram.len(), total_len.max(unpadded));
+    datagram
 }
