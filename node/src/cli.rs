@@ -237,6 +237,9 @@ fn session_config(config: &Config) -> SessionConfig {
         rekey_after_packets: x.rekey_after_packets,
         rekey_after: Duration::from_secs(x.rekey_after_secs),
         keylog: std::env::var_os("SOCKMSG_KEYLOG").is_some_and(|p| !p.is_empty()),
+        // Handshake signatures are made on the driver's signing thread, never on its
+        // event loop (see `driver::HandshakeSigningThread`).
+        defer_signatures: true,
         ..SessionConfig::default()
     }
 }

@@ -35,7 +35,7 @@ use sockmsg_proxy::Kind;
 use sockmsg_wire::frame::{Carrier, CloseCode, MessageClass, ProxyStatus};
 use sockmsg_wire::session::crypto::RsaSigner;
 use sockmsg_wire::session::{
-    CloseReason, ConnectionHandle, Endpoint, Event, MessageId, SessionConfig,
+    CloseReason, ConnectionHandle, Endpoint, Event, MessageId, SessionConfig, SignRequest,
 };
 use sockmsg_wire::Frames;
 use tokio::net::UdpSocket;
@@ -165,6 +165,8 @@ enum TaskResult {
     Claim(Result<Verdict, String>),
     Announce(Result<Verdict, String>),
     VoteSigned(VoteMsg),
+    /// A handshake transcript signed for the endpoint (see [`HandshakeSigningThread`]).
+    HandshakeSigned(ConnectionHandle, Vec<u8>),
 }
 
 /// Signs votes with the node's RSA key.
@@ -213,6 +215,39 @@ impl VoteSigningThread {
             })
             .context("cannot start the vote-signing thread")?;
         Ok(VoteSigningThread { jobs })
+    }
+}
+
+/// The thread that signs this node's handshake transcripts (the endpoint runs with
+/// `SessionConfig::defer_signatures`): 2-7 ms of RSA per handshake, which on the event
+/// loop held every established session's heartbeats and chat up for that long (and a
+/// flood of admitted handshakes for as long as it lasted). At normal priority, unlike
+/// votes: a handshake has a 2 s timeout and a peer waiting on it. Ends with the driver.
+struct HandshakeSigningThread {
+    jobs: std::sync::mpsc::Sender<SignRequest>,
+}
+
+impl HandshakeSigningThread {
+    fn start(signer: Arc<RsaSigner>, results: mpsc::UnboundedSender<TaskResult>) -> Result<Self> {
+        use sockmsg_wire::session::crypto::Signer;
+        let mut rng = sockmsg_keymgr::datadir::os_rng()
+            .context("no randomness for the handshake-signing thread")?;
+        let (jobs, requests) = std::sync::mpsc::channel::<SignRequest>();
+        std::thread::Builder::new()
+            .name("handshake-signer".into())
+            .spawn(move || {
+                for request in requests {
+                    let signature = signer.sign(&mut rng, &request.message);
+                    if results
+                        .send(TaskResult::HandshakeSigned(request.handle, signature))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the handshake-signing thread")?;
+        Ok(HandshakeSigningThread { jobs })
     }
 }
 
@@ -297,6 +332,8 @@ pub struct Driver {
     tasks_tx: mpsc::UnboundedSender<TaskResult>,
     /// Signs votes off every event loop.
     vote_signer: VoteSigningThread,
+    /// Signs handshake transcripts off the event loop.
+    handshake_signer: HandshakeSigningThread,
     tasks_rx: mpsc::UnboundedReceiver<TaskResult>,
     events: mpsc::UnboundedSender<NodeEvent>,
 
@@ -398,6 +435,7 @@ impl Driver {
         let known_peers = dir.known_peers();
         let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
         let vote_signer = VoteSigningThread::start(signer.clone(), tasks_tx.clone())?;
+        let handshake_signer = HandshakeSigningThread::start(signer.clone(), tasks_tx.clone())?;
         let fingerprint = sockmsg_keymgr::registry::fingerprint(signer.public_key_der());
         let _ = events.send(NodeEvent::Started {
             name: settings.name.clone(),
@@ -431,6 +469,7 @@ impl Driver {
             reassembly: ChatReassembly::default(),
             tasks_tx,
             vote_signer,
+            handshake_signer,
             tasks_rx,
             events,
             querying: false,
@@ -621,6 +660,12 @@ impl Driver {
                     Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
                 }
             }
+            TaskResult::HandshakeSigned(handle, signature) => {
+                // The handshake may have timed out or closed meanwhile: routine.
+                if let Err(e) = self.endpoint.provide_signature(now, handle, &signature) {
+                    tracing::debug!("handshake signature not used: {e}");
+                }
+            }
             TaskResult::VoteSigned(vote) => {
                 tracing::trace!(term = vote.term, candidate = %vote.candidate, "vote signed");
                 self.group.vote_signed(vote);
@@ -656,6 +701,9 @@ impl Driver {
             while let Some((handle, event)) = self.endpoint.poll_event() {
                 busy = true;
                 self.on_session_event(now, handle, event);
+            }
+            while let Some(request) = self.endpoint.poll_sign_request() {
+                let _ = self.handshake_signer.jobs.send(request);
             }
             while let Some(output) = self.group.poll_output() {
                 busy = true;
