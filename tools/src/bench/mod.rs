@@ -8,6 +8,7 @@
 //!   it, so a stall cannot hide: no coordinated omission);
 //! - [`report`]: percentiles, `.hgrm`, SVG.
 
+pub mod flood;
 pub mod procs;
 pub mod report;
 

@@ -224,6 +224,14 @@ impl Node {
         stdin.flush().context("write to node")
     }
 
+    /// Where the node receives datagrams and its group, from its `started` event.
+    pub fn started(&self) -> Option<(SocketAddr, String)> {
+        let event = self.events_since(0, "started").into_iter().next()?;
+        let addr = event.value["addr"].as_str()?.parse().ok()?;
+        let group = event.value["group"].as_str()?.to_owned();
+        Some((addr, group))
+    }
+
     pub fn mark(&self) -> usize {
         self.log
             .0

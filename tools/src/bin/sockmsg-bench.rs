@@ -1,5 +1,6 @@
 //! `sockmsg-bench`: load tests on real processes, with latency histograms.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use sockmsg_tools::bench::flood::Flood;
 use sockmsg_tools::bench::{self, report, Cluster, Departure};
 
 /// Measures sockmsg on real processes and real sockets (loopback): election failover and
@@ -94,6 +96,10 @@ enum Command {
         duration: u64,
         #[arg(long, value_name = "BYTES", default_value_t = 100)]
         size: usize,
+        /// Meanwhile, flood every node from HOSTS loopback addresses (127.0.1.x) with
+        /// cookie-bearing INITIALs that make it sign, as an outsider can (0: no flood).
+        #[arg(long, value_name = "HOSTS", default_value_t = 0)]
+        flood: u8,
         #[arg(long, value_name = "FILE")]
         hgrm: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
@@ -296,11 +302,26 @@ fn run(cli: Cli) -> Result<()> {
             rate,
             duration,
             size,
+            flood,
             hgrm,
             svg,
         } => {
             eprintln!("starting a key manager, a proxy and {nodes} nodes…");
             let mut cluster = Cluster::start(&bins, &work.0, nodes)?;
+            let flooding = if flood > 0 {
+                let started: Vec<(SocketAddr, String)> = cluster
+                    .nodes
+                    .iter()
+                    .filter_map(|node| node.started())
+                    .collect();
+                let targets: Vec<SocketAddr> = started.iter().map(|(addr, _)| *addr).collect();
+                let group = started.first().map(|(_, g)| g.clone()).unwrap_or_default();
+                let claimed = cluster.nodes[0].name.clone();
+                let limit = Duration::from_secs(duration + 2);
+                Some(Flood::start(flood, &targets, &group, &claimed, limit)?)
+            } else {
+                None
+            };
             let total = rate * duration;
             let progress = bar(total, "lines");
             let result = bench::chat(
@@ -311,10 +332,18 @@ fn run(cli: Cli) -> Result<()> {
                 |done| progress.set_position(done),
             );
             progress.finish_and_clear();
+            let flooded = flooding.map(Flood::stop);
             let report = result?;
-            let title = format!(
+            let mut title = format!(
                 "chat latency, {rate} lines/s of {size} B across {nodes} nodes for {duration} s"
             );
+            if let Some(stats) = flooded {
+                title.push_str(&format!(", flooded from {flood} hosts"));
+                println!(
+                    "flood: {} cookie requests, {} cookie-bearing INITIALs, {} signed responses",
+                    stats.asked, stats.cookies_returned, stats.responses
+                );
+            }
             print!("{}", report::summary(&title, &report.latency));
             println!(
                 "sent {} lines; delivered {} of {} (line, receiver) pairs; lost {}",
