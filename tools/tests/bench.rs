@@ -99,6 +99,31 @@ fn election_and_chat_report_percentiles_and_write_hgrm() {
         "every line reached both others: {out}"
     );
     assert!(out.contains("lost 0"), "{out}");
+
+    // The same under a pre-authentication flood: the nodes sign for it (their limits
+    // allow a burst per source) and still deliver every line.
+    let out = bench(
+        &[
+            "chat",
+            "--nodes",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--flood",
+            "2",
+        ],
+        &dir.join("flood.hgrm"),
+    );
+    let signed: u64 = out
+        .split("cookie-bearing INITIALs, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the flood's figures in {out}"));
+    assert!(signed > 0, "the flood made the nodes sign: {out}");
+    assert!(out.contains("count 200") && out.contains("lost 0"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
