@@ -199,7 +199,7 @@ impl VoteSigningThread {
         std::thread::Builder::new()
             .name("vote-signer".into())
             .spawn(move || {
-                lower_this_threads_priority();
+                lower_this_threads_priority(VOTE_SIGNING_NICE);
                 let signer = RsaVoteSigner(signer);
                 for (vote, at) in requests {
                     if let Some(wait) = at.checked_duration_since(Instant::now()) {
@@ -236,6 +236,7 @@ impl HandshakeSigningThread {
         std::thread::Builder::new()
             .name("handshake-signer".into())
             .spawn(move || {
+                lower_this_threads_priority(HANDSHAKE_SIGNING_NICE);
                 for request in requests {
                     let signature = signer.sign(&mut rng, &request.message);
                     if results
@@ -251,16 +252,29 @@ impl HandshakeSigningThread {
     }
 }
 
-/// Nice 19 for the calling thread (Linux keeps niceness per thread). Not `SCHED_IDLE`:
-/// on a host kept busy that would starve the signatures a new leader needs for the
-/// proxy; at nice 19 a signature still gets a share. Elsewhere, or if refused, nothing.
-fn lower_this_threads_priority() {
+/// The vote-signing thread's niceness: the lowest. Not `SCHED_IDLE`: on a host kept
+/// busy that would starve the signatures a new leader needs for the proxy; at nice 19 a
+/// signature still gets a share.
+const VOTE_SIGNING_NICE: i32 = 19;
+
+/// The handshake-signing thread's niceness: below the event loop, so that a flood of
+/// admitted handshakes (up to `max_half_open` per handshake timeout, 64 signatures a
+/// second by default) takes CPU from nothing that established sessions need, yet above
+/// the votes, since a peer waits on each handshake with a 2 s timeout.
+const HANDSHAKE_SIGNING_NICE: i32 = 10;
+
+/// Sets the calling thread's niceness (Linux keeps it per thread; an unprivileged
+/// thread can lower its priority, never raise it back). Elsewhere, or if refused,
+/// nothing.
+fn lower_this_threads_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Binds the node's UDP socket: buffers sized for bursts (a leader's heartbeats to 63
