@@ -7,6 +7,10 @@
 //! cookie is what makes the responder derive keys and sign (SPEC.md §5.1). The node's
 //! per-source and half-open limits decide how many of those it signs; the flood only
 //! pushes. It runs for a fixed time and stops by itself.
+//!
+//! A real attacker floods from other hosts; here the flooding threads share the nodes'
+//! CPU, so they run at nice 19 and send at a fixed rate, to measure what the flood does
+//! to the nodes rather than what the flood's own threads take from them.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,10 +45,12 @@ pub struct Flood {
 }
 
 impl Flood {
-    /// Starts `hosts` flooding hosts against `targets` for at most `limit`, their
-    /// INITIALs for `group` in the name of `claimed` (a registered member).
+    /// Starts `hosts` flooding hosts against `targets` for at most `limit`, each asking
+    /// every target for `rate` cookies a second, their INITIALs for `group` in the name
+    /// of `claimed` (a registered member).
     pub fn start(
         hosts: u8,
+        rate: u32,
         targets: &[SocketAddr],
         group: &str,
         claimed: &str,
@@ -61,8 +67,17 @@ impl Flood {
             let stop = stop.clone();
             let deadline = Instant::now() + limit;
             let seed = u64::from(host) << 40;
+            let interval = Duration::from_secs(1) / rate.max(1);
             handles.push(std::thread::spawn(move || {
-                flood_from(&socket, &targets, &group, &claimed, seed, &stop, deadline)
+                lower_this_threads_priority();
+                let host = Host {
+                    socket: &socket,
+                    targets: &targets,
+                    group: &group,
+                    claimed: &claimed,
+                    interval,
+                };
+                host.flood(seed, &stop, deadline)
             }));
         }
         Ok(Flood {
@@ -86,43 +101,60 @@ impl Flood {
     }
 }
 
-/// One host's loop: a cookie request to every target, then every answer that came,
-/// until stopped or `deadline`.
-fn flood_from(
-    socket: &UdpSocket,
-    targets: &[SocketAddr],
-    group: &str,
-    claimed: &str,
-    mut cid: u64,
-    stop: &AtomicBool,
-    deadline: Instant,
-) -> FloodStats {
-    let mut stats = FloodStats::default();
-    let mut buf = vec![0u8; 65_536];
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        for target in targets {
-            cid += 1;
-            if let Some(initial) = initial(group, claimed, cid, &[]) {
-                if socket.send_to(&initial, target).is_ok() {
-                    stats.asked += 1;
-                }
-            }
-        }
-        while let Ok((len, from)) = socket.recv_from(&mut buf) {
-            match answer(&buf[..len]) {
-                Some(Answer::Retry { cid, cookie }) => {
-                    if let Some(initial) = initial(group, claimed, cid, &cookie) {
-                        if socket.send_to(&initial, from).is_ok() {
-                            stats.cookies_returned += 1;
-                        }
+/// One flooding host.
+struct Host<'a> {
+    socket: &'a UdpSocket,
+    targets: &'a [SocketAddr],
+    group: &'a str,
+    claimed: &'a str,
+    /// Between two rounds of cookie requests (one to every target).
+    interval: Duration,
+}
+
+impl Host<'_> {
+    /// A round of cookie requests every `interval`, every answer in between, until
+    /// stopped or `deadline`.
+    fn flood(&self, mut cid: u64, stop: &AtomicBool, deadline: Instant) -> FloodStats {
+        let mut stats = FloodStats::default();
+        let mut buf = vec![0u8; 65_536];
+        let mut next_round = Instant::now();
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if Instant::now() >= next_round {
+                next_round += self.interval;
+                for target in self.targets {
+                    cid += 1;
+                    if self.send(cid, &[], *target) {
+                        stats.asked += 1;
                     }
                 }
-                Some(Answer::Handshake) => stats.responses += 1,
-                None => {}
+            }
+            while let Ok((len, from)) = self.socket.recv_from(&mut buf) {
+                match answer(&buf[..len]) {
+                    Some(Answer::Retry { cid, cookie }) if self.send(cid, &cookie, from) => {
+                        stats.cookies_returned += 1
+                    }
+                    Some(Answer::Handshake) => stats.responses += 1,
+                    Some(Answer::Retry { .. }) | None => {}
+                }
             }
         }
+        stats
     }
-    stats
+
+    fn send(&self, cid: u64, cookie: &[u8], to: SocketAddr) -> bool {
+        initial(self.group, self.claimed, cid, cookie)
+            .is_some_and(|initial| self.socket.send_to(&initial, to).is_ok())
+    }
+}
+
+/// Nice 19 for the calling flooding thread (see the module docs).
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
 }
 
 enum Answer {

@@ -100,6 +100,9 @@ enum Command {
         /// cookie-bearing INITIALs that make it sign, as an outsider can (0: no flood).
         #[arg(long, value_name = "HOSTS", default_value_t = 0)]
         flood: u8,
+        /// Cookies each flooding host asks every node for, per second.
+        #[arg(long, value_name = "PER_S", default_value_t = 200)]
+        flood_rate: u32,
         #[arg(long, value_name = "FILE")]
         hgrm: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
@@ -303,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             duration,
             size,
             flood,
+            flood_rate,
             hgrm,
             svg,
         } => {
@@ -318,7 +322,9 @@ fn run(cli: Cli) -> Result<()> {
                 let group = started.first().map(|(_, g)| g.clone()).unwrap_or_default();
                 let claimed = cluster.nodes[0].name.clone();
                 let limit = Duration::from_secs(duration + 2);
-                Some(Flood::start(flood, &targets, &group, &claimed, limit)?)
+                Some(Flood::start(
+                    flood, flood_rate, &targets, &group, &claimed, limit,
+                )?)
             } else {
                 None
             };
@@ -338,7 +344,9 @@ fn run(cli: Cli) -> Result<()> {
                 "chat latency, {rate} lines/s of {size} B across {nodes} nodes for {duration} s"
             );
             if let Some(stats) = flooded {
-                title.push_str(&format!(", flooded from {flood} hosts"));
+                title.push_str(&format!(
+                    ", flooded from {flood} hosts at {flood_rate} cookies/s per node each"
+                ));
                 println!(
                     "flood: {} cookie requests, {} cookie-bearing INITIALs, {} signed responses",
                     stats.asked, stats.cookies_returned, stats.responses
