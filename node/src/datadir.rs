@@ -150,6 +150,7 @@ mod tests {
                 rank: 99,
                 incarnation: 5,
             }],
+            former_members: Vec::new(),
         };
         file.save(&state).unwrap();
         drop(file);

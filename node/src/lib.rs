@@ -35,6 +35,6 @@ pub use group::{
     CommandError, ConfigError, Group, GroupConfig, GroupEvent, HardState, Output, Role, VoteSigner,
 };
 pub use message::{
-    vote_signing_input, ChatLine, FromWireError, GroupMessage, MemberInfo, ToWireError, VoteMsg,
-    VoteRequestMsg,
+    vote_signing_input, ChatLine, FromWireError, GroupMessage, MemberInfo, SupportMsg, ToWireError,
+    VoteMsg, VoteRequestMsg,
 };

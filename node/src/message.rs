@@ -75,6 +75,19 @@ impl VoteMsg {
     }
 }
 
+/// A VOTE with the `SUPPORT` flag (SPEC.md §7.13, §12.2): `supporter` tells a third
+/// member that it voted for, or follows, `leader` as the leader of `term`; with `query`,
+/// it asks the receiver the same of itself. Never signed: the session authenticates
+/// the supporter, and a support counts only as that one member's word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportMsg {
+    pub group: String,
+    pub term: u64,
+    pub supporter: String,
+    pub leader: String,
+    pub query: bool,
+}
+
 /// A whole chat line (SPEC.md §7.10). Lines longer than one session message travel in
 /// fragments ([`GroupMessage::to_wire_messages`], [`crate::ChatReassembly`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +116,8 @@ pub enum GroupMessage {
     PreVoteRequest(VoteRequestMsg),
     VoteRequest(VoteRequestMsg),
     Vote(VoteMsg),
+    /// A VOTE frame with the `SUPPORT` flag (see [`SupportMsg`]).
+    Support(SupportMsg),
     Join(MemberInfo),
     Membership {
         term: u64,
@@ -171,6 +186,8 @@ impl GroupMessage {
             GroupMessage::PreVoteRequest(_) => "PRE_VOTE_REQUEST",
             GroupMessage::VoteRequest(_) => "VOTE_REQUEST",
             GroupMessage::Vote(_) => "VOTE",
+            GroupMessage::Support(s) if s.query => "VOTE(support query)",
+            GroupMessage::Support(_) => "VOTE(support)",
             GroupMessage::Join(_) => "JOIN",
             GroupMessage::Membership { .. } => "MEMBERSHIP",
             GroupMessage::Leave { .. } => "LEAVE",
@@ -231,6 +248,23 @@ impl GroupMessage {
                 }),
                 out,
             ),
+            GroupMessage::Support(s) => {
+                let mut flags = VoteFlags::SUPPORT.with(VoteFlags::GRANTED);
+                if s.query {
+                    flags = flags.with(VoteFlags::QUERY);
+                }
+                encode(
+                    Frame::Vote(Vote {
+                        group: Name::new(&s.group)?,
+                        term: s.term,
+                        voter: Name::new(&s.supporter)?,
+                        candidate: Name::new(&s.leader)?,
+                        flags,
+                        signature: Signature::new(&[])?,
+                    }),
+                    out,
+                )
+            }
             GroupMessage::Join(m) => encode(Frame::Join(member(m)?), out),
             GroupMessage::Membership {
                 term,
@@ -310,6 +344,15 @@ impl GroupMessage {
             },
             Frame::PreVoteRequest(v) => GroupMessage::PreVoteRequest(vote_request(v)),
             Frame::VoteRequest(v) => GroupMessage::VoteRequest(vote_request(v)),
+            Frame::Vote(v) if v.flags.contains(VoteFlags::SUPPORT) => {
+                GroupMessage::Support(SupportMsg {
+                    group: v.group.as_str().to_owned(),
+                    term: v.term,
+                    supporter: v.voter.as_str().to_owned(),
+                    leader: v.candidate.as_str().to_owned(),
+                    query: v.flags.contains(VoteFlags::QUERY),
+                })
+            }
             Frame::Vote(v) => GroupMessage::Vote(VoteMsg {
                 group: v.group.as_str().to_owned(),
                 term: v.term,

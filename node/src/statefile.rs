@@ -22,7 +22,8 @@
 //!   8     8  seq      increases by one per save
 //!  16     4  len      body length, at most SLOT_LEN - HEADER_LEN
 //!  20    32  SHA-256 of bytes 0..20 and the body
-//!  52   len  body     one `key value` per line, members as `member NAME ADDR RANK INC`
+//!  52   len  body     one `key value` per line, members as `member NAME ADDR RANK INC`,
+//!                     then `former_member NAME` lines (at most 64)
 //! ```
 //!
 //! A file in the text format of earlier versions (the body alone) is read once and
@@ -195,6 +196,9 @@ fn format_state(state: &HardState) -> String {
             m.name, m.addr, m.rank, m.incarnation
         );
     }
+    for name in &state.former_members {
+        out += &format!("former_member {name}\n");
+    }
     out
 }
 
@@ -227,6 +231,7 @@ fn parse_state(text: &str) -> Result<HardState> {
                     incarnation: number(incarnation)?,
                 });
             }
+            ["former_member", name] => state.former_members.push((*name).to_owned()),
             _ => bail!("line {}: not understood: {line:?}", i + 1),
         }
     }
@@ -257,6 +262,7 @@ mod tests {
                 rank: u64::MAX,
                 incarnation: 5,
             }],
+            former_members: vec!["carol".into(), "dave".into()],
         }
     }
 

@@ -133,7 +133,15 @@ impl Printer {
                     })
                 })
                 .collect();
-            self.json(json!({"event": "peers", "term": report.term, "leader": report.leader, "members": members}));
+            let refused: serde_json::Map<String, Value> = report
+                .refused
+                .iter()
+                .map(|(rule, n)| ((*rule).to_owned(), json!(n)))
+                .collect();
+            self.json(json!({
+                "event": "peers", "term": report.term, "leader": report.leader,
+                "members": members, "rejections": refused,
+            }));
             return;
         }
         let leader = report
@@ -162,6 +170,14 @@ impl Printer {
                 p.info.addr,
                 p.info.rank
             );
+        }
+        if !report.refused.is_empty() {
+            let counts: Vec<String> = report
+                .refused
+                .iter()
+                .map(|(rule, n)| format!("{rule} {n}"))
+                .collect();
+            out += &format!("\n   refused group frames: {}", counts.join(", "));
         }
         self.text(out);
     }

@@ -192,6 +192,17 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             })),
         ),
         (
+            "frame.vote_support",
+            F(Frame::Vote(Vote {
+                group: name("lobby"),
+                term: 5,
+                voter: name("carol"),
+                candidate: name("alice"),
+                flags: VoteFlags::SUPPORT.with(VoteFlags::GRANTED),
+                signature: sig(&[]),
+            })),
+        ),
+        (
             "frame.join",
             F(Frame::Join(Member {
                 name: name("carol"),

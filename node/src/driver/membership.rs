@@ -28,7 +28,12 @@ impl Driver {
                 }
             }
             GroupEvent::LeaderChanged { leader, .. } => {
-                self.leaderless_since = leader.is_none().then(Instant::now);
+                // Since the first term without a leader: a node that moves from term
+                // to term without following anyone is still leaderless.
+                self.leaderless_since = match leader {
+                    Some(_) => None,
+                    None => Some(self.leaderless_since.unwrap_or_else(Instant::now)),
+                };
             }
             GroupEvent::Joined => {
                 self.newcomer = false;
@@ -119,16 +124,32 @@ impl Driver {
             .entry(record.leader.clone())
             .or_insert(record.leader_addr);
         let known_leader = self.group.leader().is_some();
+        // The proxy checked a majority of signed votes for this (term, leader): evidence
+        // enough for a joiner to follow it (SPEC.md §12.2).
+        self.group.vouch(now, record.term, &record.leader);
         if !self.joined || !known_leader {
-            // The proxy's record may lag an election: a leader we hear from wins.
-            let target = self
-                .group
-                .leader()
-                .filter(|l| *l != self.me.name)
-                .unwrap_or(&record.leader)
-                .to_owned();
-            let _ = self.group.join(now, &target);
-            self.join_sent_to = Some(target);
+            // The proxy's record may lag an election: a leader we hear from wins; else
+            // every member of the record is a contact (the leader among them admits us,
+            // and a majority of them is whom a later leader must be backed by).
+            match self.group.leader().filter(|l| *l != self.me.name) {
+                Some(leader) => {
+                    let leader = leader.to_owned();
+                    let _ = self.group.join(now, &leader);
+                    self.join_sent_to = Some(leader);
+                }
+                None => {
+                    let mut contacts = vec![record.leader.as_str()];
+                    contacts.extend(
+                        record
+                            .members
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|m| *m != record.leader),
+                    );
+                    let _ = self.group.join_via(now, &contacts);
+                    self.join_sent_to = Some(record.leader.clone());
+                }
+            }
         }
     }
 
@@ -266,10 +287,17 @@ impl Driver {
                 info: m.clone(),
             })
             .collect();
+        let refused = self
+            .group
+            .rejections()
+            .iter()
+            .map(|(violation, n)| (violation.name(), n))
+            .collect();
         PeersReport {
             term: self.group.term(),
             leader,
             members,
+            refused,
         }
     }
 

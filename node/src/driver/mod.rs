@@ -119,6 +119,9 @@ pub struct PeersReport {
     pub term: u64,
     pub leader: Option<String>,
     pub members: Vec<PeerLine>,
+    /// Group frames dropped by the authorization rules (SPEC.md §12), per rule, the
+    /// non-zero counts only.
+    pub refused: Vec<(&'static str, u64)>,
 }
 
 /// What the node tells the user interface.

@@ -65,9 +65,9 @@ impl Driver {
                     };
                     match self.reassembly.accept(&peer, &frame) {
                         Ok(Some(msg)) => {
-                            // Only a peer's own JOIN says where it listens: one naming
-                            // anyone else must not grow this map (a member could fill it
-                            // with names that never asked).
+                            // Only a peer's own JOIN tells where it listens: a JOIN naming
+                            // anyone else is refused by the group (SPEC.md §12), and must not
+                            // grow this map either.
                             if let GroupMessage::Join(member) = &msg {
                                 if member.name == peer {
                                     self.addrs.insert(peer.clone(), member.addr);

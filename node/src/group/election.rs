@@ -64,7 +64,7 @@ impl Group {
     /// Thesis §9.6: ask whether we could win in term + 1 before disturbing anyone.
     fn start_pre_vote(&mut self, now: Instant) {
         if self.hard.term >= super::MAX_TERM {
-            // Unreachable: every term taken in is below MAX_TERM (see `terms`).
+            // Not reachable through the rules (SPEC.md §12.3); never wrap.
             return;
         }
         self.role = Role::PreCandidate;
@@ -90,6 +90,7 @@ impl Group {
         self.hard.term += 1;
         self.hard.voted_for = Some(self.me.name.clone());
         self.persist();
+        self.prune_evidence();
         self.leader = None;
         self.announce_leader();
         self.votes.clear();
@@ -139,14 +140,20 @@ impl Group {
     /// (SPEC.md §7.13: the session authenticates it, and the candidate counts it), and
     /// signed again once [`Group::vote_signed`] hands the signature back: the RSA
     /// signature, which only the proxy needs, is not on the election's critical path.
+    ///
+    /// A granted real vote is also told to every other member (a support, SPEC.md
+    /// §12.2): their evidence for recognising the candidate once it leads. A repeated
+    /// request is answered again but signed and told only once.
     fn answer(&mut self, now: Instant, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
         let vote = self.vote(term, candidate, pre_vote, granted);
         self.send(candidate, GroupMessage::Vote(vote.clone()));
-        // A repeated request (a retransmission, or a flood) is answered again but
-        // signed once: each signature is milliseconds of RSA.
+        if !granted || pre_vote {
+            return;
+        }
         let first = (term, candidate.to_owned());
-        if granted && !pre_vote && self.signature_asked.as_ref() != Some(&first) {
-            self.signature_asked = Some(first);
+        if self.evidence.signature_asked.as_ref() != Some(&first) {
+            self.evidence.signature_asked = Some(first);
+            self.broadcast_support(term, candidate);
             self.signatures_owed += 1;
             self.sign_later(now, vote);
         }
@@ -163,8 +170,9 @@ impl Group {
 
     /// Whether we heard from a live leader within the minimum election timeout (the
     /// lease that makes a voter refuse pre-votes, thesis §9.6 / §4.2.3).
-    fn leader_lease_active(&self, now: Instant) -> bool {
+    pub(super) fn leader_lease_active(&self, now: Instant) -> bool {
         self.role == Role::Leader
+            || self.standing_lease(now)
             || (self.leader.is_some()
                 && self
                     .last_heard_leader
@@ -182,7 +190,10 @@ impl Group {
     /// Thesis §9.6: a pre-vote changes neither our term nor our vote.
     pub(super) fn on_pre_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
         self.tell_removed(&req.candidate);
+        // The candidate holds the term before the one it asks about.
+        self.note_term(&req.candidate, req.term.saturating_sub(1));
         let granted = req.term > self.hard.term
+            && req.term <= self.term_ceiling(now)
             && self.membership_up_to_date(&req)
             && !self.leader_lease_active(now);
         // A grant names the asked term; a refusal our own, so a candidate behind us
@@ -193,7 +204,17 @@ impl Group {
 
     /// Raft §5.1/§5.2 RequestVote receiver.
     pub(super) fn on_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
+        if !self.admit_vote_request(now, &req) {
+            return;
+        }
+        self.note_term(&req.candidate, req.term);
         if req.term > self.hard.term {
+            // Our leader standing again (SPEC.md §12.3) keeps the lease it held.
+            if self.leader.as_deref() == Some(req.candidate.as_str()) {
+                self.evidence.standing_lease_until = self
+                    .last_heard_leader
+                    .map(|t| t + self.config.election_timeout_min);
+            }
             // §5.1: a higher term makes us a follower of no one yet.
             self.become_follower(now, req.term, None);
         }
@@ -218,9 +239,12 @@ impl Group {
 
     pub(super) fn on_vote(&mut self, now: Instant, vote: VoteMsg) {
         if vote.pre_vote {
-            // A refusal carries the voter's term: a newer one we follow (Raft §5.1).
-            if !vote.granted && vote.term > self.hard.term {
-                self.become_follower(now, vote.term, None);
+            // A refusal carries the voter's term. Raft §5.1 would follow a newer one;
+            // we only note it (SPEC.md §12.3: a refusal never moves a term, or any one
+            // member could push the group's term): a real election or a proven leader
+            // brings us there.
+            if !vote.granted {
+                self.note_term(&vote.voter, vote.term);
                 return;
             }
             if self.role == Role::PreCandidate
@@ -236,10 +260,7 @@ impl Group {
             }
             return;
         }
-        if vote.term > self.hard.term {
-            self.become_follower(now, vote.term, None);
-            return;
-        }
+        self.note_term(&vote.voter, vote.term);
         if vote.term != self.hard.term || vote.candidate != self.me.name || !vote.granted {
             return;
         }
@@ -307,8 +328,19 @@ impl Group {
         self.on_heartbeat_timer(now);
         self.timers
             .set(Timer::CheckQuorum, now + self.config.election_timeout_max);
-        // Members that said LEAVE while someone else led.
-        let departed: Vec<String> = self.departed.keys().cloned().collect();
+        // Members that said LEAVE while someone else led, if the incarnation that left
+        // is still the one listed (a member may have left and joined again since).
+        let mut departed: Vec<String> = self
+            .departed
+            .iter()
+            .filter(|(name, incarnation)| {
+                self.members
+                    .iter()
+                    .any(|m| m.name == **name && m.incarnation == **incarnation)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        departed.sort();
         for name in departed {
             self.propose_removal(now, &name);
         }
@@ -321,6 +353,7 @@ impl Group {
             self.hard.term = term;
             self.hard.voted_for = None;
             self.persist();
+            self.prune_evidence();
         }
         let was_leader = self.role == Role::Leader;
         self.role = Role::Follower;
@@ -332,10 +365,19 @@ impl Group {
             self.timers.stop(Timer::Heartbeat);
             self.timers.stop(Timer::CheckQuorum);
         }
+        // Following a leader of this term counts as our vote in it (SPEC.md §12.3): a
+        // member that joined after the election, or whose vote went unasked, must not
+        // grant another candidate a vote in a term that already has a leader.
+        if let Some(leader) = &leader {
+            if self.hard.term == term && self.hard.voted_for.is_none() {
+                self.hard.voted_for = Some(leader.clone());
+                self.persist();
+            }
+        }
         self.leader = leader;
         self.announce_leader();
         if self.leader.is_some() {
-            self.last_heard_leader = Some(now);
+            self.heard_leader(now);
         }
         self.reset_election_timer(now);
     }
@@ -397,13 +439,16 @@ impl Group {
         let target = self
             .transfer_target(now)
             .ok_or(CommandError::NoTransferTarget)?;
-        self.send(
-            &target,
-            GroupMessage::TransferLeadership {
-                term: self.hard.term,
-                target: target.clone(),
-            },
-        );
+        // To every member, not only the target: the others let the target's
+        // VOTE_REQUEST overrule our lease (SPEC.md §12.3), and so do we.
+        let transfer = GroupMessage::TransferLeadership {
+            term: self.hard.term,
+            target: target.clone(),
+        };
+        for to in self.others() {
+            self.send(&to, transfer.clone());
+        }
+        self.sanction_transfer(now, self.hard.term, &target);
         Ok(target)
     }
 
@@ -431,11 +476,12 @@ impl Group {
         term: u64,
         target: String,
     ) {
-        if target == self.me.name
-            && term == self.hard.term
-            && self.leader.as_deref() == Some(from)
-            && self.is_member()
-        {
+        if term != self.hard.term || self.leader.as_deref() != Some(from) {
+            return;
+        }
+        if target != self.me.name {
+            self.sanction_transfer(now, term, &target);
+        } else if self.is_member() {
             self.start_election(now);
         }
     }

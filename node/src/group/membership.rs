@@ -14,7 +14,9 @@ use sockmsg_wire::frame::MessageClass;
 pub(super) enum Change {
     /// Admit a member, or replace the entry of the same name (a new incarnation).
     Add(MemberInfo),
-    Remove(String),
+    /// Remove this incarnation of a member: a LEAVE or a failure of an incarnation
+    /// that has since joined again must not remove the new one.
+    Remove { name: String, incarnation: u64 },
 }
 
 /// The change in flight: it has taken effect on the leader, and the next may start once
@@ -116,10 +118,18 @@ impl Group {
     }
 
     fn send_joins(&mut self) {
-        let targets = match self.leader.clone().filter(|l| *l != self.me.name) {
+        // The leader we know (else every contact), and the leader a member last
+        // pointed us to (see `Group::join_through`): the leader we know, and the
+        // proxy's record, may be stale.
+        let mut targets = match self.leader.clone().filter(|l| *l != self.me.name) {
             Some(leader) => vec![leader],
             None => self.join_contacts.clone(),
         };
+        if let Some(redirected) = self.evidence.redirected.clone() {
+            if !targets.contains(&redirected) && redirected != self.me.name {
+                targets.push(redirected);
+            }
+        }
         for to in targets {
             self.send(&to, GroupMessage::Join(self.me.clone()));
         }
@@ -187,7 +197,8 @@ impl Group {
             MessageClass::Unreliable
         };
         if term < self.hard.term {
-            // Raft §5.1: reject a stale term; our answer tells the old leader of the new.
+            // Raft §5.1: reject a stale term; our answer tells the old leader of the new
+            // (which stands again, see `Group::on_membership_ack`).
             let ack = GroupMessage::MembershipAck {
                 term: self.hard.term,
                 version: self.version,
@@ -207,7 +218,7 @@ impl Group {
         if !same_leader || self.role != Role::Follower {
             self.become_follower(now, term, Some(from.to_owned()));
         } else {
-            self.last_heard_leader = Some(now);
+            self.heard_leader(now);
             self.reset_election_timer(now);
         }
         // The leader is the authority on membership in its term; within the term its
@@ -235,7 +246,9 @@ impl Group {
             return;
         }
         let was_member = self.is_member();
-        self.members = members;
+        let previous = std::mem::replace(&mut self.members, members);
+        self.remember_former_members(&previous);
+        self.forget_non_members();
         self.membership_term = membership_term;
         self.version = version;
         self.hard.membership_term = membership_term;
@@ -253,6 +266,7 @@ impl Group {
         let listed = self.members.contains(&self.me);
         if listed && !self.joined {
             self.joined = true;
+            self.evidence.redirected = None;
             self.timers.stop(Timer::JoinRetry);
             self.event(GroupEvent::Joined);
         }
@@ -266,9 +280,13 @@ impl Group {
     }
 
     pub(super) fn on_membership_ack(&mut self, now: Instant, from: &str, term: u64, version: u64) {
-        if term > self.hard.term {
-            self.become_follower(now, term, None);
-            return;
+        // A newer term in an acknowledgement never deposes us (SPEC.md §12.3): a
+        // stale leader hears of its successor from the successor, with evidence, or
+        // steps down by check-quorum since such acks do not count as heard. A member
+        // ahead of us (its own election failed) is brought back by our standing again.
+        self.note_term(from, term);
+        if self.role == Role::Leader && term > self.hard.term {
+            return self.stand_again(now, from, term);
         }
         if self.role != Role::Leader || term != self.hard.term {
             return;
@@ -280,24 +298,16 @@ impl Group {
         self.maybe_commit(now);
     }
 
-    /// JOIN from `from`: the joiner itself, or a member forwarding it. A follower that
-    /// knows its leader forwards a joiner's own JOIN (once: a forwarded JOIN is not
-    /// forwarded again, so no loop can form between members with stale views).
+    /// JOIN from `from`, which must be the joiner itself (SPEC.md §12.1): nobody joins
+    /// on another's word, so no member can add names that never asked. A joiner sends
+    /// its JOIN to every contact the proxy gave it; the leader among them admits it, the
+    /// others drop it (no forwarding).
     pub(super) fn on_join(&mut self, now: Instant, from: &str, member: MemberInfo) {
-        if self.role != Role::Leader {
-            let direct = from == member.name;
-            let leader = self
-                .leader
-                .clone()
-                .filter(|l| *l != self.me.name && *l != from);
-            if let (true, Some(leader), true) = (direct, leader, self.is_member()) {
-                self.send(&leader, GroupMessage::Join(member));
-            }
-            return;
+        if from != member.name {
+            return self.reject(super::Violation::NotSubject);
         }
-        if from != member.name && !self.members.iter().any(|m| m.name == from) {
-            // Only members forward: anyone else must speak for itself.
-            return;
+        if self.role != Role::Leader {
+            return self.redirect_joiner(from);
         }
         self.departed.remove(&member.name);
         if self.members.contains(&member) {
@@ -327,8 +337,20 @@ impl Group {
         }
     }
 
+    /// Queues the removal of the incarnation of `name` listed now (none: nothing to do).
     pub(super) fn propose_removal(&mut self, now: Instant, name: &str) {
-        let change = Change::Remove(name.to_owned());
+        let Some(incarnation) = self
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.incarnation)
+        else {
+            return;
+        };
+        let change = Change::Remove {
+            name: name.to_owned(),
+            incarnation,
+        };
         if !self.queue.contains(&change) {
             self.queue.push_back(change);
         }
@@ -349,11 +371,12 @@ impl Group {
                     Some(entry) => *entry = member.clone(),
                     None => next.push(member.clone()),
                 },
-                Change::Remove(name) => {
-                    if *name == self.me.name || !next.iter().any(|m| m.name == *name) {
+                Change::Remove { name, incarnation } => {
+                    let listed = |m: &MemberInfo| m.name == *name && m.incarnation == *incarnation;
+                    if *name == self.me.name || !next.iter().any(listed) {
                         continue;
                     }
-                    next.retain(|m| m.name != *name);
+                    next.retain(|m| !listed(m));
                 }
             }
             let previous: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
@@ -417,6 +440,9 @@ impl Group {
         if self.role != Role::Leader {
             return;
         }
+        // Our own lease and term ceiling run from our last heartbeat, as a follower's
+        // from the last one it heard (see `Group::term_ceiling`).
+        self.heard_leader(now);
         let heartbeat = GroupMessage::Heartbeat {
             term: self.hard.term,
             leader: self.me.name.clone(),
@@ -438,7 +464,12 @@ impl Group {
                     .get(name)
                     .is_some_and(|p| now.duration_since(p.last_heard) >= limit)
             })
-            .filter(|name| !self.queue.contains(&Change::Remove(name.clone())))
+            .filter(|name| {
+                !self
+                    .queue
+                    .iter()
+                    .any(|c| matches!(c, Change::Remove { name: n, .. } if n == name))
+            })
             .collect();
         for name in failed {
             self.event(GroupEvent::PeerUnreachable { name: name.clone() });

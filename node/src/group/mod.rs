@@ -11,10 +11,10 @@
 //! follows it is performed; in particular a VOTE is always preceded by the `Persist` of the
 //! vote it carries (Raft §5.2 / Figure 2: "updated on stable storage before responding").
 
+mod authority;
 mod chat;
 mod election;
 mod membership;
-mod terms;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -26,7 +26,9 @@ use sockmsg_wire::frame::MessageClass;
 use crate::message::{GroupMessage, MemberInfo, VoteMsg};
 use timers::{Timer, Timers};
 
-pub use terms::{Rejections, Violation, MAX_TERM};
+pub use authority::{
+    Rejections, Violation, MAX_FORMER_MEMBERS, MAX_HELD_CHAT, MAX_TERM, SUPPORT_WINDOW, TERM_SLACK,
+};
 
 /// Timing of the group protocol (config.yml `group:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,11 @@ pub struct HardState {
     pub membership_term: u64,
     pub membership_version: u64,
     pub members: Vec<MemberInfo>,
+    /// Names that were in memberships this node held before and are not in `members`,
+    /// oldest first, at most [`MAX_FORMER_MEMBERS`]: their supports still count when a
+    /// leader claims a membership that lists them again (SPEC.md §12.2), after a
+    /// restart too.
+    pub former_members: Vec<String>,
 }
 
 /// Signs granted votes (SPEC.md §9) for [`Output::SignVote`]. The driver uses the
@@ -264,11 +271,8 @@ pub struct Group {
     // Chat.
     chat: chat::ChatState,
 
-    /// The (term, candidate) of the one granted vote we asked the driver to sign: one
-    /// RSA signature per term however often the request is repeated.
-    signature_asked: Option<(u64, String)>,
-    /// Frames dropped by the checks of [`terms`], per kind.
-    rejections: Rejections,
+    /// What we were told about who leads which term, and what we refused (SPEC.md §12).
+    evidence: authority::Evidence,
 }
 
 impl Group {
@@ -318,9 +322,9 @@ impl Group {
             departed: HashMap::new(),
             leaving: None,
             chat: chat::ChatState::default(),
-            signature_asked: None,
-            rejections: Rejections::default(),
+            evidence: authority::Evidence::default(),
         };
+        group.evidence.started = Some(now);
         group.recover_absurd_term();
         group.reset_election_timer(now);
         // A vote granted before a restart may never have been signed, and its candidate
@@ -328,7 +332,7 @@ impl Group {
         if let Some(candidate) = group.hard.voted_for.clone() {
             if candidate != group.me.name {
                 let vote = group.vote(group.hard.term, &candidate, false, true);
-                group.signature_asked = Some((group.hard.term, candidate));
+                group.evidence.signature_asked = Some((group.hard.term, candidate));
                 group.sign_later(now, vote);
             }
         }
@@ -394,8 +398,7 @@ impl Group {
         if self.role == Role::Left {
             return;
         }
-        if let Err(violation) = self.check_terms(&msg) {
-            self.rejections.count(violation);
+        if !self.authorize(now, from, &msg) {
             return;
         }
         let membership_stamp = match &msg {
@@ -407,15 +410,13 @@ impl Group {
         match msg {
             GroupMessage::Heartbeat {
                 term,
-                leader,
+                leader: _,
                 membership_term,
                 membership_version,
                 members,
             } => {
-                if leader == from {
-                    let stamp = (membership_term, membership_version);
-                    self.on_leader_message(now, from, term, stamp, members, false);
-                }
+                let stamp = (membership_term, membership_version);
+                self.on_leader_message(now, from, term, stamp, members, false);
             }
             GroupMessage::Membership {
                 term,
@@ -426,35 +427,22 @@ impl Group {
             GroupMessage::MembershipAck { term, version } => {
                 self.on_membership_ack(now, from, term, version)
             }
-            GroupMessage::PreVoteRequest(req) => {
-                if req.candidate == from {
-                    self.on_pre_vote_request(now, req)
-                }
-            }
-            GroupMessage::VoteRequest(req) => {
-                if req.candidate == from {
-                    self.on_vote_request(now, req)
-                }
-            }
-            GroupMessage::Vote(vote) => {
-                if vote.voter == from && vote.group == self.config.group {
-                    self.on_vote(now, vote)
-                }
-            }
+            GroupMessage::PreVoteRequest(req) => self.on_pre_vote_request(now, req),
+            GroupMessage::VoteRequest(req) => self.on_vote_request(now, req),
+            GroupMessage::Vote(vote) => self.on_vote(now, vote),
+            GroupMessage::Support(support) => self.on_support(now, from, support),
             GroupMessage::TransferLeadership { term, target } => {
                 self.on_transfer_leadership(now, from, term, target)
             }
             GroupMessage::Join(member) => self.on_join(now, from, member),
-            GroupMessage::Leave { name, incarnation } => {
-                if name == from {
-                    self.on_leave(now, name, incarnation)
-                }
-            }
-            GroupMessage::Chat(line) => {
-                if line.sender == from {
-                    self.on_chat(line)
-                }
-            }
+            GroupMessage::Leave { name, incarnation } => self.on_leave(now, name, incarnation),
+            GroupMessage::Chat(line) => self.on_chat(line),
+        }
+        // A new membership or term may settle what was held for want of it.
+        self.release_held_chat();
+        self.retry_claims(now);
+        if self.role == Role::Left {
+            return;
         }
         if let (Some(led), Some(stamp)) = (self.leaving, membership_stamp) {
             if stamp > led && self.membership_term == stamp {

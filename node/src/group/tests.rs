@@ -9,6 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::message::{ChatLine, VoteMsg, VoteRequestMsg};
 
+mod authorization;
+
 struct TestSigner(String);
 
 impl VoteSigner for TestSigner {
@@ -181,11 +183,20 @@ fn raft_5_2_a_node_grants_one_vote_per_term() {
     g.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "c", 1)));
     let refused = the_vote(&drain(&mut g));
     assert!(!refused.granted, "a second candidate in the same term");
-    // The same candidate asking again (a retransmission) gets the same answer.
+    // The same candidate asking again (a retransmission) gets the same answer, and no
+    // second signature (SPEC.md §7.13: one per term and candidate).
     g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
-    assert!(the_vote(&drain(&mut g)).granted);
-    // A new term frees the vote.
-    g.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 1)));
+    let again = drain(&mut g);
+    assert!(the_vote(&again).granted);
+    assert!(!again.iter().any(|o| matches!(o, Output::SignVote { .. })));
+    // A new term frees the vote (an election timeout later: a term moves at most once
+    // per minimum election timeout, SPEC.md §12.3).
+    let later = now + Duration::from_millis(200);
+    g.step(
+        later,
+        "c",
+        GroupMessage::VoteRequest(vote_request(3, "c", 1)),
+    );
     assert!(the_vote(&drain(&mut g)).granted);
 }
 
@@ -223,6 +234,7 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
     b_asked_by_a(now);
     // The driver writes each Persist; a restart reads back the last one.
     let mut g = node("b", 2);
+    g.join(now, "a").unwrap();
     g.step(
         now,
         "a",
@@ -233,7 +245,13 @@ fn raft_5_2_a_restarted_node_keeps_its_vote_and_membership() {
             members: vec![info("a", 3), info("b", 2), info("c", 1)],
         },
     );
-    g.step(now, "a", GroupMessage::VoteRequest(vote_request(2, "a", 4)));
+    // An election timeout later (a's lease over: it crashed, and comes back to stand).
+    let later = now + Duration::from_millis(200);
+    g.step(
+        later,
+        "a",
+        GroupMessage::VoteRequest(vote_request(2, "a", 4)),
+    );
     let last = drain(&mut g)
         .into_iter()
         .filter_map(|o| match o {
@@ -308,7 +326,12 @@ fn a_signature_for_an_old_term_is_not_sent() {
     let now = Instant::now();
     let (mut g, out) = b_asked_by_a(now);
     let grant = the_vote(&out);
-    g.step(now, "c", GroupMessage::VoteRequest(vote_request(3, "c", 1)));
+    let later = now + Duration::from_millis(200);
+    g.step(
+        later,
+        "c",
+        GroupMessage::VoteRequest(vote_request(3, "c", 1)),
+    );
     drain(&mut g);
     g.vote_signed(grant.signed(&TestSigner("b".into())));
     assert!(sends(&drain(&mut g)).is_empty(), "term 2 is over");
@@ -387,15 +410,52 @@ fn raft_5_1_a_higher_term_makes_a_leader_step_down() {
     let mut nodes = group_of(&["a", "b", "c"], now);
     let a = &mut nodes[0];
     assert_eq!(a.role(), Role::Leader);
-    a.step(now, "c", GroupMessage::VoteRequest(vote_request(7, "c", 0)));
+    // c won term 2 with b's vote (a was cut off); b tells a so, and c's heartbeat comes.
+    a.step(now, "b", GroupMessage::Support(support(2, "b", "c")));
+    assert_eq!(a.role(), Role::Leader, "a support alone changes nothing");
+    a.step(now, "c", heartbeat(2, "c", a.members().to_vec()));
     assert_eq!(a.role(), Role::Follower);
-    assert_eq!(a.term(), 7);
+    assert_eq!(a.term(), 2);
+    assert_eq!(a.leader(), Some("c"));
     let out = drain(a);
     assert!(out.contains(&Output::Event(GroupEvent::LeaderChanged {
-        term: 7,
-        leader: None
+        term: 2,
+        leader: Some("c".into())
     })));
     assert!(a.election_proof().is_none(), "no proof once deposed");
+}
+
+#[test]
+fn thesis_4_2_3_a_live_leader_ignores_a_vote_request_of_a_later_term() {
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    drain(a);
+    a.step(now, "c", GroupMessage::VoteRequest(vote_request(7, "c", 0)));
+    assert_eq!(a.role(), Role::Leader);
+    assert_eq!(a.term(), 1);
+    assert!(sends(&drain(a)).is_empty(), "not even a refusal");
+    assert_eq!(a.rejections().get(Violation::Disruptive), 1);
+}
+
+fn support(term: u64, supporter: &str, leader: &str) -> crate::message::SupportMsg {
+    crate::message::SupportMsg {
+        group: "lobby".into(),
+        term,
+        supporter: supporter.into(),
+        leader: leader.into(),
+        query: false,
+    }
+}
+
+fn heartbeat(term: u64, leader: &str, members: Vec<MemberInfo>) -> GroupMessage {
+    GroupMessage::Heartbeat {
+        term,
+        leader: leader.into(),
+        membership_term: 1,
+        membership_version: 2,
+        members,
+    }
 }
 
 #[test]
@@ -470,19 +530,20 @@ fn raft_4_1_a_vote_needs_a_membership_at_least_as_up_to_date() {
     );
     assert!(the_vote(&drain(&mut g)).granted, "(3, 5) = (3, 5)");
     // ...and so is a later term's membership with a lower version (in a new term).
+    let later = now + Duration::from_millis(200);
     g.step(
-        now,
+        later,
         "d",
-        GroupMessage::PreVoteRequest(stamped_vote_request(9, "d", (4, 1))),
+        GroupMessage::PreVoteRequest(stamped_vote_request(8, "d", (4, 1))),
     );
     assert!(
         the_vote(&drain(&mut g)).granted,
         "(4, 1) > (3, 5): pre-vote"
     );
     g.step(
-        now,
+        later,
         "d",
-        GroupMessage::VoteRequest(stamped_vote_request(9, "d", (4, 1))),
+        GroupMessage::VoteRequest(stamped_vote_request(8, "d", (4, 1))),
     );
     assert!(the_vote(&drain(&mut g)).granted, "(4, 1) > (3, 5): vote");
 }
@@ -922,6 +983,8 @@ fn a_removed_node_that_stands_is_told_the_membership() {
         .iter()
         .any(|(to, m)| to == "z" && matches!(m, GroupMessage::Membership { .. })));
     let mut z = follower("z", &["a", "b", "z"], 1, now);
+    // z recognises a as the leader of term 1 on b's word and a's own (SPEC.md §12.2).
+    z.step(now, "b", GroupMessage::Support(support(1, "b", "a")));
     for (to, m) in sends(&out) {
         if to == "z" {
             z.step(now, "a", m);
@@ -1137,35 +1200,40 @@ fn a_restarted_voter_signs_its_persisted_grant_again() {
 }
 
 #[test]
-fn a_follower_forwards_a_joiners_join_to_its_leader_once() {
+fn spec_12_1_a_join_comes_from_the_joiner_itself_and_reaches_the_leader_directly() {
     let now = Instant::now();
     let mut nodes = group_of(&["a", "b", "c"], now);
     let mut d = node("d", 1);
     // The proxy's record named a leader that is gone; d tries every member it lists.
-    d.join_via(now, &["x", "b", "d"]).unwrap();
+    d.join_via(now, &["x", "b", "a", "d"]).unwrap();
     let asked: Vec<String> = sends(&drain(&mut d))
         .into_iter()
         .map(|(to, _)| to)
         .collect();
-    assert_eq!(asked, ["x", "b"], "every contact but itself");
+    assert_eq!(asked, ["x", "b", "a"], "every contact but itself");
+    // A follower does not forward (a member could otherwise add names that never
+    // asked): it tells the joiner whom it follows.
     nodes[1].step(now, "d", GroupMessage::Join(d.me().clone()));
-    let forwarded = sends(&drain(&mut nodes[1]));
-    assert_eq!(
-        forwarded,
-        [("a".into(), GroupMessage::Join(d.me().clone()))]
-    );
-    // A JOIN that a member forwards is not forwarded again (no loops between
-    // followers with stale views), and a non-member cannot speak for someone else.
-    nodes[2].step(now, "b", GroupMessage::Join(d.me().clone()));
-    assert!(sends(&drain(&mut nodes[2])).is_empty());
-    nodes[0].step(now, "x", GroupMessage::Join(d.me().clone()));
-    assert!(sends(&drain(&mut nodes[0])).is_empty(), "x is no member");
-    // The leader admits d through b's forward.
+    let answers = sends(&drain(&mut nodes[1]));
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    match &answers[0] {
+        (to, GroupMessage::Support(s)) => {
+            assert_eq!((to.as_str(), s.leader.as_str(), s.query), ("d", "a", false))
+        }
+        other => panic!("expected a redirect to d, got {other:?}"),
+    }
+    // A JOIN for someone else (a ghost, or a forward) is refused and counted.
     nodes[0].step(now, "b", GroupMessage::Join(d.me().clone()));
+    assert!(sends(&drain(&mut nodes[0])).is_empty());
+    assert_eq!(nodes[0].rejections().get(Violation::NotSubject), 1);
+    assert_eq!(nodes[0].members().len(), 3, "no ghost admitted");
+    // The leader admits d on d's own JOIN.
+    nodes[0].step(now, "d", GroupMessage::Join(d.me().clone()));
     let mut all: Vec<Group> = nodes.into_iter().chain([d]).collect();
     settle(&mut all, now);
     assert!(all.iter().all(|g| g.members().len() == 4));
     assert!(all[3].is_member());
+    assert_eq!(all[3].leader(), Some("a"));
 }
 
 #[test]
@@ -1316,6 +1384,7 @@ fn a_node_holding_an_absurd_persisted_term_recovers() {
         membership_term: 3,
         membership_version: 2,
         members: vec![info("a", 2), info("b", 1)],
+        former_members: Vec::new(),
     };
     let mut b = Group::new(
         GroupConfig::new("lobby"),

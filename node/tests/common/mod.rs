@@ -201,6 +201,11 @@ impl NodeProc {
             })
     }
 
+    /// Whether the process is still running (it has not exited, by itself or otherwise).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -256,6 +261,8 @@ pub fn chat_from(sender: &str, text: &str) -> impl Fn(&Value) -> bool {
 /// namespace (the thread moves into it, so its sockets belong there).
 pub struct Services {
     pub keymgr: std::net::SocketAddr,
+    /// The key manager's key fingerprint, for clients that pin it.
+    pub keymgr_fingerprint: String,
     pub proxy: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -277,6 +284,7 @@ impl Services {
         let pem = std::fs::read_to_string(testdata_key("keymgr")).unwrap();
         let keymgr_dir = dir.0.join("keymgr");
         let fingerprint = sockmsg_keymgr::datadir::init_with_key(&keymgr_dir, &pem).unwrap();
+        let keymgr_fingerprint = fingerprint.clone();
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -327,6 +335,7 @@ impl Services {
             .expect("services started");
         Services {
             keymgr,
+            keymgr_fingerprint,
             proxy,
             stop,
             thread: Some(thread),

@@ -84,6 +84,10 @@ enum Command {
         seeds: u64,
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Run the byzantine schedules instead: a liar (a member, or an outsider) and
+        /// its sock puppets send hostile group frames (node/tests/byzantine_sim.rs).
+        #[arg(long)]
+        byzantine: bool,
     },
     /// Open-loop chat load: RATE lines per second across the nodes for S seconds;
     /// latency from each line's intended send time to each receiver.
@@ -153,8 +157,21 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// One schedule (byzantine or not); a panic is a failure of the seed.
+fn sim_schedule(seed: u64, byzantine: bool) -> Result<(), String> {
+    let run = || {
+        if byzantine {
+            sockmsg_tools::groupsim::byzantine_schedule(seed).map(|_| ())
+        } else {
+            sockmsg_tools::groupsim::schedule(seed).map(|_| ())
+        }
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err("panicked".into()))
+}
+
 /// Runs schedules `from..from + seeds` on every core; fails if any schedule did.
-fn run_sim(seeds: u64, from: u64) -> Result<()> {
+fn run_sim(seeds: u64, from: u64, byzantine: bool) -> Result<()> {
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
     let next = AtomicU64::new(from);
@@ -173,9 +190,10 @@ fn run_sim(seeds: u64, from: u64) -> Result<()> {
                 if seed >= end {
                     return;
                 }
-                if let Err(why) = sockmsg_tools::groupsim::schedule(seed) {
+                if let Err(why) = sim_schedule(seed, byzantine) {
+                    let flag = if byzantine { " --byzantine" } else { "" };
                     progress.println(format!(
-                        "seed {seed} FAILED: {why}  (replay: sockmsg-bench sim --seeds 1 --from {seed})"
+                        "seed {seed} FAILED: {why}  (replay: sockmsg-bench sim{flag} --seeds 1 --from {seed})"
                     ));
                     failures
                         .lock()
@@ -249,7 +267,11 @@ fn run_transport(manifest: Option<PathBuf>, timeout: Duration, args: &[String]) 
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Sim { seeds, from } => return run_sim(seeds, from),
+        Command::Sim {
+            seeds,
+            from,
+            byzantine,
+        } => return run_sim(seeds, from, byzantine),
         Command::Transport {
             manifest,
             timeout,

@@ -324,6 +324,30 @@ fn looks_like_sockmsg(payload: &[u8]) -> bool {
     payload.len() >= HEADER_LEN && payload[0] == b'S' && payload[1] == b'M' && payload[2] == 1
 }
 
+/// A VOTE in one line: an answer (granted or refused, pre-vote or real), or a support
+/// (SPEC.md §7.13: the voter backs the candidate as leader), or a support query.
+fn vote_summary(v: &sockmsg_wire::frame::Vote<'_>) -> String {
+    let (term, voter, candidate) = (v.term, v.voter.as_str(), v.candidate.as_str());
+    if v.flags.contains(VoteFlags::SUPPORT) {
+        return if v.flags.contains(VoteFlags::QUERY) {
+            format!("term={term} {voter} asks: backs {candidate}?")
+        } else {
+            format!("term={term} {voter} backs {candidate}")
+        };
+    }
+    let verdict = if v.flags.contains(VoteFlags::GRANTED) {
+        "granted"
+    } else {
+        "refused"
+    };
+    let pre = if v.flags.contains(VoteFlags::PRE_VOTE) {
+        " (pre-vote)"
+    } else {
+        ""
+    };
+    format!("term={term} {voter}→{candidate} {verdict}{pre}")
+}
+
 fn class_name(class: MessageClass) -> &'static str {
     match class {
         MessageClass::Unreliable => "unreliable",
@@ -409,22 +433,7 @@ pub fn describe(frame: &Frame<'_>, detail: bool) -> FrameInfo {
             v.candidate.as_str(),
             v.membership_version
         ),
-        Frame::Vote(v) => format!(
-            "term={} {}→{} {}{}",
-            v.term,
-            v.voter.as_str(),
-            v.candidate.as_str(),
-            if v.flags.contains(VoteFlags::GRANTED) {
-                "granted"
-            } else {
-                "refused"
-            },
-            if v.flags.contains(VoteFlags::PRE_VOTE) {
-                " (pre-vote)"
-            } else {
-                ""
-            }
-        ),
+        Frame::Vote(v) => vote_summary(v),
         Frame::Join(m) => format!("{} at {}", m.name.as_str(), m.addr),
         Frame::Membership(m) => {
             format!("term={} v{} members={}", m.term, m.version, m.members.len())
@@ -460,5 +469,39 @@ pub fn describe(frame: &Frame<'_>, detail: bool) -> FrameInfo {
         },
         retransmission: false,
         inner: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vote_summary;
+    use sockmsg_wire::frame::{Vote, VoteFlags};
+    use sockmsg_wire::{Name, Signature};
+
+    fn vote(flags: VoteFlags) -> Vote<'static> {
+        Vote {
+            group: Name::new("lobby").unwrap(),
+            term: 5,
+            voter: Name::new("carol").unwrap(),
+            candidate: Name::new("alice").unwrap(),
+            flags,
+            signature: Signature::new(&[]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn votes_supports_and_queries_read_differently() {
+        let granted = VoteFlags::GRANTED;
+        let support = VoteFlags::SUPPORT.with(granted);
+        assert_eq!(vote_summary(&vote(granted)), "term=5 carol→alice granted");
+        assert_eq!(
+            vote_summary(&vote(VoteFlags::PRE_VOTE)),
+            "term=5 carol→alice refused (pre-vote)"
+        );
+        assert_eq!(vote_summary(&vote(support)), "term=5 carol backs alice");
+        assert_eq!(
+            vote_summary(&vote(support.with(VoteFlags::QUERY))),
+            "term=5 carol asks: backs alice?"
+        );
     }
 }

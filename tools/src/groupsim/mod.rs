@@ -18,14 +18,24 @@
 //! at most one leader per term; a node that becomes leader holds granted votes (as sent
 //! on the wire) from a majority of its membership; the proxy never holds a record for a
 //! (term, leader) that no majority elected; chat is delivered at most once and in
-//! per-sender order; each recipient's receipt for a line is reported at most once.
+//! per-sender order; each recipient's receipt for a line is reported at most once. The
+//! invariants that hold against hostile participants ([`byzantine`]) are in
+//! [`invariants`], checked after every input to every node.
+//!
+//! Hostile actors ([`Sim::add_hostile`]) are names with no [`Group`] behind them: what
+//! the honest nodes send them waits in an inbox ([`Sim::take_inbox`]), and what they
+//! send ([`Sim::inject`]) arrives as from that name, as an authenticated session would
+//! deliver it. They sit on the LAN beside every node: partitions never cut them.
 
+pub mod byzantine;
+pub mod invariants;
 pub mod schedule;
 pub mod services;
 
+pub use byzantine::{byzantine_schedule, ByzantineReport};
 pub use schedule::{describe, schedule, HEAL_BOUND, MS};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
@@ -86,8 +96,18 @@ struct Signing {
     vote: VoteMsg,
 }
 
+/// Who sent a message in flight: a node of the group, or a hostile actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Origin {
+    Node(usize),
+    Hostile(usize),
+}
+
+/// Frames kept for hostile actors, at most (the oldest go first).
+const INBOX_LIMIT: usize = 256;
+
 struct InFlight {
-    from: usize,
+    from: Origin,
     from_epoch: u64,
     to: usize,
     to_epoch: u64,
@@ -103,7 +123,7 @@ pub struct Sim {
     queue: BTreeMap<(Instant, u64), InFlight>,
     signing: BTreeMap<(Instant, u64), Signing>,
     next_id: u64,
-    fifo: HashMap<(usize, usize), Instant>,
+    fifo: HashMap<(Origin, usize), Instant>,
     /// Cut links, (from, to): messages that way are lost.
     blocked: HashSet<(usize, usize)>,
     pub loss: f64,
@@ -121,6 +141,12 @@ pub struct Sim {
     pub config: GroupConfig,
     /// Events processed at the current instant: a livelock guard.
     same_instant: u64,
+    /// Names of hostile actors (no `Group` behind them, see [`byzantine`]).
+    pub hostile: Vec<String>,
+    /// Frames honest nodes sent to hostile actors: (to, from, frame), oldest first.
+    inbox: VecDeque<(String, String, GroupMessage)>,
+    /// What the invariants of [`invariants`] remember.
+    pub watch: invariants::Watch,
 }
 
 impl Sim {
@@ -203,6 +229,9 @@ impl Sim {
             failure: None,
             config: GroupConfig::new("lobby"),
             same_instant: 0,
+            hostile: Vec::new(),
+            inbox: VecDeque::new(),
+            watch: invariants::Watch::new(members, start),
         };
         for i in 0..members {
             sim.boot(i);
@@ -228,6 +257,7 @@ impl Sim {
         node.delivered.clear();
         node.receipts.clear();
         node.announced = None;
+        self.watch.booted(i, self.now, self.nodes[i].group.as_ref());
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -253,7 +283,9 @@ impl Sim {
 
     pub fn crash(&mut self, i: usize) {
         self.trace(|| format!("CRASH {}", self.nodes[i].name));
-        self.nodes[i].group = None;
+        if let Some(g) = self.nodes[i].group.take() {
+            self.watch.crashed(i, self.now, &g);
+        }
     }
 
     /// Restarts node `i` with only its hard state, and has it ask the leader to admit it.
@@ -302,7 +334,12 @@ impl Sim {
                 contacts.retain(|c| *c != name);
                 if !contacts.is_empty() {
                     let contacts: Vec<&str> = contacts.iter().map(String::as_str).collect();
-                    self.with(i, |g, now| g.join_via(now, &contacts).unwrap());
+                    // As the driver does: the proxy's record vouches for its leader.
+                    let (term, leader) = (record.term, record.leader.clone());
+                    self.with(i, |g, now| {
+                        g.vouch(now, term, &leader);
+                        g.join_via(now, &contacts).unwrap()
+                    });
                 }
             }
             None => {
@@ -451,7 +488,7 @@ impl Sim {
     /// Cuts every link between nodes on different sides, both ways.
     pub fn partition(&mut self, side: Vec<u8>) {
         self.trace(|| format!("PARTITION {side:?}"));
-        self.blocked.clear();
+        self.clear_blocked();
         for a in 0..self.nodes.len() {
             for b in 0..self.nodes.len() {
                 if side[a] != side[b] {
@@ -459,20 +496,28 @@ impl Sim {
                 }
             }
         }
+        self.watch.links_changed(self.now, &self.blocked);
     }
 
     /// Cuts the links from every node in `from` to every node not in it, one way only.
     pub fn one_way(&mut self, from: &[usize]) {
         self.trace(|| format!("ONE-WAY from {from:?}"));
-        self.blocked.clear();
+        self.clear_blocked();
         for &a in from {
             for b in (0..self.nodes.len()).filter(|b| !from.contains(b)) {
                 self.blocked.insert((a, b));
             }
         }
+        self.watch.links_changed(self.now, &self.blocked);
     }
 
     pub fn heal(&mut self) {
+        self.clear_blocked();
+    }
+
+    /// Restores every link, noting which nodes were cut off until now.
+    fn clear_blocked(&mut self) {
+        self.watch.links_changed(self.now, &self.blocked);
         self.blocked.clear();
     }
 
@@ -481,13 +526,83 @@ impl Sim {
         !self.blocked.contains(&(a, b))
     }
 
+    /// Whether some link from or to node `i` is cut.
+    pub fn cut_off(&self, i: usize) -> bool {
+        self.blocked.iter().any(|&(a, b)| a == i || b == i)
+    }
+
+    /// Registers a hostile actor `name` (see [`byzantine`]): frames to it go to the
+    /// inbox, and it may [`Sim::inject`] frames.
+    pub fn add_hostile(&mut self, name: &str) {
+        assert!(
+            !self.nodes.iter().any(|n| n.name == name),
+            "a hostile actor cannot be a node"
+        );
+        if !self.is_hostile(name) {
+            self.hostile.push(name.to_owned());
+        }
+    }
+
+    pub fn is_hostile(&self, name: &str) -> bool {
+        self.hostile.iter().any(|h| h == name)
+    }
+
+    /// The frames honest nodes sent to hostile actors since the last call: (to, from,
+    /// frame), oldest first.
+    pub fn take_inbox(&mut self) -> Vec<(String, String, GroupMessage)> {
+        self.inbox.drain(..).collect()
+    }
+
+    /// Hostile actor `from` sends `msg` to node `to` (unknown names are dropped): it
+    /// arrives as from `from`, with the delay, loss and duplication of any message.
+    pub fn inject(&mut self, from: &str, to: &str, msg: GroupMessage) {
+        let origin = self
+            .hostile
+            .iter()
+            .position(|h| h == from)
+            .map(Origin::Hostile)
+            .expect("only a registered hostile actor injects");
+        let Some(to) = self.nodes.iter().position(|n| n.name == to) else {
+            return;
+        };
+        self.note_grant(from, &msg);
+        let class = msg.class();
+        self.enqueue(origin, to, class, msg);
+    }
+
+    /// Granted real votes, as sent on the wire by their voter (a vote naming another
+    /// voter is dropped by its receiver, and counts for nothing).
+    fn note_grant(&mut self, from: &str, msg: &GroupMessage) {
+        if let GroupMessage::Vote(vote) = msg {
+            if vote.granted && !vote.pre_vote && vote.voter == from {
+                self.granted
+                    .entry((vote.term, vote.candidate.clone()))
+                    .or_default()
+                    .insert(vote.voter.clone());
+            }
+        }
+    }
+
+    fn origin_name(&self, origin: Origin) -> &str {
+        match origin {
+            Origin::Node(i) => &self.nodes[i].name,
+            Origin::Hostile(h) => &self.hostile[h],
+        }
+    }
+
     fn fail(&mut self, why: String) {
         if self.failure.is_none() {
             self.failure = Some(format!("at {:?}: {why}", self.elapsed()));
         }
     }
 
+    /// Performs node `i`'s outputs, then checks what its input changed.
     fn drain(&mut self, i: usize) {
+        self.perform_outputs(i);
+        self.observe(i);
+    }
+
+    fn perform_outputs(&mut self, i: usize) {
         loop {
             let Some(out) = self.nodes[i].group.as_mut().and_then(|g| g.poll_output()) else {
                 return;
@@ -512,17 +627,40 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: &str, class: MessageClass, msg: GroupMessage) {
+        let sender = self.nodes[from].name.clone();
+        self.note_grant(&sender, &msg);
+        if self.is_hostile(to) {
+            return self.deliver_to_hostile(class, to, sender, msg);
+        }
         let Some(to) = self.nodes.iter().position(|n| n.name == to) else {
             return;
         };
-        if let GroupMessage::Vote(vote) = &msg {
-            if vote.granted && !vote.pre_vote {
-                self.granted
-                    .entry((vote.term, vote.candidate.clone()))
-                    .or_default()
-                    .insert(vote.voter.clone());
-            }
+        self.enqueue(Origin::Node(from), to, class, msg);
+    }
+
+    /// A frame for a hostile actor: kept for it to read (lost like any other if
+    /// unreliable).
+    fn deliver_to_hostile(
+        &mut self,
+        class: MessageClass,
+        to: &str,
+        from: String,
+        msg: GroupMessage,
+    ) {
+        if class == MessageClass::Unreliable && self.rng.random_bool(self.loss) {
+            return;
         }
+        if self.inbox.len() >= INBOX_LIMIT {
+            self.inbox.pop_front();
+        }
+        self.inbox.push_back((to.to_owned(), from, msg));
+    }
+
+    fn enqueue(&mut self, from: Origin, to: usize, class: MessageClass, msg: GroupMessage) {
+        let from_epoch = match from {
+            Origin::Node(i) => self.nodes[i].epoch,
+            Origin::Hostile(_) => 0,
+        };
         let copies = if self.rng.random_bool(self.dup) { 2 } else { 1 };
         for _ in 0..copies {
             if class == MessageClass::Unreliable && self.rng.random_bool(self.loss) {
@@ -538,7 +676,7 @@ impl Sim {
             self.next_id += 1;
             let flight = InFlight {
                 from,
-                from_epoch: self.nodes[from].epoch,
+                from_epoch,
                 to,
                 to_epoch: self.nodes[to].epoch,
                 msg: msg.clone(),
@@ -559,6 +697,8 @@ impl Sim {
             GroupEvent::LeaderChanged { term, leader } => {
                 if leader.as_deref() == Some(self.nodes[i].name.as_str()) {
                     self.check_majority(i, term);
+                } else if let Some(l) = &leader {
+                    self.check_followed(i, term, l);
                 }
                 if let Some(l) = &leader {
                     let previous = self.leaders.entry(term).or_insert_with(|| l.clone());
@@ -570,8 +710,13 @@ impl Sim {
                         self.fail(why);
                     }
                 }
+                // Leaderless since the first term without one, as the driver counts it:
+                // a node moving from term to term without a leader is still leaderless.
+                let still_leaderless = self.nodes[i].known_leader.1.is_none() && leader.is_none();
                 self.nodes[i].known_leader = (term, leader);
-                self.nodes[i].last_leader_change = self.now;
+                if !still_leaderless {
+                    self.nodes[i].last_leader_change = self.now;
+                }
             }
             GroupEvent::Delivered {
                 seq, to: Some(to), ..
@@ -584,6 +729,11 @@ impl Sim {
                 direct,
                 ..
             } => {
+                if self.hostile.contains(&sender) {
+                    // A liar numbers its lines as it likes; only honest senders' lines
+                    // are promised in order.
+                    return;
+                }
                 let node = &mut self.nodes[i];
                 let last = node
                     .delivered
@@ -599,6 +749,13 @@ impl Sim {
                 }
                 *last = seq;
                 node.received.push((sender, incarnation, seq, direct));
+            }
+            GroupEvent::PeerUnreachable { name } => self.check_unreachable(i, &name),
+            GroupEvent::Left => {
+                let me = self.nodes[i].group.as_ref().map(|g| g.me().clone());
+                if let Some(me) = me {
+                    self.watch.left(&me);
+                }
             }
             _ => {}
         }
@@ -698,16 +855,21 @@ impl Sim {
         } else if next_msg == Some(next) {
             let (_, flight) = self.queue.pop_first().unwrap();
             let up = self.nodes[flight.to].epoch == flight.to_epoch && self.is_up(flight.to);
-            let arrives = up && self.connected(flight.from, flight.to);
+            let linked = match flight.from {
+                Origin::Node(from) => self.connected(from, flight.to),
+                Origin::Hostile(_) => true,
+            };
+            let arrives = up && linked;
             self.report_chat_fate(&flight, arrives);
             if arrives {
-                let from = self.nodes[flight.from].name.clone();
-                if !matches!(
+                let from = self.origin_name(flight.from).to_owned();
+                let routine = matches!(
                     flight.msg,
                     GroupMessage::Heartbeat { .. }
                         | GroupMessage::MembershipAck { .. }
                         | GroupMessage::Chat(_)
-                ) {
+                );
+                if !routine || matches!(flight.from, Origin::Hostile(_)) {
                     self.trace(|| {
                         format!("{from} -> {}: {:?}", self.nodes[flight.to].name, flight.msg)
                     });
@@ -735,12 +897,15 @@ impl Sim {
         let GroupMessage::Chat(line) = &flight.msg else {
             return;
         };
-        if self.nodes[flight.from].epoch != flight.from_epoch {
+        let Origin::Node(from) = flight.from else {
+            return;
+        };
+        if self.nodes[from].epoch != flight.from_epoch {
             return;
         }
         let to = self.nodes[flight.to].name.clone();
         let seq = line.seq;
-        self.with(flight.from, |g, _| {
+        self.with(from, |g, _| {
             if arrived {
                 g.chat_delivered(&to, seq)
             } else {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
 use sockmsg_node::Role;
 
 use super::Sim;
@@ -18,7 +19,7 @@ pub const HEAL_BOUND: Duration = Duration::from_millis(2000);
 /// One schedule: form a group, inject faults while members chat, heal, then check that
 /// a leader emerges and that chat reaches every live member exactly once, in order.
 pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let n = rng.random_range(3..=7usize);
     let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
     let mut sim = Sim::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, loss);
@@ -41,102 +42,129 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
     while sim.now < fault_end {
         let next_chat = sim.now + rng.random_range(5..40) * MS;
         sim.run_for(next_chat - sim.now);
-        let sender = rng.random_range(0..n);
-        if sim.group(sender).is_some_and(|g| g.is_member()) {
-            let to = sim.nodes[rng.random_range(0..n)].name.clone();
-            let direct = rng.random_bool(0.1);
-            sim.with(sender, |g, _| {
-                if direct {
-                    // Refused (not a member, or ourselves) is fine here.
-                    let _ = g.send_direct(&to, "psst");
-                } else {
-                    g.send_chat("line").unwrap();
-                }
-            });
-        }
+        random_chat(&mut sim, &mut rng, n);
         if sim.now >= next_rejoin {
             sim.rejoin_strays();
             next_rejoin = sim.now + 300 * MS;
         }
         if sim.now >= next_fault {
             next_fault = sim.now + rng.random_range(50..400) * MS;
-            let victim = rng.random_range(0..n);
-            match rng.random_range(0..13) {
-                10 => {
-                    // A graceful exit (the process ends once the node has left).
-                    sim.with(victim, |g, now| {
-                        let _ = g.leave(now);
-                    });
-                }
-                11 => {
-                    // The leader crashes while another member leaves or comes back:
-                    // membership changes racing an election.
-                    if let Some(l) = sim.oracle_leader() {
-                        sim.crash(l);
-                    }
-                    if sim.is_up(victim) {
-                        sim.with(victim, |g, now| {
-                            let _ = g.leave(now);
-                        });
-                    } else {
-                        sim.restart(victim);
-                    }
-                }
-                12 => {
-                    // One-way: some nodes (often the leader alone) can send but not
-                    // hear, or hear but not send.
-                    let mut from: Vec<usize> = match sim.oracle_leader() {
-                        Some(l) if rng.random_bool(0.5) => vec![l],
-                        _ => (0..n).filter(|_| rng.random_bool(0.4)).collect(),
-                    };
-                    if rng.random_bool(0.5) {
-                        from = (0..n).filter(|i| !from.contains(i)).collect();
-                    }
-                    sim.one_way(&from);
-                }
-                0..=2 => {
-                    // Crash anyone, the leader most often.
-                    let who = if rng.random_bool(0.5) {
-                        sim.oracle_leader().unwrap_or(victim)
-                    } else {
-                        victim
-                    };
-                    sim.crash(who);
-                }
-                3..=4 => {
-                    if !sim.is_up(victim) {
-                        sim.restart(victim);
-                    }
-                }
-                5..=6 => {
-                    let side = (0..n).map(|_| rng.random_range(0..2u8)).collect();
-                    sim.partition(side);
-                }
-                7 => {
-                    // Isolate the leader.
-                    if let Some(l) = sim.oracle_leader() {
-                        let mut side = vec![0; n];
-                        side[l] = 1;
-                        sim.partition(side);
-                    }
-                }
-                _ => sim.heal(),
-            }
+            random_fault(&mut sim, &mut rng, n);
         }
-        for i in 0..n {
-            if sim.group(i).is_some_and(|g| g.role() == Role::Left) {
-                sim.crash(i);
-            }
-        }
+        crash_departed(&mut sim, n);
         if let Some(failure) = sim.failure.take() {
             return Err(failure);
         }
     }
 
-    // Heal: everyone up and connected.
+    let leader = heal_and_settle(&mut sim, n)?;
+    check_quiet_chat(&mut sim, leader)?;
+    if let Some(failure) = sim.failure.take() {
+        return Err(failure);
+    }
+    Ok(sim.services.map(|s| s.verdicts).unwrap_or_default())
+}
+
+/// A line from a random member to the group (or, one time in ten, to one member).
+pub fn random_chat(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize) {
+    let sender = rng.random_range(0..n);
+    if sim.group(sender).is_some_and(|g| g.is_member()) {
+        let to = sim.nodes[rng.random_range(0..n)].name.clone();
+        let direct = rng.random_bool(0.1);
+        sim.with(sender, |g, _| {
+            if direct {
+                // Refused (not a member, or ourselves) is fine here.
+                let _ = g.send_direct(&to, "psst");
+            } else {
+                g.send_chat("line").unwrap();
+            }
+        });
+    }
+}
+
+/// One random fault among the `n` nodes: a crash (the leader's most often), a restart,
+/// a graceful exit, a leader crash racing a membership change, a partition (symmetric
+/// or one-way), or a heal.
+pub fn random_fault(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize) {
+    let victim = rng.random_range(0..n);
+    match rng.random_range(0..13) {
+        10 => {
+            // A graceful exit (the process ends once the node has left).
+            sim.with(victim, |g, now| {
+                let _ = g.leave(now);
+            });
+        }
+        11 => {
+            // The leader crashes while another member leaves or comes back:
+            // membership changes racing an election.
+            if let Some(l) = sim.oracle_leader() {
+                sim.crash(l);
+            }
+            if sim.is_up(victim) {
+                sim.with(victim, |g, now| {
+                    let _ = g.leave(now);
+                });
+            } else {
+                sim.restart(victim);
+            }
+        }
+        12 => {
+            // One-way: some nodes (often the leader alone) can send but not
+            // hear, or hear but not send.
+            let mut from: Vec<usize> = match sim.oracle_leader() {
+                Some(l) if rng.random_bool(0.5) => vec![l],
+                _ => (0..n).filter(|_| rng.random_bool(0.4)).collect(),
+            };
+            if rng.random_bool(0.5) {
+                from = (0..n).filter(|i| !from.contains(i)).collect();
+            }
+            sim.one_way(&from);
+        }
+        0..=2 => {
+            // Crash anyone, the leader most often.
+            let who = if rng.random_bool(0.5) {
+                sim.oracle_leader().unwrap_or(victim)
+            } else {
+                victim
+            };
+            sim.crash(who);
+        }
+        3..=4 => {
+            if !sim.is_up(victim) {
+                sim.restart(victim);
+            }
+        }
+        5..=6 => {
+            let side = (0..n).map(|_| rng.random_range(0..2u8)).collect();
+            sim.partition(side);
+        }
+        7 => {
+            // Isolate the leader.
+            if let Some(l) = sim.oracle_leader() {
+                let mut side = vec![0; n];
+                side[l] = 1;
+                sim.partition(side);
+            }
+        }
+        _ => sim.heal(),
+    }
+}
+
+/// A node that has left ends its process.
+pub fn crash_departed(sim: &mut Sim, n: usize) {
+    for i in 0..n {
+        if sim.group(i).is_some_and(|g| g.role() == Role::Left) {
+            sim.crash(i);
+        }
+    }
+}
+
+/// Heals the network, brings every node up (a node that left, or is leaving, comes
+/// back as a new process) and waits [`HEAL_BOUND`] at most for a leader that every node
+/// follows and that lists all `n`.
+pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
     sim.heal();
     for i in 0..n {
-        // A node that left (or is leaving) comes back as a new process.
         if sim
             .group(i)
             .is_some_and(|g| g.role() == Role::Left || g.is_leaving())
@@ -160,17 +188,19 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
             sim.live_members(l).len() == n
         });
     }
-    let Some(leader) = settled else {
-        return Err(format!(
+    settled.ok_or_else(|| {
+        format!(
             "no settled leader {HEAL_BOUND:?} after healing: {}",
-            describe(&sim)
-        ));
-    };
-    sim.run_for(300 * MS);
+            describe(sim)
+        )
+    })
+}
 
-    // Quiet phase: every live member's lines reach every other live member exactly
-    // once, and every sender hears that they did; a direct line reaches its addressee
-    // alone.
+/// Quiet phase: every live member's lines reach every other live member exactly
+/// once, and every sender hears that they did; a direct line reaches its addressee
+/// alone.
+pub fn check_quiet_chat(sim: &mut Sim, leader: usize) -> Result<(), String> {
+    sim.run_for(300 * MS);
     let members = sim.live_members(leader);
     let mut sent = Vec::new();
     for _ in 0..3 {
@@ -217,10 +247,7 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
             }
         }
     }
-    if let Some(failure) = sim.failure.take() {
-        return Err(failure);
-    }
-    Ok(sim.services.map(|s| s.verdicts).unwrap_or_default())
+    Ok(())
 }
 
 pub fn describe(sim: &Sim) -> String {

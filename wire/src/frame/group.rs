@@ -80,6 +80,12 @@ flags! {
         PRE_VOTE = 0x01,
         /// The vote is granted.
         GRANTED = 0x02,
+        /// Not an answer to the receiver: the sender tells a third member that it voted
+        /// for, or follows, `candidate` as leader of `term` (SPEC.md §7.13, §12.2).
+        SUPPORT = 0x04,
+        /// With `SUPPORT`: the sender asks the receiver whether it supports `candidate`
+        /// in `term`; answered with a `SUPPORT` VOTE, or not at all.
+        QUERY = 0x08,
     }
 }
 

@@ -1,0 +1,814 @@
+//! Authorization: what each sender may do in the group (SPEC.md §12), and the evidence
+//! that makes a node recognise a leader.
+//!
+//! The session layer proves *who* sent a frame; this module decides whether that sender
+//! may do what the frame asks. Every check here runs before any state changes: a frame
+//! that fails one is dropped and counted in [`Rejections`], and nothing else happens.
+//!
+//! The rules, in short (the table is SPEC.md §12.1):
+//!
+//! - Group frames come from members of the receiver's membership. The exceptions: JOIN
+//!   (only the joiner itself may send it, and it is never forwarded), a support *query*
+//!   (any authenticated peer may ask whom we follow), and a leader claim of a later term
+//!   (our membership may be behind the group's), which still needs its proof. Chat from a
+//!   peer that is not a member yet is held, bounded, until its admission reaches us.
+//! - A leader is recognised in a term only with evidence that a majority backs it
+//!   (§12.2, [`Group::is_proven`]): the supports that voters send every member when they
+//!   grant a vote, the answers to a support query, our own vote, or the proxy's verified
+//!   record. A claim without it is held and changes nothing; a single member's word is
+//!   one voice in that majority, never the majority.
+//! - Terms cannot be pushed (§12.3): no term beyond [`MAX_TERM`]; a (PRE_)VOTE_REQUEST
+//!   may move our term only when no live leader holds our lease (thesis §4.2.3), unless
+//!   it comes from that leader itself or the member it hands over to, and never beyond
+//!   [`Group::term_ceiling`]. Acknowledgements and refusals never move a term: a leader
+//!   told of a later term by a member stands again ([`Group::stand_again`]) instead of
+//!   stepping down, so no single member can depose it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Group, Role};
+use crate::message::{ChatLine, GroupMessage, MemberInfo, SupportMsg, VoteMsg, VoteRequestMsg};
+
+/// The highest term any frame may carry, and any node may hold: 2^48, so that `term + 1`
+/// never wraps and a node can recover from an absurd persisted term. At one election a
+/// millisecond, a group needs 8,900 years to reach it.
+pub const MAX_TERM: u64 = 1 << 48;
+
+/// How many terms a vote request may take us beyond the last leader we heard, at
+/// once (SPEC.md §12.3). One more is allowed for every `election_timeout_max` without
+/// a leader: terms move no faster than elections could move them.
+pub const TERM_SLACK: u64 = 8;
+
+/// How far beyond our term we keep supports (`SUPPORT_WINDOW` × members entries at most).
+pub const SUPPORT_WINDOW: u64 = 16;
+
+/// Names of former members kept for [`Group::is_proven`] (and persisted), at most.
+pub const MAX_FORMER_MEMBERS: usize = sockmsg_wire::limits::MAX_MEMBERS;
+
+/// Chat lines held from peers that are not (yet) members, at most.
+pub const MAX_HELD_CHAT: usize = 256;
+
+/// Why a group frame was dropped (SPEC.md §12.1). Every drop is counted per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Violation {
+    /// A group frame from a peer outside the receiver's membership.
+    NotMember,
+    /// A frame about someone other than its sender where only the subject may send it
+    /// (a JOIN for another name, a forwarded JOIN).
+    NotSubject,
+    /// A frame for another group.
+    WrongGroup,
+    /// A term above [`MAX_TERM`], or a vote request beyond [`Group::term_ceiling`].
+    TermOutOfRange,
+    /// A leader claim (HEARTBEAT, MEMBERSHIP) without evidence of its election: held
+    /// until the evidence comes, never acted on before.
+    UnprovenLeader,
+    /// A VOTE_REQUEST that would move our term while a live leader holds our lease
+    /// (thesis §4.2.3).
+    Disruptive,
+    /// A MEMBERSHIP that could not come from any leader (created in a later term than
+    /// its own).
+    BadMembership,
+    /// A bounded table was full (held chat lines).
+    Overflow,
+}
+
+impl Violation {
+    /// A short name for logs and reports (`/peers`, `--json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Violation::NotMember => "not_member",
+            Violation::NotSubject => "not_subject",
+            Violation::WrongGroup => "wrong_group",
+            Violation::TermOutOfRange => "term_out_of_range",
+            Violation::UnprovenLeader => "unproven_leader",
+            Violation::Disruptive => "disruptive",
+            Violation::BadMembership => "bad_membership",
+            Violation::Overflow => "overflow",
+        }
+    }
+
+    const ALL: [Violation; 8] = [
+        Violation::NotMember,
+        Violation::NotSubject,
+        Violation::WrongGroup,
+        Violation::TermOutOfRange,
+        Violation::UnprovenLeader,
+        Violation::Disruptive,
+        Violation::BadMembership,
+        Violation::Overflow,
+    ];
+}
+
+/// Frames dropped by the authorization rules, per [`Violation`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejections([u64; Violation::ALL.len()]);
+
+impl Rejections {
+    pub fn get(&self, violation: Violation) -> u64 {
+        self.0[violation as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// The non-zero counters, for logs.
+    pub fn iter(&self) -> impl Iterator<Item = (Violation, u64)> + '_ {
+        Violation::ALL
+            .into_iter()
+            .map(|v| (v, self.get(v)))
+            .filter(|(_, n)| *n > 0)
+    }
+    fn count(&mut self, violation: Violation) {
+        self.0[violation as usize] += 1;
+    }
+}
+
+/// A leader claim held until a majority backs it.
+#[derive(Debug, Clone)]
+struct HeldClaim {
+    term: u64,
+    first_seen: Instant,
+    /// When we last asked the members about it: again every `election_timeout_max`
+    /// while it stays unproven (answers may be lost to a partition or a restart).
+    queried: Option<Instant>,
+    msg: GroupMessage,
+}
+
+/// What this node has been told about who leads which term. Every table is bounded by
+/// the membership (one entry per member, or per member and term within
+/// [`SUPPORT_WINDOW`]).
+#[derive(Debug, Default)]
+pub(super) struct Evidence {
+    /// (term, supporter) → the leader the supporter backs in that term. The first word
+    /// of a supporter in a term is kept: an honest member backs one leader per term.
+    support: BTreeMap<(u64, String), String>,
+    /// A (term, leader) a third party proved to us: the proxy's verified record.
+    vouched: Option<(u64, String)>,
+    /// Claimant → its latest unproven claim.
+    claims: BTreeMap<String, HeldClaim>,
+    /// Member → the highest term it told us it holds.
+    reported: BTreeMap<String, u64>,
+    /// (term, candidate) our leader sanctioned by TRANSFER_LEADERSHIP: its VOTE_REQUEST
+    /// may overrule our leader lease.
+    sanctioned: Option<(u64, String)>,
+    /// Candidate → a VOTE_REQUEST that arrived while our lease was held (a transfer
+    /// target's request may overtake the leader's sanction of it).
+    held_requests: BTreeMap<String, VoteRequestMsg>,
+    /// The leader a member last named when it answered our JOIN (see
+    /// [`Group::join_through`]).
+    pub(super) redirected: Option<String>,
+    /// When we last stood again as leader (see [`Group::stand_again`]).
+    stood_again: Option<Instant>,
+    /// Until when [`Group::standing_lease`] holds.
+    pub(super) standing_lease_until: Option<Instant>,
+    /// The term of the last leader we heard from (see [`Group::term_ceiling`]).
+    leader_term_heard: u64,
+    /// When this node started: the ceiling's clock before any leader is heard.
+    pub(super) started: Option<Instant>,
+    /// The (term, candidate) of the one granted vote we asked the driver to sign: one
+    /// RSA signature per term however often the request is repeated.
+    pub(super) signature_asked: Option<(u64, String)>,
+    /// Chat lines from peers not (yet) in our membership, oldest first.
+    held_chat: Vec<(Instant, ChatLine)>,
+    pub(super) rejections: Rejections,
+}
+
+impl Group {
+    /// Frames dropped by the authorization rules (SPEC.md §12), per kind.
+    pub fn rejections(&self) -> &Rejections {
+        &self.evidence.rejections
+    }
+
+    pub(super) fn reject(&mut self, violation: Violation) {
+        self.evidence.rejections.count(violation);
+    }
+
+    /// The rules of SPEC.md §12.1 that a frame must pass before it is acted on. Those
+    /// that need the frame's own state (JOIN, supports, vote grants) are checked where it
+    /// is handled.
+    pub(super) fn authorize(&mut self, now: Instant, from: &str, msg: &GroupMessage) -> bool {
+        let verdict = match msg {
+            GroupMessage::Join(_) | GroupMessage::Support(_) => Ok(()),
+            GroupMessage::Chat(line) if line.sender != from => Err(Violation::NotSubject),
+            GroupMessage::Chat(line) if !self.in_basis(from) => {
+                self.hold_chat(now, line.clone());
+                return false;
+            }
+            GroupMessage::PreVoteRequest(req) | GroupMessage::VoteRequest(req)
+                if req.candidate != from =>
+            {
+                Err(Violation::NotSubject)
+            }
+            GroupMessage::PreVoteRequest(_) | GroupMessage::VoteRequest(_)
+                if !self.in_basis(from) =>
+            {
+                // A member removed without hearing of it stands again and again: the
+                // leader tells it (it may then join again); its request counts for nothing.
+                self.tell_removed(from);
+                Err(Violation::NotMember)
+            }
+            // The signed copy of a vote that elected us, from a voter that has left since
+            // (a former leader's LEAVE may overtake it): still part of our proof.
+            GroupMessage::Vote(vote)
+                if vote.voter == from
+                    && vote.candidate == self.me.name
+                    && self.proof.contains_key(from) =>
+            {
+                Ok(())
+            }
+            GroupMessage::Heartbeat { leader, .. } if leader != from => Err(Violation::NotSubject),
+            GroupMessage::Membership {
+                term,
+                membership_term,
+                ..
+            } if membership_term > term => Err(Violation::BadMembership),
+            // A leader we do not list may still be proven (our membership may be behind
+            // the group's, see `Group::is_proven`); one of a term before ours is not.
+            GroupMessage::Heartbeat { term, .. } | GroupMessage::Membership { term, .. }
+                if !self.in_basis(from) && *term < self.hard.term =>
+            {
+                Err(Violation::NotMember)
+            }
+            GroupMessage::Heartbeat { term, .. } | GroupMessage::Membership { term, .. } => {
+                return self.admit_leader_claim(now, from, *term, msg);
+            }
+            _ if !self.in_basis(from) => Err(Violation::NotMember),
+            GroupMessage::Vote(vote) if vote.voter != from => Err(Violation::NotSubject),
+            GroupMessage::Vote(vote) if vote.group != self.config.group => {
+                Err(Violation::WrongGroup)
+            }
+            GroupMessage::Leave { name, .. } if name != from => Err(Violation::NotSubject),
+            GroupMessage::Vote(VoteMsg { term, .. })
+            | GroupMessage::MembershipAck { term, .. }
+            | GroupMessage::TransferLeadership { term, .. }
+                if *term > MAX_TERM =>
+            {
+                Err(Violation::TermOutOfRange)
+            }
+            GroupMessage::PreVoteRequest(req) if req.term > MAX_TERM => {
+                Err(Violation::TermOutOfRange)
+            }
+            _ => Ok(()),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(violation) => {
+                self.reject(violation);
+                false
+            }
+        }
+    }
+
+    /// A term above [`MAX_TERM`] on disk can only come from a bug or from an attack on
+    /// an older version: recover by starting again from the term of the membership we
+    /// hold (proven by the leader that created it), with no vote cast. We might vote a
+    /// second time in a term between that one and the absurd one; no honest member can
+    /// have pushed us there, so such a term was never held by a majority.
+    pub(super) fn recover_absurd_term(&mut self) {
+        if self.hard.term <= MAX_TERM && self.hard.membership_term <= MAX_TERM {
+            return;
+        }
+        self.hard.membership_term = self.hard.membership_term.min(MAX_TERM);
+        self.membership_term = self.hard.membership_term;
+        self.hard.term = self.hard.membership_term;
+        self.hard.voted_for = None;
+        self.announced = (self.hard.term, None);
+        self.persist();
+    }
+
+    /// The proxy's verified record says `leader` leads `term`: the proxy checked a
+    /// majority of signed votes for it (SPEC.md §7.23), so a joiner may follow it.
+    pub fn vouch(&mut self, now: Instant, term: u64, leader: &str) {
+        if term <= MAX_TERM {
+            self.evidence.vouched = Some((term, leader.to_owned()));
+            self.retry_claims(now);
+        }
+    }
+
+    /// The sets of names whose majority decides whom we recognise ([`Group::is_proven`]
+    /// tries each): our membership; and while we are not admitted (a newcomer, a
+    /// restarted or removed member), our membership together with the contacts we join
+    /// through (the proxy's record, which it checked against signed votes). A
+    /// restarted member's own membership may be newer than the proxy's record, and a
+    /// removed member's older: either basis may be the one that proves the leader.
+    fn bases(&self) -> Vec<Vec<&str>> {
+        let members: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+        if self.joined || self.join_contacts.is_empty() {
+            return vec![members];
+        }
+        let mut with_contacts = members.clone();
+        for contact in &self.join_contacts {
+            if !with_contacts.contains(&contact.as_str()) {
+                with_contacts.push(contact);
+            }
+        }
+        vec![members, with_contacts]
+    }
+
+    /// Every name of any basis (see [`Group::bases`]).
+    fn basis(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = Vec::new();
+        for basis in self.bases() {
+            for name in basis {
+                if !all.contains(&name) {
+                    all.push(name);
+                }
+            }
+        }
+        all
+    }
+
+    pub(super) fn in_basis(&self, name: &str) -> bool {
+        self.basis().contains(&name)
+    }
+
+    /// Whether `leader`'s claim to lead `term` with membership `claimed` (the names
+    /// in its HEARTBEAT or MEMBERSHIP; empty if unknown) is proven (SPEC.md §12.2):
+    ///
+    /// - the proxy vouched for it (it verified a majority of signed votes), or
+    /// - a majority of our basis backs it, or
+    /// - the claimed membership keeps a majority of our basis, and a majority of it
+    ///   backs the claim counting only names we know (our basis, and the names of
+    ///   memberships we held before). This is how a member whose membership the group
+    ///   has moved past (an uncommitted change of its own, a change it missed)
+    ///   recognises the leader the others elected. A liar cannot use it: the claimed
+    ///   membership must keep a majority of ours, so it holds honest members, and
+    ///   names of its own making (sock puppets) back nothing.
+    pub(super) fn is_proven(&self, term: u64, leader: &str, claimed: &[String]) -> bool {
+        if self
+            .evidence
+            .vouched
+            .as_ref()
+            .is_some_and(|(t, l)| *t == term && l == leader)
+        {
+            return true;
+        }
+        self.bases()
+            .iter()
+            .any(|basis| self.proven_against(basis, term, leader, claimed))
+    }
+
+    /// [`Group::is_proven`] against one basis.
+    fn proven_against(&self, basis: &[&str], term: u64, leader: &str, claimed: &[String]) -> bool {
+        if basis.is_empty() {
+            return false;
+        }
+        let majority = |backers: usize, of: usize| backers > of / 2;
+        let basis_backers = basis
+            .iter()
+            .filter(|name| self.backs(name, term, leader))
+            .count();
+        if majority(basis_backers, basis.len()) {
+            return true;
+        }
+        if claimed.is_empty() {
+            return false;
+        }
+        // The claimed membership must list all of ours: a shorter one would let a liar
+        // choose the smaller majority, and names it makes up never count.
+        let keeps_ours = basis.iter().all(|b| claimed.iter().any(|c| c == b));
+        let known = |name: &str| basis.contains(&name) || self.is_former_member(name);
+        let claim_backers = claimed
+            .iter()
+            .filter(|name| known(name) && self.backs(name, term, leader))
+            .count();
+        keeps_ours && majority(claim_backers, claimed.len())
+    }
+
+    /// Records, in the hard state, the names that `previous` listed and the membership
+    /// we now hold does not (for [`Group::is_proven`]; bounded by
+    /// [`MAX_FORMER_MEMBERS`], the oldest forgotten first).
+    pub(super) fn remember_former_members(&mut self, previous: &[MemberInfo]) {
+        let members = &self.members;
+        let former = &mut self.hard.former_members;
+        former.retain(|name| !members.iter().any(|m| m.name == *name));
+        for m in previous {
+            let gone = !members.iter().any(|n| n.name == m.name);
+            if gone && !former.contains(&m.name) {
+                former.push(m.name.clone());
+            }
+        }
+        let excess = former.len().saturating_sub(MAX_FORMER_MEMBERS);
+        former.drain(..excess);
+    }
+
+    fn is_former_member(&self, name: &str) -> bool {
+        self.hard.former_members.iter().any(|n| n == name)
+    }
+
+    fn backs(&self, name: &str, term: u64, leader: &str) -> bool {
+        if name == leader {
+            return true;
+        }
+        if name == self.me.name {
+            return self.supports(term, leader);
+        }
+        self.evidence
+            .support
+            .get(&(term, name.to_owned()))
+            .is_some_and(|l| l == leader)
+    }
+
+    /// Whether we would tell others that `leader` leads `term`: we voted for it then, or
+    /// follow it.
+    fn supports(&self, term: u64, leader: &str) -> bool {
+        self.hard.term == term
+            && (self.leader.as_deref() == Some(leader)
+                || self.hard.voted_for.as_deref() == Some(leader))
+    }
+
+    /// Records that member `from` holds `term` (from a frame that carries its own term).
+    pub(super) fn note_term(&mut self, from: &str, term: u64) {
+        if term <= MAX_TERM && self.in_basis(from) {
+            let held = self.evidence.reported.entry(from.to_owned()).or_default();
+            *held = (*held).max(term);
+        }
+    }
+
+    /// Tells every member but the candidate that we granted it our vote in `term`: the
+    /// evidence they need to recognise it once it leads (SPEC.md §12.2).
+    pub(super) fn broadcast_support(&mut self, term: u64, candidate: &str) {
+        let support = GroupMessage::Support(SupportMsg {
+            group: self.config.group.clone(),
+            term,
+            supporter: self.me.name.clone(),
+            leader: candidate.to_owned(),
+            query: false,
+        });
+        for to in self.others() {
+            if to != candidate {
+                self.send(&to, support.clone());
+            }
+        }
+    }
+
+    /// A support or a support query from `from`.
+    pub(super) fn on_support(&mut self, now: Instant, from: &str, msg: SupportMsg) {
+        if msg.group != self.config.group {
+            return self.reject(Violation::WrongGroup);
+        }
+        if msg.supporter != from {
+            return self.reject(Violation::NotSubject);
+        }
+        if msg.term > MAX_TERM {
+            return self.reject(Violation::TermOutOfRange);
+        }
+        if msg.query {
+            // Anyone authenticated may ask (a joiner is not a member yet); the answer is
+            // as small as the question.
+            if self.supports(msg.term, &msg.leader) {
+                let answer = GroupMessage::Support(SupportMsg {
+                    group: self.config.group.clone(),
+                    term: msg.term,
+                    supporter: self.me.name.clone(),
+                    leader: msg.leader,
+                    query: false,
+                });
+                self.send(from, answer);
+            }
+            return;
+        }
+        let in_a_claim = self
+            .evidence
+            .claims
+            .values()
+            .any(|c| claimed_names(&c.msg).iter().any(|n| n == from));
+        if !self.in_basis(from) && !self.is_former_member(from) && !in_a_claim {
+            return self.reject(Violation::NotMember);
+        }
+        self.note_term(from, msg.term);
+        let lowest = self.hard.term;
+        let about_a_claim = self
+            .evidence
+            .claims
+            .get(&msg.leader)
+            .is_some_and(|c| c.term == msg.term);
+        let in_window = msg.term >= lowest && msg.term <= lowest.saturating_add(SUPPORT_WINDOW);
+        if !in_window && !about_a_claim {
+            return;
+        }
+        // A redirect counts only from a name we would join through anyway.
+        let redirect = !self.joined || self.leader.is_none();
+        if redirect && msg.leader != self.me.name && self.in_basis(from) {
+            self.join_through(&msg.leader);
+        }
+        self.evidence
+            .support
+            .entry((msg.term, msg.supporter))
+            .or_insert(msg.leader);
+        self.retry_claims(now);
+    }
+
+    /// Whether a HEARTBEAT or MEMBERSHIP from `from` claiming `term` may be acted on now.
+    /// An unproven claim is held (the newest per claimant) and, if it is still unproven
+    /// a heartbeat interval later, the members are asked whom they support.
+    pub(super) fn admit_leader_claim(
+        &mut self,
+        now: Instant,
+        from: &str,
+        term: u64,
+        msg: &GroupMessage,
+    ) -> bool {
+        if term > MAX_TERM {
+            self.reject(Violation::TermOutOfRange);
+            return false;
+        }
+        let followed = term == self.hard.term && self.leader.as_deref() == Some(from);
+        // A stale claim changes nothing: it is answered with our term (Raft §5.1).
+        let stale = term < self.hard.term || (term == self.hard.term && self.role == Role::Leader);
+        if followed || stale || self.is_proven(term, from, &claimed_names(msg)) {
+            return true;
+        }
+        self.reject(Violation::UnprovenLeader);
+        // A member usually has the supports already on their way (voters send them as
+        // they grant): it asks only if they have not come half a heartbeat later. A
+        // joiner or a restarted node has none coming: it asks at once.
+        let patience = if self.members.iter().any(|m| m.name == self.me.name) {
+            self.config.heartbeat_interval / 2
+        } else {
+            std::time::Duration::ZERO
+        };
+        if !self.evidence.claims.contains_key(from)
+            && self.evidence.claims.len() >= sockmsg_wire::limits::MAX_MEMBERS
+        {
+            self.reject(Violation::Overflow);
+            return false;
+        }
+        let fresh = HeldClaim {
+            term,
+            first_seen: now,
+            queried: None,
+            msg: msg.clone(),
+        };
+        let claim = self
+            .evidence
+            .claims
+            .entry(from.to_owned())
+            .or_insert_with(|| fresh.clone());
+        if claim.term != term {
+            *claim = fresh;
+        } else {
+            claim.msg = msg.clone();
+        }
+        let retry = self.config.election_timeout_max;
+        let ask = match claim.queried {
+            None => now.duration_since(claim.first_seen) >= patience,
+            Some(at) => now.duration_since(at) >= retry,
+        };
+        if ask {
+            claim.queried = Some(now);
+            self.query_support(term, from, &claimed_names(msg));
+        }
+        false
+    }
+
+    /// Asks every other name of our basis and of the claimed membership whether it
+    /// supports `leader` in `term`.
+    fn query_support(&mut self, term: u64, leader: &str, claimed: &[String]) {
+        let query = GroupMessage::Support(SupportMsg {
+            group: self.config.group.clone(),
+            term,
+            supporter: self.me.name.clone(),
+            leader: leader.to_owned(),
+            query: true,
+        });
+        let mut ask: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
+        ask.extend(claimed.iter().cloned());
+        ask.sort();
+        ask.dedup();
+        ask.retain(|n| n != leader && *n != self.me.name);
+        for to in ask {
+            self.send(&to, query.clone());
+        }
+    }
+
+    /// Acts on every held claim that is now proven; forgets those overtaken by our term
+    /// (unless we may step back to them, see [`Group::may_step_back`]).
+    pub(super) fn retry_claims(&mut self, now: Instant) {
+        let proven: Vec<String> = self
+            .evidence
+            .claims
+            .iter()
+            .filter(|(from, c)| self.is_proven(c.term, from, &claimed_names(&c.msg)))
+            .map(|(from, _)| from.clone())
+            .collect();
+        for from in proven {
+            if let Some(claim) = self.evidence.claims.remove(&from) {
+                self.step(now, &from, claim.msg);
+            }
+        }
+    }
+
+    /// Forgets evidence about terms before ours (called whenever our term moves).
+    pub(super) fn prune_evidence(&mut self) {
+        let term = self.hard.term;
+        self.evidence.support.retain(|(t, _), _| *t >= term);
+        self.evidence.held_requests.retain(|_, r| r.term > term);
+        if self
+            .evidence
+            .sanctioned
+            .as_ref()
+            .is_some_and(|(t, _)| *t < term)
+        {
+            self.evidence.sanctioned = None;
+        }
+    }
+
+    /// Whether a VOTE_REQUEST may be considered (SPEC.md §12.3). One for our term or an
+    /// older one always may (it cannot move our term); one that would move our term
+    /// must not disturb a live leader, must not come sooner than one minimum election
+    /// timeout after the last such move, and must not jump more than one term unless
+    /// another member reported the term before it.
+    pub(super) fn admit_vote_request(&mut self, now: Instant, req: &VoteRequestMsg) -> bool {
+        if req.term > MAX_TERM {
+            self.reject(Violation::TermOutOfRange);
+            return false;
+        }
+        if req.term <= self.hard.term {
+            return true;
+        }
+        // Our leader standing again (see `Group::stand_again`), or the member it hands
+        // over to.
+        let standing_again = self.leader.as_deref() == Some(req.candidate.as_str())
+            && req.term == self.hard.term + 1;
+        let sanctioned = standing_again
+            || self
+                .evidence
+                .sanctioned
+                .as_ref()
+                .is_some_and(|(t, c)| *t == req.term && *c == req.candidate);
+        if sanctioned {
+            return true;
+        }
+        if self.leader_lease_active(now) {
+            self.reject(Violation::Disruptive);
+            self.evidence
+                .held_requests
+                .insert(req.candidate.clone(), req.clone());
+            return false;
+        }
+        if req.term > self.term_ceiling(now) {
+            self.reject(Violation::TermOutOfRange);
+            return false;
+        }
+        true
+    }
+
+    /// Leader: member `from` says it holds `term`, after ours (its own election
+    /// failed, or it lies). Raft would step down; here a single member must not depose
+    /// the leader (SPEC.md §12.3), so the leader stands again in the next term, which
+    /// its followers grant it despite their lease, and wins. It does so at most once
+    /// per minimum election timeout, and only for a term within the ceiling, so a
+    /// lying member moves the term one by one at the pace of elections, and changes
+    /// no leader.
+    pub(super) fn stand_again(&mut self, now: Instant, from: &str, term: u64) {
+        let member = self.members.iter().any(|m| m.name == from);
+        let recently = self
+            .evidence
+            .stood_again
+            .is_some_and(|at| now.duration_since(at) < self.config.election_timeout_min);
+        // Not while handing over: the newer term is our successor's election.
+        let handing_over = self.leaving.is_some()
+            || self
+                .evidence
+                .sanctioned
+                .as_ref()
+                .is_some_and(|(t, _)| *t > self.hard.term);
+        if !member || recently || handing_over || term > self.term_ceiling(now) {
+            return;
+        }
+        self.evidence.stood_again = Some(now);
+        self.evidence.standing_lease_until = Some(now + self.config.election_timeout_min);
+        self.become_follower(now, self.hard.term, None);
+        self.start_election(now);
+    }
+
+    /// A member told us, not admitted yet, whom it follows (its answer to our JOIN):
+    /// ask that leader directly. A JOIN is never forwarded (SPEC.md §12.1).
+    ///
+    /// Every retry asks the named leader too, besides the leader we knew (which may be
+    /// the member that redirected us) or the proxy's contacts; a new proxy answer does
+    /// not undo it. A JOIN goes out at once only when the name is new, so two members
+    /// with stale views cannot bounce us between them faster than the retry.
+    fn join_through(&mut self, leader: &str) {
+        if self.evidence.redirected.as_deref() != Some(leader) {
+            self.evidence.redirected = Some(leader.to_owned());
+            self.send(leader, GroupMessage::Join(self.me.clone()));
+        }
+    }
+
+    /// A member that is not the leader answers a joiner's JOIN with whom it follows, so
+    /// that the joiner asks the leader itself.
+    pub(super) fn redirect_joiner(&mut self, joiner: &str) {
+        let Some(leader) = self.leader.clone().filter(|l| *l != self.me.name) else {
+            return;
+        };
+        let support = GroupMessage::Support(SupportMsg {
+            group: self.config.group.clone(),
+            term: self.hard.term,
+            supporter: self.me.name.clone(),
+            leader,
+            query: false,
+        });
+        self.send(joiner, support);
+    }
+
+    /// Drops what we keep per member for names no longer in the membership.
+    pub(super) fn forget_non_members(&mut self) {
+        let members = &self.members;
+        let listed = |name: &String| members.iter().any(|m| m.name == *name);
+        self.evidence.reported.retain(|name, _| listed(name));
+        self.evidence.held_requests.retain(|name, _| listed(name));
+        let basis: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
+        self.evidence.claims.retain(|name, _| basis.contains(name));
+    }
+
+    /// We heard from the leader we follow at `now`: its lease, and the base of the
+    /// term ceiling.
+    pub(super) fn heard_leader(&mut self, now: Instant) {
+        self.last_heard_leader = Some(now);
+        self.evidence.leader_term_heard = self.evidence.leader_term_heard.max(self.hard.term);
+    }
+
+    /// The highest term a (pre-)vote request may bring us to (SPEC.md §12.3): the term
+    /// of the last leader we heard (or of our membership's creator), plus
+    /// [`TERM_SLACK`], plus one for every `election_timeout_max` since we last heard a
+    /// leader. A lying member can push the group's term only this far, and only while
+    /// no leader holds the lease; honest candidates that failed a few elections stay
+    /// well inside it, and a group wedged at the ceiling gets one more term per timeout,
+    /// the pace of real elections.
+    pub(super) fn term_ceiling(&self, now: Instant) -> u64 {
+        let base = self.evidence.leader_term_heard.max(self.membership_term);
+        let since = self
+            .last_heard_leader
+            .or(self.evidence.started)
+            .unwrap_or(now);
+        let waited = now.saturating_duration_since(since).as_nanos()
+            / self.config.election_timeout_max.as_nanos().max(1);
+        base.saturating_add(TERM_SLACK)
+            .saturating_add(u64::try_from(waited).unwrap_or(u64::MAX))
+            .min(MAX_TERM)
+    }
+
+    /// A lease that outlives our leader standing again (see [`Group::stand_again`]): its
+    /// followers that granted it, and the leader itself while it stands, refuse other
+    /// candidates' terms until the election resolves, as they would have while it led.
+    pub(super) fn standing_lease(&self, now: Instant) -> bool {
+        self.evidence
+            .standing_lease_until
+            .is_some_and(|until| now < until)
+    }
+
+    /// Our leader hands over to `target` in `term + 1` (TRANSFER_LEADERSHIP to every
+    /// member): its VOTE_REQUEST may overrule our lease. A request that came first is
+    /// answered now.
+    pub(super) fn sanction_transfer(&mut self, now: Instant, term: u64, target: &str) {
+        let next = term + 1;
+        self.evidence.sanctioned = Some((next, target.to_owned()));
+        if let Some(req) = self.evidence.held_requests.remove(target) {
+            if req.term == next {
+                self.step(now, target, GroupMessage::VoteRequest(req));
+            }
+        }
+    }
+
+    /// Holds a chat line from `from`, not a member of ours yet (its admission may be on
+    /// its way), for at most `failure_removal`; the oldest goes when the table is full.
+    pub(super) fn hold_chat(&mut self, now: Instant, line: ChatLine) {
+        let limit = self.config.failure_removal;
+        self.evidence
+            .held_chat
+            .retain(|(at, _)| now.duration_since(*at) < limit);
+        if self.evidence.held_chat.len() >= MAX_HELD_CHAT {
+            self.evidence.held_chat.remove(0);
+            self.reject(Violation::Overflow);
+        }
+        self.evidence.held_chat.push((now, line));
+    }
+
+    /// Delivers the held lines of senders that are members now.
+    pub(super) fn release_held_chat(&mut self) {
+        if self.evidence.held_chat.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.evidence.held_chat);
+        let (members, others): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|(_, line)| self.members.iter().any(|m| m.name == line.sender));
+        self.evidence.held_chat = others;
+        for (_, line) in members {
+            self.on_chat(line);
+        }
+    }
+}
+
+/// The member names a leader claim (HEARTBEAT, MEMBERSHIP) carries.
+pub(super) fn claimed_names(msg: &GroupMessage) -> Vec<String> {
+    match msg {
+        GroupMessage::Heartbeat { members, .. } | GroupMessage::Membership { members, .. } => {
+            members.iter().map(|m| m.name.clone()).collect()
+        }
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,476 @@
+//! One test per rule of SPEC.md §12 (authorization), named after the section: the
+//! attacks of the issue "membership is the group's trust boundary", each tried against
+//! the state machine, and the honest case each rule must still let through.
+
+use super::*;
+use crate::message::SupportMsg;
+
+/// A settled group of `names` led by the first, with every output drained.
+fn quiet_group(names: &[&str], now: Instant) -> Vec<Group> {
+    let mut nodes = group_of(names, now);
+    for g in nodes.iter_mut() {
+        drain(g);
+    }
+    nodes
+}
+
+fn member_names(g: &Group) -> Vec<String> {
+    g.members().iter().map(|m| m.name.clone()).collect()
+}
+
+fn query(term: u64, asker: &str, leader: &str) -> SupportMsg {
+    SupportMsg {
+        query: true,
+        ..support(term, asker, leader)
+    }
+}
+
+fn line(sender: &str, seq: u64) -> GroupMessage {
+    GroupMessage::Chat(ChatLine {
+        sender: sender.into(),
+        incarnation: 1,
+        seq,
+        direct: false,
+        text: "hi".into(),
+    })
+}
+
+fn chats(outputs: &[Output]) -> usize {
+    outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Event(GroupEvent::ChatReceived { .. })))
+        .count()
+}
+
+#[test]
+fn spec_12_1_an_outsider_claiming_leadership_changes_nothing() {
+    // The issue's first attack: one HEARTBEAT per member from a non-member.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let term = b.term();
+    b.step(
+        now,
+        "mallory",
+        heartbeat(term + 1, "mallory", vec![info("mallory", 9), info("b", 2)]),
+    );
+    assert_eq!(b.leader(), Some("a"));
+    assert_eq!(b.term(), term);
+    assert_eq!(member_names(b), ["a", "b", "c"]);
+    let out = drain(b);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Event(_) | Output::Persist(_))));
+    assert_eq!(b.rejections().get(Violation::UnprovenLeader), 1);
+}
+
+#[test]
+fn spec_12_1_a_heartbeat_naming_another_leader_is_dropped() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    b.step(now, "c", heartbeat(b.term() + 1, "a", b.members().to_vec()));
+    assert_eq!(b.leader(), Some("a"));
+    assert_eq!(b.rejections().get(Violation::NotSubject), 1);
+}
+
+#[test]
+fn spec_12_1_chat_with_another_senders_name_is_dropped() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    b.step(now, "c", line("a", 1));
+    assert_eq!(chats(&drain(b)), 0);
+    assert_eq!(b.rejections().get(Violation::NotSubject), 1);
+}
+
+#[test]
+fn spec_12_1_chat_from_a_non_member_is_held_until_its_admission() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    // d's first line overtakes the MEMBERSHIP that admits it.
+    nodes[1].step(now, "d", line("d", 1));
+    assert_eq!(
+        chats(&drain(&mut nodes[1])),
+        0,
+        "not shown before d is a member"
+    );
+    let d = node("d", 1);
+    nodes[0].step(now, "d", GroupMessage::Join(d.me().clone()));
+    for (to, msg) in sends(&drain(&mut nodes[0])) {
+        if to == "b" {
+            nodes[1].step(now, "a", msg);
+        }
+    }
+    assert!(nodes[1].members().iter().any(|m| m.name == "d"));
+    assert_eq!(
+        chats(&drain(&mut nodes[1])),
+        1,
+        "the held line, once d is admitted"
+    );
+}
+
+#[test]
+fn spec_12_1_vote_requests_from_non_members_are_refused() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let hard = b.hard_state().clone();
+    let later = b.term() + 1;
+    b.step(
+        now,
+        "mallory",
+        GroupMessage::VoteRequest(vote_request(later, "mallory", 99)),
+    );
+    b.step(
+        now,
+        "mallory",
+        GroupMessage::PreVoteRequest(vote_request(later, "mallory", 99)),
+    );
+    assert_eq!(b.hard_state(), &hard, "no term taken, no vote cast");
+    assert!(sends(&drain(b)).is_empty(), "no grant goes out");
+    assert_eq!(b.rejections().get(Violation::NotMember), 2);
+}
+
+#[test]
+fn spec_12_1_a_request_for_another_candidate_is_dropped() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 1, now);
+    b.step(now, "c", GroupMessage::VoteRequest(vote_request(2, "a", 1)));
+    assert_eq!(b.term(), 1);
+    assert_eq!(b.rejections().get(Violation::NotSubject), 1);
+}
+
+#[test]
+fn spec_12_1_a_vote_for_another_group_is_dropped() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 1, now);
+    let mut vote = grant(1, "c", "b", Vec::new());
+    vote.group = "other".into();
+    b.step(now, "c", GroupMessage::Vote(vote));
+    assert_eq!(b.rejections().get(Violation::WrongGroup), 1);
+}
+
+#[test]
+fn spec_12_1_a_support_query_is_answered_only_by_a_backer() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let term = nodes[1].term();
+    let b = &mut nodes[1];
+    // Anyone authenticated may ask: a joiner is not a member yet.
+    b.step(
+        now,
+        "newcomer",
+        GroupMessage::Support(query(term, "newcomer", "a")),
+    );
+    let answers = sends(&drain(b));
+    assert_eq!(
+        answers,
+        [(
+            "newcomer".to_owned(),
+            GroupMessage::Support(support(term, "b", "a"))
+        )]
+    );
+    b.step(
+        now,
+        "newcomer",
+        GroupMessage::Support(query(term, "newcomer", "c")),
+    );
+    assert!(sends(&drain(b)).is_empty(), "b does not back c");
+}
+
+#[test]
+fn spec_12_1_a_leave_for_another_name_is_dropped() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    a.step(
+        now,
+        "c",
+        GroupMessage::Leave {
+            name: "b".into(),
+            incarnation: 1,
+        },
+    );
+    assert_eq!(member_names(a), ["a", "b", "c"]);
+    assert_eq!(a.rejections().get(Violation::NotSubject), 1);
+}
+
+#[test]
+fn spec_12_1_transfer_leadership_counts_only_from_the_leader() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let term = nodes[1].term();
+    let b = &mut nodes[1];
+    b.step(
+        now,
+        "c",
+        GroupMessage::TransferLeadership {
+            term,
+            target: "b".into(),
+        },
+    );
+    assert_eq!(b.role(), Role::Follower, "c is not b's leader: no election");
+    assert_eq!(b.term(), term);
+    b.step(
+        now,
+        "a",
+        GroupMessage::TransferLeadership {
+            term,
+            target: "b".into(),
+        },
+    );
+    assert_eq!(b.role(), Role::Candidate, "the leader's transfer is obeyed");
+}
+
+#[test]
+fn spec_12_2_a_member_follows_a_new_leader_once_a_majority_backs_it() {
+    let now = Instant::now();
+    let names = ["a", "b", "c", "d", "e"];
+    let mut c = follower("c", &names, 3, now);
+    let claim = heartbeat(4, "b", c.members().to_vec());
+    c.step(now, "b", claim.clone());
+    assert_eq!(c.leader(), None, "b alone is not a majority");
+    c.step(now, "a", GroupMessage::Support(support(4, "a", "b")));
+    assert_eq!(c.leader(), None, "b and a are two of five");
+    c.step(now, "d", GroupMessage::Support(support(4, "d", "b")));
+    assert_eq!(
+        c.leader(),
+        Some("b"),
+        "the held claim is acted on once three back it"
+    );
+    assert_eq!(c.term(), 4);
+}
+
+#[test]
+fn spec_12_2_an_unproven_claim_makes_the_member_ask() {
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 3, now);
+    c.step(now, "b", heartbeat(4, "b", c.members().to_vec()));
+    drain(&mut c);
+    // Half a heartbeat later, the supports have not come: c asks.
+    let later = now + Duration::from_millis(30);
+    c.step(later, "b", heartbeat(4, "b", c.members().to_vec()));
+    let asked: Vec<(String, GroupMessage)> = sends(&drain(&mut c));
+    assert_eq!(
+        asked,
+        [("a".to_owned(), GroupMessage::Support(query(4, "c", "b")))]
+    );
+}
+
+#[test]
+fn spec_12_2_a_lying_member_cannot_lead_with_sock_puppets() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c", "m"], 3, now);
+    let puppets = vec![info("m", 9), info("p1", 8), info("p2", 7), info("b", 2)];
+    b.step(now, "m", heartbeat(4, "m", puppets));
+    // The puppets hold registered keys: their supports arrive authenticated.
+    b.step(now, "p1", GroupMessage::Support(support(4, "p1", "m")));
+    b.step(now, "p2", GroupMessage::Support(support(4, "p2", "m")));
+    assert_eq!(b.leader(), None);
+    assert_eq!(b.term(), 3);
+    assert_eq!(member_names(&b), ["a", "b", "c", "m"]);
+}
+
+#[test]
+fn spec_12_2_a_member_behind_recognises_a_leader_listing_a_former_member() {
+    // c removed b in a term it led, but the change never reached a; a was then
+    // elected by b with the membership before it: c must follow a.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 3, now);
+    let group = vec![info("a", 3), info("b", 2), info("c", 1)];
+    c.adopt_membership(now, (3, 2), vec![info("a", 3), info("c", 1)]);
+    assert_eq!(
+        c.hard_state().former_members,
+        ["b"],
+        "kept, across restarts too"
+    );
+    c.step(now, "a", heartbeat(4, "a", group));
+    assert_eq!(c.leader(), None, "a alone is one of two");
+    // b, not in c's membership but in the claimed one, answers c's question.
+    c.step(now, "b", GroupMessage::Support(support(4, "b", "a")));
+    assert_eq!(c.leader(), Some("a"));
+    assert_eq!(member_names(&c), ["a", "b", "c"]);
+}
+
+#[test]
+fn spec_12_2_the_proxy_vouches_for_a_newcomer() {
+    let now = Instant::now();
+    let mut d = node("d", 1);
+    d.join_via(now, &["a", "b", "c"]).unwrap();
+    drain(&mut d);
+    let members = vec![info("a", 3), info("b", 2), info("c", 1), info("d", 1)];
+    let admitted = GroupMessage::Membership {
+        term: 5,
+        membership_term: 5,
+        version: 9,
+        members,
+    };
+    d.step(now, "a", admitted.clone());
+    assert_eq!(
+        d.leader(),
+        None,
+        "a's word alone proves nothing to a newcomer"
+    );
+    d.vouch(now, 5, "a");
+    assert_eq!(
+        d.leader(),
+        Some("a"),
+        "the held claim is acted on with the proxy's record"
+    );
+    assert!(d.is_member());
+}
+
+#[test]
+fn spec_12_3_an_acknowledgement_with_a_later_term_does_not_depose_the_leader() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let term = nodes[0].term();
+    let a = &mut nodes[0];
+    a.step(
+        now,
+        "c",
+        GroupMessage::MembershipAck {
+            term: term + 5,
+            version: 1,
+        },
+    );
+    assert_ne!(a.term(), term + 5, "the reported term is never adopted");
+    // a stands again in its term + 1 instead, and its followers grant it despite the
+    // lease: it leads again, one term later.
+    settle(&mut nodes, now);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    assert_eq!(nodes[0].term(), term + 1);
+    assert!(nodes.iter().all(|g| g.leader() == Some("a")));
+    // At most once per minimum election timeout.
+    let a = &mut nodes[0];
+    a.step(
+        now,
+        "c",
+        GroupMessage::MembershipAck {
+            term: term + 5,
+            version: 1,
+        },
+    );
+    assert_eq!((a.role(), a.term()), (Role::Leader, term + 1));
+}
+
+#[test]
+fn spec_12_3_a_vote_request_beyond_the_term_ceiling_is_refused() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 3, now);
+    b.membership_term = 3; // created by the leader of term 3, the last b heard
+    let ceiling = 3 + TERM_SLACK;
+    b.step(
+        now,
+        "c",
+        GroupMessage::VoteRequest(vote_request(ceiling + 1, "c", 1)),
+    );
+    assert_eq!(b.term(), 3);
+    assert_eq!(b.rejections().get(Violation::TermOutOfRange), 1);
+    b.step(
+        now,
+        "c",
+        GroupMessage::VoteRequest(vote_request(ceiling, "c", 1)),
+    );
+    assert_eq!(
+        b.term(),
+        ceiling,
+        "within the ceiling, an election as any other"
+    );
+    // Without a leader, the ceiling rises one term per election_timeout_max.
+    let later = now + GroupConfig::new("lobby").election_timeout_max * 3;
+    b.step(
+        later,
+        "c",
+        GroupMessage::VoteRequest(vote_request(ceiling + 2, "c", 1)),
+    );
+    assert_eq!(b.term(), ceiling + 2);
+}
+
+#[test]
+fn spec_12_3_the_lease_yields_only_to_the_leader_and_its_chosen_successor() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let term = nodes[1].term();
+    let b = &mut nodes[1];
+    let request = stamped_vote_request(term + 1, "c", (term, 99));
+    b.step(now, "c", GroupMessage::VoteRequest(request));
+    assert_eq!(b.term(), term, "c may not disturb a live leader");
+    assert_eq!(b.rejections().get(Violation::Disruptive), 1);
+    // The leader hands over to c: now c's request (held meanwhile) is answered.
+    b.step(
+        now,
+        "a",
+        GroupMessage::TransferLeadership {
+            term,
+            target: "c".into(),
+        },
+    );
+    assert_eq!(b.term(), term + 1);
+    let grant = the_vote(&drain(b));
+    assert!(grant.granted && grant.candidate == "c");
+}
+
+#[test]
+fn spec_12_3_a_refusal_with_a_later_term_moves_nothing() {
+    let now = Instant::now();
+    let mut a = follower("a", &["a", "b", "c"], 3, now);
+    a.tick(now + Duration::from_secs(1));
+    assert_eq!(a.role(), Role::PreCandidate);
+    a.step(
+        now,
+        "b",
+        GroupMessage::Vote(VoteMsg {
+            granted: false,
+            ..pre_grant(40, "b", "a")
+        }),
+    );
+    a.step(
+        now,
+        "c",
+        GroupMessage::Vote(VoteMsg {
+            granted: false,
+            ..grant(40, "c", "a", Vec::new())
+        }),
+    );
+    assert_eq!(a.term(), 3);
+}
+
+#[test]
+fn spec_12_2_a_claimed_membership_must_keep_all_of_ours() {
+    // m (a member) and b, who voted for it, are two of four: not a majority of ours,
+    // and m may not pick a smaller membership in which they would be.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c", "m"], 3, now);
+    c.step(
+        now,
+        "m",
+        heartbeat(4, "m", vec![info("b", 3), info("c", 2), info("m", 9)]),
+    );
+    c.step(now, "b", GroupMessage::Support(support(4, "b", "m")));
+    assert_eq!(c.leader(), None);
+    assert_eq!(member_names(&c), ["a", "b", "c", "m"]);
+}
+
+#[test]
+fn spec_12_2_a_name_never_in_our_memberships_backs_nothing() {
+    // Even in a membership that lists all of ours, m's puppet is not counted.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c", "m"], 3, now);
+    let claimed = vec![
+        info("a", 4),
+        info("b", 3),
+        info("c", 2),
+        info("m", 9),
+        info("p", 8),
+    ];
+    c.step(now, "m", heartbeat(4, "m", claimed));
+    c.step(now, "p", GroupMessage::Support(support(4, "p", "m")));
+    c.step(now, "b", GroupMessage::Support(support(4, "b", "m")));
+    assert_eq!(
+        c.leader(),
+        None,
+        "m and b are two of five; p does not count"
+    );
+}

@@ -1,0 +1,134 @@
+//! Whole groups against a liar (`sockmsg_tools::groupsim::byzantine`): a member (or an
+//! outsider) with sock puppets sending well-formed hostile frames, with and without
+//! crashes, partitions, loss and duplication; the invariants of
+//! `sockmsg_tools::groupsim::invariants` are checked after every event.
+//!
+//! `SOCKMSG_SIM_SEED=n` replays one schedule (`SOCKMSG_SIM_TRACE=1` to trace it);
+//! `SOCKMSG_SIM_SEEDS=n` runs n of them.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use sockmsg_tools::groupsim::byzantine::byzantine_kind;
+use sockmsg_tools::groupsim::byzantine::Variant;
+use sockmsg_tools::groupsim::{byzantine_schedule, ByzantineReport};
+
+fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("SOCKMSG_SIM_SEED") {
+        return vec![seed.parse().expect("SOCKMSG_SIM_SEED is a number")];
+    }
+    let n = std::env::var("SOCKMSG_SIM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
+
+/// One schedule; a panic anywhere (a node, the harness) is a failure of that seed.
+fn run(seed: u64) -> Result<ByzantineReport, String> {
+    match catch_unwind(AssertUnwindSafe(|| byzantine_schedule(seed))) {
+        Ok(result) => result,
+        Err(panic) => Err(format!(
+            "panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    schedules: u64,
+    by_variant: BTreeMap<String, u64>,
+    frames: u64,
+    rejections: u64,
+    liar_elected: u64,
+    max_term: u64,
+    max_elections: u64,
+    verdicts: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, report: ByzantineReport) {
+        self.schedules += 1;
+        let kind = format!(
+            "{:?}{}",
+            report.variant.unwrap_or(Variant::Member),
+            if report.faults { " with faults" } else { "" }
+        );
+        *self.by_variant.entry(kind).or_default() += 1;
+        self.frames += report.frames;
+        self.rejections += report.rejections;
+        self.liar_elected += report.liar_elected as u64;
+        self.max_term = self.max_term.max(report.max_term);
+        self.max_elections = self.max_elections.max(report.elections);
+        for (outcome, count) in report.verdicts {
+            *self.verdicts.entry(outcome).or_default() += count;
+        }
+    }
+}
+
+/// Runs the schedules among `seeds` that `wanted` selects by (variant, faults) and
+/// fails if any breaks a rule.
+fn run_kind(seeds: &[u64], wanted: impl Fn(Variant, bool) -> bool) {
+    let mut failures = Vec::new();
+    let mut totals = Totals::default();
+    for &seed in seeds {
+        let (variant, faults) = byzantine_kind(seed);
+        if !wanted(variant, faults) {
+            continue;
+        }
+        match run(seed) {
+            Ok(report) => totals.add(report),
+            Err(why) => {
+                eprintln!("seed {seed} FAILED: {why}  (replay: SOCKMSG_SIM_SEED={seed})");
+                failures.push(seed);
+            }
+        }
+    }
+    println!(
+        "{} byzantine schedules passed ({:?}): the liars sent {} frames, the honest nodes \
+         rejected {}; the liar won {} terms by honest votes; highest term {} (most honest \
+         elections in one schedule: {}); proxy verdicts: {:#?}",
+        totals.schedules,
+        totals.by_variant,
+        totals.frames,
+        totals.rejections,
+        totals.liar_elected,
+        totals.max_term,
+        totals.max_elections,
+        totals.verdicts
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed; failing seeds: {failures:?}",
+        failures.len(),
+        failures.len() as u64 + totals.schedules
+    );
+}
+
+/// An outsider (with or without faults), and a lying member in a network without
+/// crashes or partitions: every rule holds.
+#[test]
+fn a_liar_and_its_puppets_break_no_rule() {
+    run_kind(&seeds(1000), |variant, faults| {
+        variant == Variant::Outsider || !faults
+    });
+}
+
+/// A lying member while members crash, restart and are cut off: the leaderless
+/// windows let it win real elections (then rewrite the membership), vote twice across
+/// a partition, and push terms so that the group needs more than 2 s to settle after
+/// the faults end. Open (SPEC.md §12.4): about a quarter of these schedules fail
+/// today. Run it with `cargo test --release -p sockmsg-node --test byzantine_sim --
+/// --ignored`.
+#[test]
+#[ignore = "open: a lying member combined with crashes and partitions (SPEC.md §12.4)"]
+fn a_lying_member_with_faults_breaks_no_rule() {
+    run_kind(&seeds(1000), |variant, faults| {
+        variant == Variant::Member && faults
+    });
+}
