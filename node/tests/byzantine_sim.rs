@@ -11,18 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use sockmsg_tools::groupsim::byzantine::byzantine_kind;
 use sockmsg_tools::groupsim::byzantine::Variant;
-use sockmsg_tools::groupsim::{byzantine_schedule, ByzantineReport};
-
-fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(seed) = std::env::var("SOCKMSG_SIM_SEED") {
-        return vec![seed.parse().expect("SOCKMSG_SIM_SEED is a number")];
-    }
-    let n = std::env::var("SOCKMSG_SIM_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
+use sockmsg_tools::groupsim::{byzantine_schedule, seeds_from_env, ByzantineReport};
 
 /// One schedule; a panic anywhere (a node, the harness) is a failure of that seed.
 fn run(seed: u64) -> Result<ByzantineReport, String> {
@@ -114,7 +103,7 @@ fn run_kind(seeds: &[u64], wanted: impl Fn(Variant, bool) -> bool) {
 /// crashes or partitions: every rule holds.
 #[test]
 fn a_liar_and_its_puppets_break_no_rule() {
-    run_kind(&seeds(1000), |variant, faults| {
+    run_kind(&seeds_from_env(1000), |variant, faults| {
         variant == Variant::Outsider || !faults
     });
 }
@@ -128,7 +117,7 @@ fn a_liar_and_its_puppets_break_no_rule() {
 #[test]
 #[ignore = "open: a lying member combined with crashes and partitions (SPEC.md §12.4)"]
 fn a_lying_member_with_faults_breaks_no_rule() {
-    run_kind(&seeds(1000), |variant, faults| {
+    run_kind(&seeds_from_env(1000), |variant, faults| {
         variant == Variant::Member && faults
     });
 }

@@ -8,22 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sockmsg_node::Role;
-use sockmsg_tools::groupsim::{describe, percentile, schedule, Sim, MS};
-
-fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(seed) = std::env::var("SOCKMSG_SIM_SEED") {
-        return vec![seed.parse().expect("SOCKMSG_SIM_SEED is a number")];
-    }
-    let n = std::env::var("SOCKMSG_SIM_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
+use sockmsg_tools::groupsim::{describe, percentile, schedule, seeds_from_env, Sim, MS};
 
 #[test]
 fn random_fault_schedules_keep_one_leader_per_term_and_deliver_chat() {
-    let seeds = seeds(1000);
+    let seeds = seeds_from_env(1000);
     let mut failures = Vec::new();
     let mut verdicts = BTreeMap::new();
     for &seed in &seeds {

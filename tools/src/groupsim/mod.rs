@@ -33,7 +33,7 @@ pub mod schedule;
 pub mod services;
 
 pub use byzantine::{byzantine_schedule, ByzantineReport};
-pub use schedule::{describe, schedule, HEAL_BOUND, MS};
+pub use schedule::{describe, schedule, seeds_from_env, HEAL_BOUND, MS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};

@@ -268,3 +268,16 @@ pub fn describe(sim: &Sim) -> String {
         .collect();
     format!("{state:?}")
 }
+
+/// The seeds a simulation suite runs: `SOCKMSG_SIM_SEED=n` replays one schedule,
+/// `SOCKMSG_SIM_SEEDS=n` runs seeds `0..n`, else `0..default`.
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("SOCKMSG_SIM_SEED") {
+        return vec![seed.parse().expect("SOCKMSG_SIM_SEED is a number")];
+    }
+    let n = std::env::var("SOCKMSG_SIM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
