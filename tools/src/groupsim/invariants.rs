@@ -313,6 +313,22 @@ impl Sim {
         }
     }
 
+    /// A `MembersChanged` event of node `i`: if it is the elected leader of its term, a
+    /// membership it created. One input may create several (a change committed at once
+    /// in a group of one, then the next); the check after the input sees only the last.
+    pub(super) fn note_members_changed(&mut self, i: usize, version: u64, members: &[MemberInfo]) {
+        let Some(g) = self.group(i).filter(|g| g.role() == Role::Leader) else {
+            return;
+        };
+        let term = g.term();
+        if self.elected.get(&term) == Some(&self.nodes[i].name) {
+            self.watch
+                .created
+                .entry((term, version))
+                .or_insert_with(|| names(members));
+        }
+    }
+
     /// Leader `i` changed its own membership: an honest member it dropped was reported
     /// unreachable by it in this term, or left.
     fn check_leader_removals(&mut self, i: usize, before: &View, now: &View) {

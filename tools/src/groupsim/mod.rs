@@ -751,6 +751,9 @@ impl Sim {
                 node.received.push((sender, incarnation, seq, direct));
             }
             GroupEvent::PeerUnreachable { name } => self.check_unreachable(i, &name),
+            GroupEvent::MembersChanged { version, members } => {
+                self.note_members_changed(i, version, &members)
+            }
             GroupEvent::Left => {
                 let me = self.nodes[i].group.as_ref().map(|g| g.me().clone());
                 if let Some(me) = me {
