@@ -147,8 +147,6 @@ pub(super) struct Evidence {
     vouched: Option<(u64, String)>,
     /// Claimant → its latest unproven claim.
     claims: BTreeMap<String, HeldClaim>,
-    /// Member → the highest term it told us it holds.
-    reported: BTreeMap<String, u64>,
     /// (term, candidate) our leader sanctioned by TRANSFER_LEADERSHIP: its VOTE_REQUEST
     /// may overrule our leader lease.
     sanctioned: Option<(u64, String)>,
@@ -418,14 +416,6 @@ impl Group {
                 || self.hard.voted_for.as_deref() == Some(leader))
     }
 
-    /// Records that member `from` holds `term` (from a frame that carries its own term).
-    pub(super) fn note_term(&mut self, from: &str, term: u64) {
-        if term <= MAX_TERM && self.in_basis(from) {
-            let held = self.evidence.reported.entry(from.to_owned()).or_default();
-            *held = (*held).max(term);
-        }
-    }
-
     /// Tells every member but the candidate that we granted it our vote in `term`: the
     /// evidence they need to recognise it once it leads (SPEC.md §12.2).
     pub(super) fn broadcast_support(&mut self, term: u64, candidate: &str) {
@@ -477,7 +467,6 @@ impl Group {
         if !self.in_basis(from) && !self.is_former_member(from) && !in_a_claim {
             return self.reject(Violation::NotMember);
         }
-        self.note_term(from, msg.term);
         let lowest = self.hard.term;
         let about_a_claim = self
             .evidence
@@ -617,9 +606,8 @@ impl Group {
 
     /// Whether a VOTE_REQUEST may be considered (SPEC.md §12.3). One for our term or an
     /// older one always may (it cannot move our term); one that would move our term
-    /// must not disturb a live leader, must not come sooner than one minimum election
-    /// timeout after the last such move, and must not jump more than one term unless
-    /// another member reported the term before it.
+    /// must not disturb a live leader (unless it is that leader standing again, or the
+    /// member it hands over to) and must stay within [`Group::term_ceiling`].
     pub(super) fn admit_vote_request(&mut self, now: Instant, req: &VoteRequestMsg) -> bool {
         if req.term > MAX_TERM {
             self.reject(Violation::TermOutOfRange);
@@ -718,7 +706,6 @@ impl Group {
     pub(super) fn forget_non_members(&mut self) {
         let members = &self.members;
         let listed = |name: &String| members.iter().any(|m| m.name == *name);
-        self.evidence.reported.retain(|name, _| listed(name));
         self.evidence.held_requests.retain(|name, _| listed(name));
         let basis: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         self.evidence.claims.retain(|name, _| basis.contains(name));

@@ -190,8 +190,6 @@ impl Group {
     /// Thesis §9.6: a pre-vote changes neither our term nor our vote.
     pub(super) fn on_pre_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
         self.tell_removed(&req.candidate);
-        // The candidate holds the term before the one it asks about.
-        self.note_term(&req.candidate, req.term.saturating_sub(1));
         let granted = req.term > self.hard.term
             && req.term <= self.term_ceiling(now)
             && self.membership_up_to_date(&req)
@@ -207,7 +205,6 @@ impl Group {
         if !self.admit_vote_request(now, &req) {
             return;
         }
-        self.note_term(&req.candidate, req.term);
         if req.term > self.hard.term {
             // Our leader standing again (SPEC.md §12.3) keeps the lease it held.
             if self.leader.as_deref() == Some(req.candidate.as_str()) {
@@ -240,11 +237,10 @@ impl Group {
     pub(super) fn on_vote(&mut self, now: Instant, vote: VoteMsg) {
         if vote.pre_vote {
             // A refusal carries the voter's term. Raft §5.1 would follow a newer one;
-            // we only note it (SPEC.md §12.3: a refusal never moves a term, or any one
+            // we ignore it (SPEC.md §12.3: a refusal never moves a term, or any one
             // member could push the group's term): a real election or a proven leader
             // brings us there.
             if !vote.granted {
-                self.note_term(&vote.voter, vote.term);
                 return;
             }
             if self.role == Role::PreCandidate
@@ -260,7 +256,6 @@ impl Group {
             }
             return;
         }
-        self.note_term(&vote.voter, vote.term);
         if vote.term != self.hard.term || vote.candidate != self.me.name || !vote.granted {
             return;
         }

@@ -284,7 +284,6 @@ impl Group {
         // stale leader hears of its successor from the successor, with evidence, or
         // steps down by check-quorum since such acks do not count as heard. A member
         // ahead of us (its own election failed) is brought back by our standing again.
-        self.note_term(from, term);
         if self.role == Role::Leader && term > self.hard.term {
             return self.stand_again(now, from, term);
         }
