@@ -77,8 +77,9 @@ impl VoteMsg {
 
 /// A VOTE with the `SUPPORT` flag (SPEC.md §7.13, §12.2): `supporter` tells a third
 /// member that it voted for, or follows, `leader` as the leader of `term`; with `query`,
-/// it asks the receiver the same of itself. Never signed: the session authenticates
-/// the supporter, and a support counts only as that one member's word.
+/// it asks the receiver the same of itself; with `pre_vote`, that it granted `leader`
+/// (a candidate) its pre-vote for `term` (§12.3). Never signed: the session
+/// authenticates the supporter, and a support counts only as that one member's word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupportMsg {
     pub group: String,
@@ -86,6 +87,7 @@ pub struct SupportMsg {
     pub supporter: String,
     pub leader: String,
     pub query: bool,
+    pub pre_vote: bool,
 }
 
 /// A whole chat line (SPEC.md §7.10). Lines longer than one session message travel in
@@ -187,6 +189,7 @@ impl GroupMessage {
             GroupMessage::VoteRequest(_) => "VOTE_REQUEST",
             GroupMessage::Vote(_) => "VOTE",
             GroupMessage::Support(s) if s.query => "VOTE(support query)",
+            GroupMessage::Support(s) if s.pre_vote => "VOTE(pre-vote support)",
             GroupMessage::Support(_) => "VOTE(support)",
             GroupMessage::Join(_) => "JOIN",
             GroupMessage::Membership { .. } => "MEMBERSHIP",
@@ -252,6 +255,9 @@ impl GroupMessage {
                 let mut flags = VoteFlags::SUPPORT.with(VoteFlags::GRANTED);
                 if s.query {
                     flags = flags.with(VoteFlags::QUERY);
+                }
+                if s.pre_vote {
+                    flags = flags.with(VoteFlags::PRE_VOTE);
                 }
                 encode(
                     Frame::Vote(Vote {
@@ -351,6 +357,7 @@ impl GroupMessage {
                     supporter: v.voter.as_str().to_owned(),
                     leader: v.candidate.as_str().to_owned(),
                     query: v.flags.contains(VoteFlags::QUERY),
+                    pre_vote: v.flags.contains(VoteFlags::PRE_VOTE),
                 })
             }
             Frame::Vote(v) => GroupMessage::Vote(VoteMsg {

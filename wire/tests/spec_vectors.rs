@@ -203,6 +203,19 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             })),
         ),
         (
+            "frame.vote_pre_support",
+            F(Frame::Vote(Vote {
+                group: name("lobby"),
+                term: 5,
+                voter: name("carol"),
+                candidate: name("alice"),
+                flags: VoteFlags::SUPPORT
+                    .with(VoteFlags::GRANTED)
+                    .with(VoteFlags::PRE_VOTE),
+                signature: sig(&[]),
+            })),
+        ),
+        (
             "frame.join",
             F(Frame::Join(Member {
                 name: name("carol"),

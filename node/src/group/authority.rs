@@ -25,7 +25,7 @@
 //!   stepping down, so no single member can depose it.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Group, Role};
 use crate::message::{ChatLine, GroupMessage, MemberInfo, SupportMsg, VoteMsg, VoteRequestMsg};
@@ -48,6 +48,9 @@ pub const MAX_FORMER_MEMBERS: usize = sockmsg_wire::limits::MAX_MEMBERS;
 
 /// Chat lines held from peers that are not (yet) members, at most.
 pub const MAX_HELD_CHAT: usize = 256;
+
+/// How many pre-vote grants (term, candidate) we keep per member (SPEC.md §11).
+pub const MAX_PRE_VOTES_PER_MEMBER: usize = 4;
 
 /// Why a group frame was dropped (SPEC.md §12.1). Every drop is counted per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +127,50 @@ impl Rejections {
     }
 }
 
+/// How often reports of a later term may make a leader stand again (SPEC.md §12.3):
+/// at the first report at once, then after `election_timeout_min`, the wait doubling
+/// at each stand-again up to `failure_removal`; it starts over once no member has
+/// reported a later term for `failure_removal`.
+///
+/// The two members that send such reports cannot be told apart: an honest one whose
+/// own candidacy came a moment too late (it voted for itself in a term the group never
+/// held) and is caught up by the first stand-again, and a liar that never stops, which
+/// then moves the term a handful of times in the first seconds and once per
+/// `failure_removal` after. The member is not removed meanwhile: its reports prove it
+/// alive (`Progress::last_alive`).
+#[derive(Debug, Default)]
+struct StandAgainBackoff {
+    /// When we last stood again, and how many times since reports began.
+    stood: Option<Instant>,
+    streak: u32,
+    /// When a member last reported a later term.
+    reported: Option<Instant>,
+}
+
+impl StandAgainBackoff {
+    /// Records a report of a later term at `now`; whether we may stand again for it.
+    fn permits(&mut self, now: Instant, first: Duration, cap: Duration) -> bool {
+        let quiet = self
+            .reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= cap);
+        self.reported = Some(now);
+        if quiet {
+            self.streak = 0;
+        }
+        let wait = match self.streak {
+            0 => Duration::ZERO,
+            n => first.saturating_mul(1 << (n - 1).min(16)).min(cap),
+        };
+        self.stood
+            .is_none_or(|at| now.saturating_duration_since(at) >= wait)
+    }
+
+    fn stood(&mut self, now: Instant) {
+        self.stood = Some(now);
+        self.streak = self.streak.saturating_add(1);
+    }
+}
+
 /// A leader claim held until a majority backs it.
 #[derive(Debug, Clone)]
 struct HeldClaim {
@@ -150,14 +197,20 @@ pub(super) struct Evidence {
     /// (term, candidate) our leader sanctioned by TRANSFER_LEADERSHIP: its VOTE_REQUEST
     /// may overrule our leader lease.
     sanctioned: Option<(u64, String)>,
+    /// Member → the (term, candidate) pre-votes it told us it granted, for terms after
+    /// ours, at most [`MAX_PRE_VOTES_PER_MEMBER`] (ours included, under our name): what
+    /// lets a VOTE_REQUEST move our term (see [`Group::pre_vote_backed`]).
+    pre_votes: BTreeMap<String, Vec<(u64, String)>>,
     /// Candidate → a VOTE_REQUEST that arrived while our lease was held (a transfer
-    /// target's request may overtake the leader's sanction of it).
+    /// target's request may overtake the leader's sanction of it), or before the
+    /// pre-vote grants that back it.
     held_requests: BTreeMap<String, VoteRequestMsg>,
     /// The leader a member last named when it answered our JOIN (see
     /// [`Group::join_through`]).
     pub(super) redirected: Option<String>,
-    /// When we last stood again as leader (see [`Group::stand_again`]).
-    stood_again: Option<Instant>,
+    /// How often a member's later term may make us stand again as leader (see
+    /// [`Group::stand_again`]).
+    stand_again: StandAgainBackoff,
     /// Until when [`Group::standing_lease`] holds.
     pub(super) standing_lease_until: Option<Instant>,
     /// The term of the last leader we heard from (see [`Group::term_ceiling`]).
@@ -425,10 +478,112 @@ impl Group {
             supporter: self.me.name.clone(),
             leader: candidate.to_owned(),
             query: false,
+            pre_vote: false,
         });
         for to in self.others() {
             if to != candidate {
                 self.send(&to, support.clone());
+            }
+        }
+    }
+
+    /// We granted `candidate` our pre-vote for `term`: note it as our own backing and
+    /// tell every other member but the candidate (SPEC.md §12.3), whose VOTE_REQUEST
+    /// may move a term only once a majority is known to have granted its pre-vote.
+    /// When the candidate's membership is newer than ours, ours may have lost members
+    /// that are back in its: the names we remember as former members are told too.
+    pub(super) fn broadcast_pre_vote(&mut self, req: &VoteRequestMsg) {
+        let (term, candidate) = (req.term, req.candidate.as_str());
+        let me = self.me.name.clone();
+        self.note_pre_vote(&me, term, candidate);
+        let support = GroupMessage::Support(SupportMsg {
+            group: self.config.group.clone(),
+            term,
+            supporter: me,
+            leader: candidate.to_owned(),
+            query: false,
+            pre_vote: true,
+        });
+        let mut told = self.others();
+        if self.membership_newer(req) {
+            told.extend(self.hard.former_members.iter().cloned());
+        }
+        for to in told {
+            if to != candidate {
+                self.send(&to, support.clone());
+            }
+        }
+    }
+
+    fn note_pre_vote(&mut self, member: &str, term: u64, candidate: &str) {
+        let granted = self
+            .evidence
+            .pre_votes
+            .entry(member.to_owned())
+            .or_default();
+        let grant = (term, candidate.to_owned());
+        if granted.contains(&grant) {
+            return;
+        }
+        if granted.len() >= MAX_PRE_VOTES_PER_MEMBER {
+            granted.sort_unstable();
+            granted.remove(0);
+        }
+        granted.push(grant);
+    }
+
+    /// Whether a majority of our membership is known to have granted `req`'s candidate
+    /// its pre-vote for `req.term` (SPEC.md §12.3): the candidate itself, we if we
+    /// granted it or would now, and every other member whose pre-vote support says so.
+    /// A lone member cannot move anyone's term with VOTE_REQUESTs, only a candidate
+    /// that a majority would have: a node cut off with a liar keeps its term.
+    pub(super) fn pre_vote_backed(&self, now: Instant, req: &VoteRequestMsg) -> bool {
+        let grant = (req.term, req.candidate.clone());
+        let granted = |name: &str| {
+            self.evidence
+                .pre_votes
+                .get(name)
+                .is_some_and(|granted| granted.contains(&grant))
+        };
+        let others = self
+            .members
+            .iter()
+            .filter(|m| m.name != req.candidate && m.name != self.me.name)
+            .filter(|m| granted(&m.name))
+            .count();
+        let we = granted(&self.me.name) || self.would_pre_vote(now, req);
+        1 + usize::from(we) + others >= self.quorum()
+    }
+
+    /// Whether `req`'s candidate holds a membership created after ours. We cannot
+    /// count a majority of a membership we have not seen (the candidate's may no
+    /// longer list members of ours, which will never back it), so such a request is
+    /// judged by lease and by the ceiling at rest (not the one that rises while we
+    /// wait without a leader, which a liar cut off with us would climb). SPEC.md §12.4
+    /// says what a liar gains by claiming a newer membership.
+    fn membership_newer(&self, req: &VoteRequestMsg) -> bool {
+        (req.membership_term, req.membership_version) > (self.membership_term, self.version)
+    }
+
+    /// A member tells us it granted a candidate its pre-vote: a VOTE_REQUEST held for
+    /// want of that backing may now be answered.
+    fn on_pre_vote_support(&mut self, now: Instant, from: &str, msg: SupportMsg) {
+        if !self.in_basis(from) {
+            return self.reject(Violation::NotMember);
+        }
+        if msg.query || msg.term <= self.hard.term {
+            return;
+        }
+        self.note_pre_vote(from, msg.term, &msg.leader);
+        let held = self
+            .evidence
+            .held_requests
+            .get(&msg.leader)
+            .is_some_and(|req| req.term == msg.term);
+        if held {
+            if let Some(req) = self.evidence.held_requests.remove(&msg.leader) {
+                let candidate = req.candidate.clone();
+                self.step(now, &candidate, GroupMessage::VoteRequest(req));
             }
         }
     }
@@ -444,6 +599,9 @@ impl Group {
         if msg.term > MAX_TERM {
             return self.reject(Violation::TermOutOfRange);
         }
+        if msg.pre_vote {
+            return self.on_pre_vote_support(now, from, msg);
+        }
         if msg.query {
             // Anyone authenticated may ask (a joiner is not a member yet); the answer is
             // as small as the question.
@@ -454,6 +612,7 @@ impl Group {
                     supporter: self.me.name.clone(),
                     leader: msg.leader,
                     query: false,
+                    pre_vote: false,
                 });
                 self.send(from, answer);
             }
@@ -561,6 +720,7 @@ impl Group {
             supporter: self.me.name.clone(),
             leader: leader.to_owned(),
             query: true,
+            pre_vote: false,
         });
         let mut ask: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         ask.extend(claimed.iter().cloned());
@@ -594,6 +754,10 @@ impl Group {
         let term = self.hard.term;
         self.evidence.support.retain(|(t, _), _| *t >= term);
         self.evidence.held_requests.retain(|_, r| r.term > term);
+        self.evidence.pre_votes.retain(|_, granted| {
+            granted.retain(|(t, _)| *t > term);
+            !granted.is_empty()
+        });
         if self
             .evidence
             .sanctioned
@@ -607,7 +771,9 @@ impl Group {
     /// Whether a VOTE_REQUEST may be considered (SPEC.md §12.3). One for our term or an
     /// older one always may (it cannot move our term); one that would move our term
     /// must not disturb a live leader (unless it is that leader standing again, or the
-    /// member it hands over to) and must stay within [`Group::term_ceiling`].
+    /// member it hands over to), must stay within [`Group::term_ceiling`], and must
+    /// come from a candidate a majority granted its pre-vote
+    /// ([`Group::pre_vote_backed`]).
     pub(super) fn admit_vote_request(&mut self, now: Instant, req: &VoteRequestMsg) -> bool {
         if req.term > MAX_TERM {
             self.reject(Violation::TermOutOfRange);
@@ -640,22 +806,33 @@ impl Group {
             self.reject(Violation::TermOutOfRange);
             return false;
         }
+        let newer = self.membership_newer(req) && req.term <= self.term_ceiling_at_rest();
+        if !self.pre_vote_backed(now, req) && !newer {
+            if !self.membership_up_to_date(req) {
+                // We would refuse it whoever backs it (dissertation §4.1): say so now,
+                // in our term, which it does not move.
+                self.answer(now, self.hard.term, &req.candidate, false, false);
+                return false;
+            }
+            // Not yet: the pre-vote supports may be on their way (they travel one hop,
+            // the request two), or never come (a liar's request).
+            self.evidence
+                .held_requests
+                .insert(req.candidate.clone(), req.clone());
+            return false;
+        }
         true
     }
 
     /// Leader: member `from` says it holds `term`, after ours (its own election
     /// failed, or it lies). Raft would step down; here a single member must not depose
     /// the leader (SPEC.md §12.3), so the leader stands again in the next term, which
-    /// its followers grant it despite their lease, and wins. It does so at most once
-    /// per minimum election timeout, and only for a term within the ceiling, so a
-    /// lying member moves the term one by one at the pace of elections, and changes
-    /// no leader.
+    /// its followers grant it despite their lease, and wins. It does so only for a
+    /// term within the ceiling, and only as often as [`StandAgainBackoff`] permits, so
+    /// a lying member gains a few terms and then one per `failure_removal`, and
+    /// changes no leader.
     pub(super) fn stand_again(&mut self, now: Instant, from: &str, term: u64) {
         let member = self.members.iter().any(|m| m.name == from);
-        let recently = self
-            .evidence
-            .stood_again
-            .is_some_and(|at| now.duration_since(at) < self.config.election_timeout_min);
         // Not while handing over: the newer term is our successor's election.
         let handing_over = self.leaving.is_some()
             || self
@@ -663,10 +840,17 @@ impl Group {
                 .sanctioned
                 .as_ref()
                 .is_some_and(|(t, _)| *t > self.hard.term);
-        if !member || recently || handing_over || term > self.term_ceiling(now) {
+        if !member || handing_over || term > self.term_ceiling(now) {
             return;
         }
-        self.evidence.stood_again = Some(now);
+        let (first, cap) = (
+            self.config.election_timeout_min,
+            self.config.failure_removal,
+        );
+        if !self.evidence.stand_again.permits(now, first, cap) {
+            return;
+        }
+        self.evidence.stand_again.stood(now);
         self.evidence.standing_lease_until = Some(now + self.config.election_timeout_min);
         self.become_follower(now, self.hard.term, None);
         self.start_election(now);
@@ -698,6 +882,7 @@ impl Group {
             supporter: self.me.name.clone(),
             leader,
             query: false,
+            pre_vote: false,
         });
         self.send(joiner, support);
     }
@@ -707,6 +892,7 @@ impl Group {
         let members = &self.members;
         let listed = |name: &String| members.iter().any(|m| m.name == *name);
         self.evidence.held_requests.retain(|name, _| listed(name));
+        self.evidence.pre_votes.retain(|name, _| listed(name));
         let basis: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         self.evidence.claims.retain(|name, _| basis.contains(name));
     }
@@ -726,15 +912,24 @@ impl Group {
     /// well inside it, and a group wedged at the ceiling gets one more term per timeout,
     /// the pace of real elections.
     pub(super) fn term_ceiling(&self, now: Instant) -> u64 {
-        let base = self.evidence.leader_term_heard.max(self.membership_term);
+        let base = self.term_ceiling_at_rest();
         let since = self
             .last_heard_leader
             .or(self.evidence.started)
             .unwrap_or(now);
         let waited = now.saturating_duration_since(since).as_nanos()
             / self.config.election_timeout_max.as_nanos().max(1);
-        base.saturating_add(TERM_SLACK)
-            .saturating_add(u64::try_from(waited).unwrap_or(u64::MAX))
+        base.saturating_add(u64::try_from(waited).unwrap_or(u64::MAX))
+            .min(MAX_TERM)
+    }
+
+    /// The term ceiling before it starts to rise: the term of the last leader we heard
+    /// (or of our membership's creator) plus [`TERM_SLACK`].
+    pub(super) fn term_ceiling_at_rest(&self) -> u64 {
+        self.evidence
+            .leader_term_heard
+            .max(self.membership_term)
+            .saturating_add(TERM_SLACK)
             .min(MAX_TERM)
     }
 

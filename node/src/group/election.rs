@@ -75,19 +75,67 @@ impl Group {
             self.start_election(now);
             return;
         }
-        let req = self.vote_request(self.hard.term + 1);
+        self.pre_vote_term = self.pre_vote_term(now);
+        let req = self.vote_request(self.pre_vote_term);
         for to in self.others() {
             self.send(&to, GroupMessage::PreVoteRequest(req.clone()));
         }
     }
 
+    /// The term to ask pre-votes for (SPEC.md §12.3). Normally our term + 1. But a
+    /// refusal never moves our term, so a member behind in term (yet ahead in
+    /// membership, after a partition) would ask for a term the others already passed,
+    /// for ever. So when the members' last answers (see `peer_terms`) tell us the terms
+    /// they hold, we ask for one past the term that a majority, us included, is at or
+    /// below: the lowest term a majority could grant. One member's word cannot lift it
+    /// (a majority's terms decide, unless exactly a majority answered), and it never
+    /// exceeds our term ceiling, which bounds any vote request.
+    pub(super) fn pre_vote_term(&self, now: Instant) -> u64 {
+        let next = self.hard.term + 1;
+        let mut terms: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|m| m.name != self.me.name)
+            .filter_map(|m| self.peer_terms.get(&m.name).copied())
+            .collect();
+        terms.push(self.hard.term);
+        let quorum = self.quorum();
+        if terms.len() < quorum {
+            return next;
+        }
+        terms.sort_unstable();
+        terms[quorum - 1]
+            .saturating_add(1)
+            .min(self.term_ceiling(now))
+            .max(next)
+    }
+
+    /// Remembers what a pre-vote answer from a member tells about its term.
+    fn note_peer_term(&mut self, vote: &VoteMsg) {
+        if !self.is_voter(&vote.voter) || vote.term > super::MAX_TERM {
+            return;
+        }
+        let at_most = if vote.granted {
+            vote.term.saturating_sub(1)
+        } else {
+            vote.term
+        };
+        self.peer_terms.insert(vote.voter.clone(), at_most);
+    }
+
     /// Raft §5.2: increment the term, vote for ourselves, ask everyone.
     pub(super) fn start_election(&mut self, now: Instant) {
-        if self.hard.term >= super::MAX_TERM {
+        self.start_election_in(now, self.hard.term.saturating_add(1));
+    }
+
+    /// Stands in `term` (after our term): the next, or the one a pre-vote won (see
+    /// [`Group::pre_vote_term`]).
+    fn start_election_in(&mut self, now: Instant, term: u64) {
+        if self.hard.term >= super::MAX_TERM || term <= self.hard.term || term > super::MAX_TERM {
             return;
         }
         self.role = Role::Candidate;
-        self.hard.term += 1;
+        self.hard.term = term;
         self.hard.voted_for = Some(self.me.name.clone());
         self.persist();
         self.prune_evidence();
@@ -144,7 +192,14 @@ impl Group {
     /// A granted real vote is also told to every other member (a support, SPEC.md
     /// §12.2): their evidence for recognising the candidate once it leads. A repeated
     /// request is answered again but signed and told only once.
-    fn answer(&mut self, now: Instant, term: u64, candidate: &str, pre_vote: bool, granted: bool) {
+    pub(super) fn answer(
+        &mut self,
+        now: Instant,
+        term: u64,
+        candidate: &str,
+        pre_vote: bool,
+        granted: bool,
+    ) {
         let vote = self.vote(term, candidate, pre_vote, granted);
         self.send(candidate, GroupMessage::Vote(vote.clone()));
         if !granted || pre_vote {
@@ -187,17 +242,26 @@ impl Group {
         (req.membership_term, req.membership_version) >= (self.membership_term, self.version)
     }
 
+    /// Whether we grant `req` a pre-vote now: it asks for a later term, within our
+    /// ceiling, with a membership as up to date as ours, and no leader holds our lease.
+    pub(super) fn would_pre_vote(&self, now: Instant, req: &VoteRequestMsg) -> bool {
+        req.term > self.hard.term
+            && req.term <= self.term_ceiling(now)
+            && self.membership_up_to_date(req)
+            && !self.leader_lease_active(now)
+    }
+
     /// Thesis §9.6: a pre-vote changes neither our term nor our vote.
     pub(super) fn on_pre_vote_request(&mut self, now: Instant, req: VoteRequestMsg) {
         self.tell_removed(&req.candidate);
-        let granted = req.term > self.hard.term
-            && req.term <= self.term_ceiling(now)
-            && self.membership_up_to_date(&req)
-            && !self.leader_lease_active(now);
+        let granted = self.would_pre_vote(now, &req);
         // A grant names the asked term; a refusal our own, so a candidate behind us
         // catches up (as raft-rs does).
         let term = if granted { req.term } else { self.hard.term };
         self.answer(now, term, &req.candidate, true, granted);
+        if granted {
+            self.broadcast_pre_vote(&req);
+        }
     }
 
     /// Raft §5.1/§5.2 RequestVote receiver.
@@ -237,21 +301,22 @@ impl Group {
     pub(super) fn on_vote(&mut self, now: Instant, vote: VoteMsg) {
         if vote.pre_vote {
             // A refusal carries the voter's term. Raft §5.1 would follow a newer one;
-            // we ignore it (SPEC.md §12.3: a refusal never moves a term, or any one
-            // member could push the group's term): a real election or a proven leader
-            // brings us there.
+            // we only note it for our next pre-vote's term (SPEC.md §12.3: a refusal
+            // never moves a term, or any one member could push the group's term).
+            if vote.candidate == self.me.name {
+                self.note_peer_term(&vote);
+            }
             if !vote.granted {
                 return;
             }
             if self.role == Role::PreCandidate
-                && vote.term == self.hard.term + 1
+                && vote.term == self.pre_vote_term
                 && vote.candidate == self.me.name
-                && vote.granted
                 && self.is_voter(&vote.voter)
             {
                 self.votes.insert(vote.voter, Vec::new());
                 if self.votes.len() >= self.quorum() {
-                    self.start_election(now);
+                    self.start_election_in(now, self.pre_vote_term);
                 }
             }
             return;
@@ -303,15 +368,7 @@ impl Group {
         self.progress = self
             .others()
             .into_iter()
-            .map(|name| {
-                (
-                    name,
-                    Progress {
-                        last_heard: now,
-                        acked_version: 0,
-                    },
-                )
-            })
+            .map(|name| (name, Progress::new(now)))
             .collect();
         self.pending = None;
         self.queue.clear();

@@ -285,6 +285,9 @@ impl Group {
         // steps down by check-quorum since such acks do not count as heard. A member
         // ahead of us (its own election failed) is brought back by our standing again.
         if self.role == Role::Leader && term > self.hard.term {
+            if let Some(p) = self.progress.get_mut(from) {
+                p.last_alive = now;
+            }
             return self.stand_again(now, from, term);
         }
         if self.role != Role::Leader || term != self.hard.term {
@@ -292,6 +295,7 @@ impl Group {
         }
         if let Some(p) = self.progress.get_mut(from) {
             p.last_heard = now;
+            p.last_alive = now;
             p.acked_version = p.acked_version.max(version);
         }
         self.maybe_commit(now);
@@ -382,10 +386,9 @@ impl Group {
             let version = self.version + 1;
             for m in &next {
                 if m.name != self.me.name {
-                    self.progress.entry(m.name.clone()).or_insert(Progress {
-                        last_heard: now,
-                        acked_version: 0,
-                    });
+                    self.progress
+                        .entry(m.name.clone())
+                        .or_insert(Progress::new(now));
                 }
             }
             self.adopt_membership(now, (self.hard.term, version), next);
@@ -461,7 +464,7 @@ impl Group {
             .filter(|name| {
                 self.progress
                     .get(name)
-                    .is_some_and(|p| now.duration_since(p.last_heard) >= limit)
+                    .is_some_and(|p| now.duration_since(p.last_alive) >= limit)
             })
             .filter(|name| {
                 !self

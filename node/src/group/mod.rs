@@ -209,8 +209,22 @@ pub enum Role {
 /// What the leader knows about one follower.
 #[derive(Debug, Clone)]
 struct Progress {
+    /// Its last acknowledgement in our term: what check-quorum counts.
     last_heard: Instant,
+    /// Its last acknowledgement in any term: what failure detection counts. A member
+    /// that reports a later term is alive, only behind our standing again.
+    last_alive: Instant,
     acked_version: u64,
+}
+
+impl Progress {
+    fn new(now: Instant) -> Progress {
+        Progress {
+            last_heard: now,
+            last_alive: now,
+            acked_version: 0,
+        }
+    }
 }
 
 /// The group state machine of one node.
@@ -232,6 +246,11 @@ pub struct Group {
     /// Pre-votes or votes granted to us in the current (pre-)election, with the
     /// signature once it has come (empty before).
     votes: HashMap<String, Vec<u8>>,
+    /// PreCandidate: the term we ask pre-votes for (see [`Group::pre_vote_term`]).
+    pre_vote_term: u64,
+    /// Member → the term its last pre-vote answer told us it is below or at: its own
+    /// term in a refusal, the asked term − 1 in a grant. Bounded by the membership.
+    peer_terms: BTreeMap<String, u64>,
     /// The granted votes that elected us, signed or still to be (kept while we lead).
     proof: BTreeMap<String, Vec<u8>>,
     /// How many signed votes make the proof: a majority of the membership we were
@@ -306,6 +325,8 @@ impl Group {
             announced: (hard_term, None),
             last_heard_leader: None,
             votes: HashMap::new(),
+            pre_vote_term: 0,
+            peer_terms: BTreeMap::new(),
             proof: BTreeMap::new(),
             proof_needed: 0,
             proof_deadline: None,

@@ -445,7 +445,17 @@ fn support(term: u64, supporter: &str, leader: &str) -> crate::message::SupportM
         supporter: supporter.into(),
         leader: leader.into(),
         query: false,
+        pre_vote: false,
     }
+}
+
+/// `supporter` tells that it granted `candidate` its pre-vote for `term` (SPEC.md
+/// §12.3).
+fn pre_vote_support(term: u64, supporter: &str, candidate: &str) -> GroupMessage {
+    GroupMessage::Support(crate::message::SupportMsg {
+        pre_vote: true,
+        ..support(term, supporter, candidate)
+    })
 }
 
 fn heartbeat(term: u64, leader: &str, members: Vec<MemberInfo>) -> GroupMessage {
@@ -522,7 +532,13 @@ fn raft_4_1_a_vote_needs_a_membership_at_least_as_up_to_date() {
         GroupMessage::PreVoteRequest(stamped_vote_request(8, "a", (2, 6))),
     );
     assert!(!the_vote(&drain(&mut g)).granted, "no pre-vote either");
-    // The same stamp is granted...
+    assert_eq!(
+        g.term(),
+        6,
+        "a refused request moves no term (SPEC.md §12.3)"
+    );
+    // The same stamp is granted, once a majority backs its pre-vote (c, b, d)...
+    g.step(now, "d", pre_vote_support(7, "d", "c"));
     g.step(
         now,
         "c",
@@ -540,6 +556,7 @@ fn raft_4_1_a_vote_needs_a_membership_at_least_as_up_to_date() {
         the_vote(&drain(&mut g)).granted,
         "(4, 1) > (3, 5): pre-vote"
     );
+    g.step(later, "c", pre_vote_support(8, "c", "d"));
     g.step(
         later,
         "d",

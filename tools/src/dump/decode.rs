@@ -331,6 +331,8 @@ fn vote_summary(v: &sockmsg_wire::frame::Vote<'_>) -> String {
     if v.flags.contains(VoteFlags::SUPPORT) {
         return if v.flags.contains(VoteFlags::QUERY) {
             format!("term={term} {voter} asks: backs {candidate}?")
+        } else if v.flags.contains(VoteFlags::PRE_VOTE) {
+            format!("term={term} {voter} pre-voted for {candidate}")
         } else {
             format!("term={term} {voter} backs {candidate}")
         };

@@ -599,6 +599,7 @@ impl Liar {
             supporter,
             leader,
             query: self.rng.random_bool(0.3),
+            pre_vote: self.rng.random_bool(0.3),
         })
     }
 

@@ -21,9 +21,9 @@
 //!   within the last `failure_removal + election_timeout_max`: a liar's frames never
 //!   get a live, connected member removed.
 //! - **Terms cannot be pushed.** No honest node ever holds a term above [`MAX_TERM`].
-//!   An honest node's term moves either by its own election (it votes for itself in
-//!   the new term), or to at most `H + TERM_SLACK + ⌊w / election_timeout_max⌋`, where
-//!   `H` is the highest term any majority-elected leader holds so far and `w` is the
+//!   An honest node's term moves either by one in its own election (it votes for
+//!   itself in the new term), or to at most `H + TERM_SLACK + ⌊w /
+//!   election_timeout_max⌋` (its own election too, when it skips terms), where `H` is the highest term any majority-elected leader holds so far and `w` is the
 //!   time since the node last followed another leader (or booted). That is the
 //!   `term_ceiling` rule (authority.rs): its base, the last leader heard or the creator
 //!   of the membership held, is at most `H`; and the node last heard a leader no
@@ -174,9 +174,13 @@ impl Sim {
             return;
         }
         if voted_self {
-            // Only its own election has a node vote for itself in a new term.
+            // Only its own election has a node vote for itself in a new term. One that
+            // skips terms (a pre-vote won for the term a majority is at, SPEC.md §12.3)
+            // must stay within the same bound as any other move.
             self.watch.elections += 1;
-            return;
+            if now.term == before.term + 1 {
+                return;
+            }
         }
         let waited = (self.now - self.watch.anchor[i]).as_nanos()
             / self.config.election_timeout_max.as_nanos();

@@ -327,14 +327,7 @@ fn spec_12_3_an_acknowledgement_with_a_later_term_does_not_depose_the_leader() {
     let mut nodes = quiet_group(&["a", "b", "c"], now);
     let term = nodes[0].term();
     let a = &mut nodes[0];
-    a.step(
-        now,
-        "c",
-        GroupMessage::MembershipAck {
-            term: term + 5,
-            version: 1,
-        },
-    );
+    a.step(now, "c", ack(term + 5));
     assert_ne!(a.term(), term + 5, "the reported term is never adopted");
     // a stands again in its term + 1 instead, and its followers grant it despite the
     // lease: it leads again, one term later.
@@ -342,17 +335,182 @@ fn spec_12_3_an_acknowledgement_with_a_later_term_does_not_depose_the_leader() {
     assert_eq!(nodes[0].role(), Role::Leader);
     assert_eq!(nodes[0].term(), term + 1);
     assert!(nodes.iter().all(|g| g.leader() == Some("a")));
-    // At most once per minimum election timeout.
+    // Not again at once.
     let a = &mut nodes[0];
-    a.step(
+    a.step(now, "c", ack(term + 5));
+    assert_eq!((a.role(), a.term()), (Role::Leader, term + 1));
+}
+
+fn ack(term: u64) -> GroupMessage {
+    GroupMessage::MembershipAck { term, version: 1 }
+}
+
+/// Settles `nodes` at `at` after `c` reported a later term to the leader `a`; the
+/// term `a` then leads.
+fn report_later_term(nodes: &mut [Group], at: Instant) -> u64 {
+    let later = nodes[0].term() + 5;
+    nodes[0].step(at, "c", ack(later));
+    settle(nodes, at);
+    assert_eq!(nodes[0].role(), Role::Leader, "a stays leader");
+    assert!(nodes.iter().all(|g| g.leader() == Some("a")));
+    nodes[0].term()
+}
+
+#[test]
+fn spec_12_3_a_member_that_keeps_reporting_later_terms_gains_fewer_and_fewer() {
+    let start = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], start);
+    let config = GroupConfig::new("lobby");
+    let first = config.election_timeout_min;
+    let term = nodes[0].term();
+    // The first report: a stands again at once (an honest member left behind by a
+    // race is caught up within one election).
+    assert_eq!(report_later_term(&mut nodes, start), term + 1);
+    // Then the waits double from election_timeout_min: at +1, +1+2, +1+2+4 (in
+    // election_timeout_min), and every report between changes nothing.
+    let mut at = start;
+    let mut expected = term + 1;
+    for wait in [1u32, 2, 4] {
+        let early = at + first * wait - Duration::from_millis(1);
+        assert_eq!(report_later_term(&mut nodes, early), expected, "early");
+        at += first * wait;
+        expected += 1;
+        assert_eq!(report_later_term(&mut nodes, at), expected, "after {wait}");
+    }
+    // Once reports stop for failure_removal, the next is answered at once again.
+    let quiet = at + config.failure_removal;
+    let now_term = nodes[0].term();
+    assert_eq!(report_later_term(&mut nodes, quiet), now_term + 1);
+}
+
+#[test]
+fn spec_12_3_a_member_reporting_later_terms_is_alive_not_failed() {
+    // c answers only with terms a will not stand again for (beyond its ceiling); b
+    // acknowledges a's term. c is behind a's standing again, not failed.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let a = &mut nodes[0];
+    let term = a.term();
+    let mut t = now;
+    while t < now + a.config.failure_removal * 2 {
+        t = a.poll_timeout().expect("a leader has timers");
+        a.tick(t);
+        let version = a.version;
+        a.step(t, "b", GroupMessage::MembershipAck { term, version });
+        a.step(t, "c", ack(term + 1000));
+        let out = drain(a);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Event(GroupEvent::PeerUnreachable { .. }))),
+            "{out:?}"
+        );
+    }
+    assert_eq!(member_names(a), ["a", "b", "c"]);
+    assert_eq!((a.role(), a.term()), (Role::Leader, term));
+}
+
+/// The term of the PRE_VOTE_REQUEST `g` sends when its election timer fires next.
+fn next_pre_vote_term(g: &mut Group) -> (Instant, u64) {
+    let at = g.poll_timeout().expect("an election timer");
+    g.tick(at);
+    let term = sends(&drain(g))
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            GroupMessage::PreVoteRequest(req) => Some(req.term),
+            _ => None,
+        })
+        .expect("a pre-vote request");
+    (at, term)
+}
+
+fn pre_vote_refusal(voter: &str, term: u64) -> GroupMessage {
+    GroupMessage::Vote(VoteMsg {
+        granted: false,
+        ..pre_grant(term, voter, "b")
+    })
+}
+
+#[test]
+fn spec_12_3_a_member_behind_in_term_asks_for_the_term_a_majority_could_grant() {
+    // b holds the newest membership but term 3; a and c were pushed to term 9 while b
+    // was away. Refusals never move b's term, but they tell b where the others are.
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 3, now);
+    b.membership_term = 3; // its ceiling: 3 + TERM_SLACK
+    let (at, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(asked, 4);
+    b.step(at, "a", pre_vote_refusal("a", 9));
+    b.step(at, "c", pre_vote_refusal("c", 9));
+    assert_eq!(b.term(), 3, "a refusal moves no term");
+    let (_, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(
+        asked, 10,
+        "one past the term a majority (b and a, or b and c) is at"
+    );
+    // Never beyond b's term ceiling, whatever the others say.
+    b.step(at, "a", pre_vote_refusal("a", 40));
+    b.step(at, "c", pre_vote_refusal("c", 40));
+    let (when, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(asked, b.term_ceiling(when));
+    assert!(
+        asked < 3 + TERM_SLACK + 5,
+        "{asked}: the ceiling rises one per timeout"
+    );
+}
+
+#[test]
+fn spec_12_3_one_member_cannot_lift_the_pre_vote_term() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 3, now);
+    let (at, _) = next_pre_vote_term(&mut b);
+    b.step(at, "a", pre_vote_refusal("a", 3));
+    b.step(at, "c", pre_vote_refusal("c", 1000));
+    let (_, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(asked, 4, "b and a make a majority at term 3");
+}
+
+#[test]
+fn spec_12_3_a_vote_request_moves_a_term_only_with_a_majority_of_pre_votes() {
+    // Five members, no leader: c asks b for term 4. c and b are two of the three a
+    // majority needs; b holds the request (no answer, no term) until a third member
+    // says it granted c that pre-vote.
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c", "d", "e"], 3, now);
+    b.membership_term = 3;
+    let request = GroupMessage::VoteRequest(stamped_vote_request(4, "c", (3, 1)));
+    b.step(now, "c", request.clone());
+    assert_eq!(b.term(), 3, "a lone candidate moves no term");
+    assert!(sends(&drain(&mut b)).is_empty(), "held, not answered");
+    // Word of other terms, candidates or from a non-member does not back it.
+    b.step(now, "d", pre_vote_support(5, "d", "c"));
+    b.step(now, "d", pre_vote_support(4, "d", "e"));
+    b.step(now, "mallory", pre_vote_support(4, "mallory", "c"));
+    assert_eq!(b.term(), 3);
+    assert_eq!(b.rejections().get(Violation::NotMember), 1);
+    b.step(now, "d", pre_vote_support(4, "d", "c"));
+    assert_eq!(b.term(), 4, "the held request, answered");
+    assert_eq!(b.hard_state().voted_for.as_deref(), Some("c"));
+    assert!(the_vote(&drain(&mut b)).granted);
+}
+
+#[test]
+fn spec_12_3_a_granted_pre_vote_is_told_to_the_other_members() {
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c"], 3, now);
+    b.membership_term = 3;
+    b.step(
         now,
         "c",
-        GroupMessage::MembershipAck {
-            term: term + 5,
-            version: 1,
-        },
+        GroupMessage::PreVoteRequest(stamped_vote_request(4, "c", (3, 1))),
     );
-    assert_eq!((a.role(), a.term()), (Role::Leader, term + 1));
+    let told: Vec<(String, GroupMessage)> = sends(&drain(&mut b));
+    assert!(told.contains(&("a".to_owned(), pre_vote_support(4, "b", "c"))));
+    assert!(
+        !told
+            .iter()
+            .any(|(to, m)| to == "c" && matches!(m, GroupMessage::Support(_))),
+        "not to the candidate"
+    );
 }
 
 #[test]
@@ -371,7 +529,7 @@ fn spec_12_3_a_vote_request_beyond_the_term_ceiling_is_refused() {
     b.step(
         now,
         "c",
-        GroupMessage::VoteRequest(vote_request(ceiling, "c", 1)),
+        GroupMessage::VoteRequest(stamped_vote_request(ceiling, "c", (3, 1))),
     );
     assert_eq!(
         b.term(),
@@ -383,7 +541,7 @@ fn spec_12_3_a_vote_request_beyond_the_term_ceiling_is_refused() {
     b.step(
         later,
         "c",
-        GroupMessage::VoteRequest(vote_request(ceiling + 2, "c", 1)),
+        GroupMessage::VoteRequest(stamped_vote_request(ceiling + 2, "c", (3, 1))),
     );
     assert_eq!(b.term(), ceiling + 2);
 }
