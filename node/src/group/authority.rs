@@ -893,6 +893,7 @@ impl Group {
         let listed = |name: &String| members.iter().any(|m| m.name == *name);
         self.evidence.held_requests.retain(|name, _| listed(name));
         self.evidence.pre_votes.retain(|name, _| listed(name));
+        self.peer_terms.retain(|name, _| listed(name));
         let basis: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         self.evidence.claims.retain(|name, _| basis.contains(name));
     }
