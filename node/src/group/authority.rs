@@ -575,11 +575,14 @@ impl Group {
             return;
         }
         self.note_pre_vote(from, msg.term, &msg.leader);
-        let held = self
-            .evidence
-            .held_requests
-            .get(&msg.leader)
-            .is_some_and(|req| req.term == msg.term);
+        // A request held under our leader's lease waits for the lease, not for
+        // backing: evaluating it again would only count it as disruptive once more.
+        let held = !self.leader_lease_active(now)
+            && self
+                .evidence
+                .held_requests
+                .get(&msg.leader)
+                .is_some_and(|req| req.term == msg.term);
         if held {
             if let Some(req) = self.evidence.held_requests.remove(&msg.leader) {
                 let candidate = req.candidate.clone();

@@ -494,6 +494,23 @@ fn spec_12_3_a_vote_request_moves_a_term_only_with_a_majority_of_pre_votes() {
 }
 
 #[test]
+fn spec_12_3_a_pre_vote_support_does_not_overrule_the_lease() {
+    // b follows a; c's request is disruptive, counted once, whatever supports follow.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c", "d", "e"], now);
+    let b = &mut nodes[1];
+    let term = b.term();
+    let (stamp, version) = (b.membership_term, b.version);
+    let request = stamped_vote_request(term + 1, "c", (stamp, version));
+    b.step(now, "c", GroupMessage::VoteRequest(request));
+    b.step(now, "d", pre_vote_support(term + 1, "d", "c"));
+    b.step(now, "e", pre_vote_support(term + 1, "e", "c"));
+    assert_eq!(b.term(), term);
+    assert_eq!(b.leader(), Some("a"));
+    assert_eq!(b.rejections().get(Violation::Disruptive), 1);
+}
+
+#[test]
 fn spec_12_3_a_granted_pre_vote_is_told_to_the_other_members() {
     let now = Instant::now();
     let mut b = follower("b", &["a", "b", "c"], 3, now);
