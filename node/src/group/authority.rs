@@ -469,22 +469,33 @@ impl Group {
                 || self.hard.voted_for.as_deref() == Some(leader))
     }
 
-    /// Tells every member but the candidate that we granted it our vote in `term`: the
-    /// evidence they need to recognise it once it leads (SPEC.md §12.2).
-    pub(super) fn broadcast_support(&mut self, term: u64, candidate: &str) {
-        let support = GroupMessage::Support(SupportMsg {
+    /// Our own SUPPORT VOTE (SPEC.md §7.13): we back `leader` in `term`. Queries and
+    /// pre-vote supports set their flag on it.
+    fn own_support(&self, term: u64, leader: &str) -> SupportMsg {
+        SupportMsg {
             group: self.config.group.clone(),
             term,
             supporter: self.me.name.clone(),
-            leader: candidate.to_owned(),
+            leader: leader.to_owned(),
             query: false,
             pre_vote: false,
-        });
-        for to in self.others() {
-            if to != candidate {
-                self.send(&to, support.clone());
-            }
         }
+    }
+
+    /// Sends `support` about `candidate` to each of `names` but the candidate itself.
+    fn tell_all_but_candidate(&mut self, names: Vec<String>, support: SupportMsg) {
+        let candidate = support.leader.clone();
+        let support = GroupMessage::Support(support);
+        for to in names.into_iter().filter(|to| *to != candidate) {
+            self.send(&to, support.clone());
+        }
+    }
+
+    /// Tells every member but the candidate that we granted it our vote in `term`: the
+    /// evidence they need to recognise it once it leads (SPEC.md §12.2).
+    pub(super) fn broadcast_support(&mut self, term: u64, candidate: &str) {
+        let support = self.own_support(term, candidate);
+        self.tell_all_but_candidate(self.others(), support);
     }
 
     /// We granted `candidate` our pre-vote for `term`: note it as our own backing and
@@ -493,26 +504,17 @@ impl Group {
     /// When the candidate's membership is newer than ours, ours may have lost members
     /// that are back in its: the names we remember as former members are told too.
     pub(super) fn broadcast_pre_vote(&mut self, req: &VoteRequestMsg) {
-        let (term, candidate) = (req.term, req.candidate.as_str());
         let me = self.me.name.clone();
-        self.note_pre_vote(&me, term, candidate);
-        let support = GroupMessage::Support(SupportMsg {
-            group: self.config.group.clone(),
-            term,
-            supporter: me,
-            leader: candidate.to_owned(),
-            query: false,
-            pre_vote: true,
-        });
+        self.note_pre_vote(&me, req.term, &req.candidate);
         let mut told = self.others();
         if self.membership_newer(req) {
             told.extend(self.hard.former_members.iter().cloned());
         }
-        for to in told {
-            if to != candidate {
-                self.send(&to, support.clone());
-            }
-        }
+        let support = SupportMsg {
+            pre_vote: true,
+            ..self.own_support(req.term, &req.candidate)
+        };
+        self.tell_all_but_candidate(told, support);
     }
 
     fn note_pre_vote(&mut self, member: &str, term: u64, candidate: &str) {
@@ -609,14 +611,7 @@ impl Group {
             // Anyone authenticated may ask (a joiner is not a member yet); the answer is
             // as small as the question.
             if self.supports(msg.term, &msg.leader) {
-                let answer = GroupMessage::Support(SupportMsg {
-                    group: self.config.group.clone(),
-                    term: msg.term,
-                    supporter: self.me.name.clone(),
-                    leader: msg.leader,
-                    query: false,
-                    pre_vote: false,
-                });
+                let answer = GroupMessage::Support(self.own_support(msg.term, &msg.leader));
                 self.send(from, answer);
             }
             return;
@@ -718,12 +713,8 @@ impl Group {
     /// supports `leader` in `term`.
     fn query_support(&mut self, term: u64, leader: &str, claimed: &[String]) {
         let query = GroupMessage::Support(SupportMsg {
-            group: self.config.group.clone(),
-            term,
-            supporter: self.me.name.clone(),
-            leader: leader.to_owned(),
             query: true,
-            pre_vote: false,
+            ..self.own_support(term, leader)
         });
         let mut ask: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         ask.extend(claimed.iter().cloned());
@@ -879,14 +870,7 @@ impl Group {
         let Some(leader) = self.leader.clone().filter(|l| *l != self.me.name) else {
             return;
         };
-        let support = GroupMessage::Support(SupportMsg {
-            group: self.config.group.clone(),
-            term: self.hard.term,
-            supporter: self.me.name.clone(),
-            leader,
-            query: false,
-            pre_vote: false,
-        });
+        let support = GroupMessage::Support(self.own_support(self.hard.term, &leader));
         self.send(joiner, support);
     }
 
