@@ -738,6 +738,11 @@ impl Driver {
                     }
                     Output::Event(event) => self.on_group_event(event),
                     Output::SignVote { vote, at } => self.sign_vote(vote, at),
+                    Output::Locate { name, addr } => {
+                        if name != self.me.name {
+                            self.addrs.entry(name).or_insert(addr);
+                        }
+                    }
                 }
             }
             for name in self.keys.take_wanted() {

@@ -471,7 +471,7 @@ impl Group {
 
     /// Our own SUPPORT VOTE (SPEC.md §7.13): we back `leader` in `term`. Queries and
     /// pre-vote supports set their flag on it.
-    fn own_support(&self, term: u64, leader: &str) -> SupportMsg {
+    pub(super) fn own_support(&self, term: u64, leader: &str) -> SupportMsg {
         SupportMsg {
             group: self.config.group.clone(),
             term,
@@ -609,13 +609,23 @@ impl Group {
         }
         if msg.query {
             // Anyone authenticated may ask (a joiner is not a member yet); the answer is
-            // as small as the question.
-            if self.supports(msg.term, &msg.leader) {
+            // as small as the question. Only a member answers, listed in its own
+            // membership as the incarnation it is: a removed or restarted node may
+            // still follow its old leader, and its answer would tell a member vetting
+            // the removal of its listed incarnation (SPEC.md §12.5) that it is still
+            // with that leader.
+            let listed = self
+                .members
+                .iter()
+                .any(|m| m.name == self.me.name && m.incarnation == self.me.incarnation);
+            if listed && self.supports(msg.term, &msg.leader) {
                 let answer = GroupMessage::Support(self.own_support(msg.term, &msg.leader));
                 self.send(from, answer);
             }
             return;
         }
+        self.note_probe_answer(from, msg.term, &msg.leader);
+        self.revet_and_ack(now);
         let in_a_claim = self
             .evidence
             .claims

@@ -28,6 +28,8 @@ pub(super) enum Change {
 pub(super) struct Pending {
     version: u64,
     voters: Vec<String>,
+    /// The change it makes (none for a new leader's re-issue).
+    change: Option<Change>,
 }
 
 impl Group {
@@ -80,6 +82,7 @@ impl Group {
         self.pending = Some(Pending {
             version: self.version,
             voters: self.members.iter().map(|m| m.name.clone()).collect(),
+            change: None,
         });
         // Reliably, so the acknowledgements come reliably too (a leaving former leader
         // waits for this before it goes, see `Group::leave_if_handed_over`).
@@ -226,7 +229,7 @@ impl Group {
         // MEMBERSHIP.
         let stamp = (membership_term, version);
         if !same_leader || stamp >= (self.membership_term, self.version) {
-            self.adopt_membership(now, stamp, members);
+            self.consider_membership(now, from, stamp, members);
         }
         let ack = GroupMessage::MembershipAck {
             term: self.hard.term,
@@ -269,6 +272,7 @@ impl Group {
             self.evidence.redirected = None;
             self.timers.stop(Timer::JoinRetry);
             self.event(GroupEvent::Joined);
+            self.announce_word(now);
         }
         if was_member && !self.is_member() {
             self.joined = false;
@@ -309,10 +313,37 @@ impl Group {
         if from != member.name {
             return self.reject(super::Violation::NotSubject);
         }
+        self.note_word(now, &member);
         if self.role != Role::Leader {
-            return self.redirect_joiner(from);
+            // A member's word to us needs no answer about the leader; a joiner's (or a
+            // restarted member's, of a new incarnation) does.
+            let listed = self
+                .members
+                .iter()
+                .any(|m| m.name == member.name && m.incarnation == member.incarnation);
+            if !listed {
+                self.redirect_joiner(from);
+            }
+            return;
         }
         self.departed.remove(&member.name);
+        let removing = Change::Remove {
+            name: member.name.clone(),
+            incarnation: member.incarnation,
+        };
+        if self.pending.as_ref().and_then(|p| p.change.as_ref()) == Some(&removing) {
+            // The member we are removing for failure asks to stay: it is alive, and the
+            // members that still hear it will not vouch for its removal (SPEC.md §12.5).
+            // Undo it now rather than after it commits: the membership this makes is
+            // the one before the removal, so any two of the three overlap as
+            // single-member changes do.
+            self.queue.retain(|c| *c != removing);
+            if let Some(p) = self.progress.get_mut(&member.name) {
+                *p = Progress::new(now);
+            }
+            self.start_change(now, Change::Add(member));
+            return;
+        }
         if self.members.contains(&member) {
             // Already admitted (the MEMBERSHIP may still be on its way): say so again.
             let msg = self.membership_msg();
@@ -338,6 +369,7 @@ impl Group {
         if self.role == Role::Leader {
             self.propose_removal(now, &name);
         }
+        self.revet_and_ack(now);
     }
 
     /// Queues the removal of the incarnation of `name` listed now (none: nothing to do).
@@ -367,46 +399,54 @@ impl Group {
             let Some(change) = self.queue.pop_front() else {
                 return;
             };
-            let mut next = self.members.clone();
-            match &change {
-                Change::Add(member) => match next.iter_mut().find(|m| m.name == member.name) {
-                    Some(entry) if entry == member => continue,
-                    Some(entry) => *entry = member.clone(),
-                    None => next.push(member.clone()),
-                },
-                Change::Remove { name, incarnation } => {
-                    let listed = |m: &MemberInfo| m.name == *name && m.incarnation == *incarnation;
-                    if *name == self.me.name || !next.iter().any(listed) {
-                        continue;
-                    }
-                    next.retain(|m| !listed(m));
-                }
-            }
-            let previous: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
-            let version = self.version + 1;
-            for m in &next {
-                if m.name != self.me.name {
-                    self.progress
-                        .entry(m.name.clone())
-                        .or_insert(Progress::new(now));
-                }
-            }
-            self.adopt_membership(now, (self.hard.term, version), next);
-            self.pending = Some(Pending {
-                version,
-                voters: self.members.iter().map(|m| m.name.clone()).collect(),
-            });
-            let msg = self.membership_msg();
-            let mut to: Vec<String> = previous;
-            to.extend(self.members.iter().map(|m| m.name.clone()));
-            to.sort();
-            to.dedup();
-            to.retain(|n| *n != self.me.name);
-            for name in to {
-                self.send(&name, msg.clone());
-            }
-            self.maybe_commit(now);
+            self.start_change(now, change);
         }
+    }
+
+    /// Puts `change` in flight (unless it changes nothing): it takes effect here, goes
+    /// to the old and the new members, and is the pending change until a majority of
+    /// the new membership acknowledges it.
+    fn start_change(&mut self, now: Instant, change: Change) {
+        let mut next = self.members.clone();
+        match &change {
+            Change::Add(member) => match next.iter_mut().find(|m| m.name == member.name) {
+                Some(entry) if entry == member => return,
+                Some(entry) => *entry = member.clone(),
+                None => next.push(member.clone()),
+            },
+            Change::Remove { name, incarnation } => {
+                let listed = |m: &MemberInfo| m.name == *name && m.incarnation == *incarnation;
+                if *name == self.me.name || !next.iter().any(listed) {
+                    return;
+                }
+                next.retain(|m| !listed(m));
+            }
+        }
+        let previous: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        let version = self.version + 1;
+        for m in &next {
+            if m.name != self.me.name {
+                self.progress
+                    .entry(m.name.clone())
+                    .or_insert(Progress::new(now));
+            }
+        }
+        self.adopt_membership(now, (self.hard.term, version), next);
+        self.pending = Some(Pending {
+            version,
+            voters: self.members.iter().map(|m| m.name.clone()).collect(),
+            change: Some(change),
+        });
+        let msg = self.membership_msg();
+        let mut to: Vec<String> = previous;
+        to.extend(self.members.iter().map(|m| m.name.clone()));
+        to.sort();
+        to.dedup();
+        to.retain(|n| *n != self.me.name);
+        for name in to {
+            self.send(&name, msg.clone());
+        }
+        self.maybe_commit(now);
     }
 
     fn maybe_commit(&mut self, now: Instant) {

@@ -16,6 +16,7 @@ mod chat;
 mod election;
 mod membership;
 mod timers;
+mod vetting;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use timers::{Timer, Timers};
 pub use authority::{
     Rejections, Violation, MAX_FORMER_MEMBERS, MAX_HELD_CHAT, MAX_TERM, SUPPORT_WINDOW, TERM_SLACK,
 };
+pub use vetting::MAX_WORDS;
 
 /// Timing of the group protocol (config.yml `group:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +178,13 @@ pub enum Output {
         vote: VoteMsg,
         at: Instant,
     },
+    /// Where `name` listens, by a membership this node is vetting (SPEC.md §12.5) and
+    /// is about to send to: the leader's word, so use it only for a name whose address
+    /// is not known yet.
+    Locate {
+        name: String,
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// Why a command was refused.
@@ -292,6 +301,8 @@ pub struct Group {
 
     /// What we were told about who leads which term, and what we refused (SPEC.md §12).
     evidence: authority::Evidence,
+    /// The words and answers that vouch for a leader's membership changes (SPEC.md §12.5).
+    vetting: vetting::Vetting,
 }
 
 impl Group {
@@ -344,6 +355,7 @@ impl Group {
             leaving: None,
             chat: chat::ChatState::default(),
             evidence: authority::Evidence::default(),
+            vetting: vetting::Vetting::default(),
         };
         group.evidence.started = Some(now);
         group.recover_absurd_term();
@@ -521,6 +533,7 @@ impl Group {
                 Timer::Heartbeat => self.on_heartbeat_timer(now),
                 Timer::CheckQuorum => self.on_check_quorum(now),
                 Timer::JoinRetry => self.on_join_retry(now),
+                Timer::Vetting => self.revet_and_ack(now),
             }
         }
     }
@@ -570,7 +583,7 @@ impl Group {
                     *state = self.hard.clone();
                     return;
                 }
-                Output::Send { .. } | Output::SignVote { .. } => break,
+                Output::Send { .. } | Output::SignVote { .. } | Output::Locate { .. } => break,
             }
         }
         self.outputs.push_back(Output::Persist(self.hard.clone()));

@@ -986,7 +986,7 @@ fn bootstrap_stands_after_the_last_term_the_proxy_knew() {
 }
 
 #[test]
-fn a_removed_node_that_stands_is_told_the_membership() {
+fn a_removed_node_that_stands_is_told_the_membership_and_asks_to_be_listed_again() {
     let now = Instant::now();
     let mut nodes = group_of(&["a", "b"], now);
     let a = &mut nodes[0];
@@ -1007,9 +1007,24 @@ fn a_removed_node_that_stands_is_told_the_membership() {
             z.step(now, "a", m);
         }
     }
-    assert!(!z.is_member());
-    assert!(drain(&mut z).contains(&Output::Event(GroupEvent::Removed)));
-    assert_eq!(z.poll_timeout(), None, "a non-member does not stand");
+    // z is alive: it does not take a membership without itself (SPEC.md §12.5) but
+    // asks the leader to list it again, which an honest leader does at once.
+    let out = drain(&mut z);
+    assert!(!out.contains(&Output::Event(GroupEvent::Removed)));
+    let names: Vec<&str> = z.members().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "z"]);
+    let asks: Vec<_> = sends(&out)
+        .into_iter()
+        .filter(|(to, m)| to == "a" && matches!(m, GroupMessage::Join(j) if j.name == "z"))
+        .collect();
+    assert!(!asks.is_empty(), "{out:?}");
+    a.step(now, "z", asks[0].1.clone());
+    let readmitted = sends(&drain(a)).into_iter().find_map(|(to, m)| match m {
+        GroupMessage::Membership { members, .. } if to == "z" => Some(members),
+        _ => None,
+    });
+    let readmitted = readmitted.expect("a lists z again");
+    assert!(readmitted.iter().any(|m| m.name == "z"));
 }
 
 #[test]

@@ -13,17 +13,20 @@ pub(super) enum Timer {
     CheckQuorum = 2,
     /// Joiner: repeat JOIN until admitted.
     JoinRetry = 3,
+    /// Member: a question about a removal we vet has gone unanswered (SPEC.md §12.5).
+    Vetting = 4,
 }
 
-const ALL: [Timer; 4] = [
+const ALL: [Timer; 5] = [
     Timer::Election,
     Timer::Heartbeat,
     Timer::CheckQuorum,
     Timer::JoinRetry,
+    Timer::Vetting,
 ];
 
 #[derive(Debug, Default, Clone)]
-pub(super) struct Timers([Option<Instant>; 4]);
+pub(super) struct Timers([Option<Instant>; 5]);
 
 impl Timers {
     pub fn set(&mut self, timer: Timer, at: Instant) {

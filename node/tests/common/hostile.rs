@@ -20,8 +20,9 @@
 //! traffic.
 //!
 //! It can also act as a member (answer its leader's HEARTBEAT and MEMBERSHIP with a
-//! MEMBERSHIP_ACK, [`Hostile::act_member`]) so that, once admitted, it stays admitted
-//! while it lies.
+//! MEMBERSHIP_ACK, give its word to the members once admitted and whenever a member
+//! asks, SPEC.md §12.5: [`Hostile::act_member`]) so that, once admitted, it stays
+//! admitted while it lies.
 
 #![allow(dead_code)] // a fixture: each test uses a part of it
 
@@ -98,8 +99,11 @@ pub struct Hostile {
     pub received: Vec<Received>,
     /// The latest (highest-term) leader claim received.
     pub view: Option<View>,
-    /// Answer HEARTBEAT and MEMBERSHIP with MEMBERSHIP_ACK, as a member does.
+    /// Answer HEARTBEAT and MEMBERSHIP with MEMBERSHIP_ACK, and give its word (its own
+    /// JOIN) to every member once admitted and to each that asks, as a member does.
     pub act_member: bool,
+    /// It gave every peer its word since it was admitted.
+    announced: bool,
     /// When set to `k`: on a VOTE_REQUEST for term `t` from a peer (a re-election under
     /// way), send VOTE_REQUEST for `t + k` to every other peer at once.
     pub race_elections: Option<u64>,
@@ -174,6 +178,7 @@ impl Hostile {
             received: Vec::new(),
             view: None,
             act_member: false,
+            announced: false,
             race_elections: None,
             claim_when_elected: false,
             grants: BTreeMap::new(),
@@ -392,6 +397,9 @@ impl Hostile {
                 self.send_class(from, class, &ack);
             }
         }
+        if self.act_member {
+            self.give_word(from, &msg);
+        }
         if let GroupMessage::Vote(vote) = &msg {
             if vote.candidate == self.name && vote.granted && !vote.pre_vote {
                 self.grants
@@ -458,6 +466,22 @@ impl Hostile {
     }
 
     /// Whether the latest membership heard lists this client.
+    /// A member's word (SPEC.md §12.5): to every peer once admitted, and to a peer
+    /// whose JOIN asks for it.
+    fn give_word(&mut self, from: &str, msg: &GroupMessage) {
+        let word = GroupMessage::Join(self.me.clone());
+        if matches!(msg, GroupMessage::Join(m) if m.name == from) {
+            self.send(from, &word);
+        }
+        if self.is_member() && !self.announced {
+            self.announced = true;
+            let peers: Vec<String> = self.sessions.keys().cloned().collect();
+            for peer in peers {
+                self.send(&peer, &word);
+            }
+        }
+    }
+
     pub fn is_member(&self) -> bool {
         self.view
             .as_ref()

@@ -5,7 +5,7 @@
 //!
 //! The liar is `mallory`. In the [`Variant::Member`] schedules it joins through the
 //! honest leader like everyone else (a JOIN of its own, acknowledgements of the
-//! leader's heartbeats) and turns hostile once admitted; in the [`Variant::Outsider`]
+//! leader's heartbeats, its word to the members) and turns hostile once admitted; in the [`Variant::Outsider`]
 //! ones it is `outsider` and never joins. Either way it has three sock puppets,
 //! `puppet1..3`: registered keys of its own that send frames too, but never JOIN (if
 //! they joined, the honest leader would admit them, and the group would simply have
@@ -104,6 +104,8 @@ pub struct Liar {
     /// Sends nothing at all.
     quiet: bool,
     last_join: Option<Instant>,
+    /// It gave every member its word (its own JOIN) once admitted, as members do.
+    announced: bool,
     /// Frames it sent.
     pub sent: u64,
 }
@@ -140,6 +142,7 @@ impl Liar {
             hostile: false,
             quiet: false,
             last_join: None,
+            announced: false,
             sent: 0,
         }
     }
@@ -175,6 +178,7 @@ impl Liar {
         if self.quiet {
             return;
         }
+        self.announce(sim);
         if !self.hostile {
             return self.join(sim);
         }
@@ -206,6 +210,25 @@ impl Liar {
         let leader = sim.nodes[l].name.clone();
         let join = GroupMessage::Join(self.me.clone());
         self.send(sim, &self.name.clone(), &leader, join);
+    }
+
+    /// Once admitted, its word to every member (SPEC.md §12.5), as an honest member
+    /// gives it: without it, the members would never vouch for its admission.
+    fn announce(&mut self, sim: &mut Sim) {
+        if self.variant != Variant::Member || self.announced || !self.listed() {
+            return;
+        }
+        self.announced = true;
+        let word = GroupMessage::Join(self.me.clone());
+        let others: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.name != self.name)
+            .map(|m| m.name.clone())
+            .collect();
+        for to in others {
+            self.send(sim, &self.name.clone(), &to, word.clone());
+        }
     }
 
     /// What a frame from an honest node tells about the group.
@@ -250,7 +273,15 @@ impl Liar {
     /// The member's part it keeps playing (if it acknowledges at all): acknowledge a
     /// leader's HEARTBEAT or MEMBERSHIP with its term and version.
     fn answer(&mut self, sim: &mut Sim, from: &str, msg: &GroupMessage) {
-        if !self.acks || self.variant != Variant::Member {
+        if self.variant != Variant::Member {
+            return;
+        }
+        if let GroupMessage::Join(_) = msg {
+            // A member asking for its word (SPEC.md §12.5).
+            let word = GroupMessage::Join(self.me.clone());
+            return self.send(sim, &self.name.clone(), from, word);
+        }
+        if !self.acks {
             return;
         }
         let ack = match msg {

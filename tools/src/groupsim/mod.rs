@@ -622,6 +622,8 @@ impl Sim {
                     self.signing
                         .insert((at.max(self.now) + took, self.next_id), signing);
                 }
+                // Names are addresses here.
+                Output::Locate { .. } => {}
             }
         }
     }

@@ -96,6 +96,8 @@ fn spec_12_1_chat_from_a_non_member_is_held_until_its_admission() {
         "not shown before d is a member"
     );
     let d = node("d", 1);
+    // d's JOIN to its contacts is its word to each (SPEC.md §12.5).
+    nodes[1].step(now, "d", GroupMessage::Join(d.me().clone()));
     nodes[0].step(now, "d", GroupMessage::Join(d.me().clone()));
     for (to, msg) in sends(&drain(&mut nodes[0])) {
         if to == "b" {
@@ -290,6 +292,16 @@ fn spec_12_2_a_member_behind_recognises_a_leader_listing_a_former_member() {
     // b, not in c's membership but in the claimed one, answers c's question.
     c.step(now, "b", GroupMessage::Support(support(4, "b", "a")));
     assert_eq!(c.leader(), Some("a"));
+    assert_eq!(
+        member_names(&c),
+        ["a", "c"],
+        "b's return not vouched for yet"
+    );
+    // b's word (its JOIN, here the answer to the one c sent it) vouches for it.
+    assert!(sends(&drain(&mut c))
+        .iter()
+        .any(|(to, m)| to == "b" && matches!(m, GroupMessage::Join(_))));
+    c.step(now, "b", GroupMessage::Join(info("b", 2)));
     assert_eq!(member_names(&c), ["a", "b", "c"]);
 }
 
