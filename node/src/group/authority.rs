@@ -561,7 +561,7 @@ impl Group {
     /// count a majority of a membership we have not seen (the candidate's may no
     /// longer list members of ours, which will never back it), so such a request is
     /// judged by lease and by the ceiling at rest (not the one that rises while we
-    /// wait without a leader, which a liar cut off with us would climb). SPEC.md §12.4
+    /// wait without a leader, which a liar cut off with us would climb). SPEC.md §12.6
     /// says what a liar gains by claiming a newer membership.
     fn membership_newer(&self, req: &VoteRequestMsg) -> bool {
         (req.membership_term, req.membership_version) > (self.membership_term, self.version)

@@ -9,23 +9,32 @@
 //! and a member that acknowledges nothing of it never holds it either:
 //!
 //! - an **added** name (or a new incarnation of one) must have given this node its own
-//!   word: a JOIN of that incarnation that the name itself sent here (the session
-//!   authenticates it). A joiner's JOIN to its contacts, and the JOIN a member sends to
-//!   every other member once admitted, are such words; a node that lacks one asks for
-//!   it by sending its own JOIN, which a member answers with its own.
+//!   word: a JOIN that the name itself sent here (the session authenticates it). A
+//!   joiner's JOIN to its contacts, and the JOIN a member sends to every other member
+//!   once admitted, are such words; a node that lacks one asks for it by sending its
+//!   own JOIN, which a member answers with its own (at most once per
+//!   `election_timeout_min` and name, so two members never echo each other for long).
+//!   Any incarnation's word will do: a leader may still list an incarnation that has
+//!   restarted since, and replaces it once the new one joins; what a liar cannot do
+//!   is list a name that never asked (a sock puppet, a ghost).
 //! - a **removed** name must have said LEAVE here, or given its word in another
 //!   incarnation (the listed process restarted), or must not answer that it still
 //!   follows the leader that removes it: the node asks it with a `SUPPORT`+`QUERY` for
-//!   (term, leader) and takes the removal once `election_timeout_max` passes without an
-//!   answer. A leader that stops hearing a member it still reaches (acknowledgements
-//!   lost one way) stops heartbeating it once it is removed, so the member soon stops
-//!   following and the removal goes through on the next ask.
-//! - **this node's own removal** is taken only from a leader it was not following (a
-//!   removed member learns it when it stands again, see `Group::tell_removed`): a leader
-//!   that keeps heartbeating a member has no grounds to say it failed.
+//!   (term, leader), with its own word so that a restarted process answers in kind,
+//!   and takes the removal once `election_timeout_max` passes without an answer. Only
+//!   a node listed as the incarnation it is answers such a question. A leader that
+//!   stops hearing a member it still reaches (acknowledgements lost one way) stops
+//!   heartbeating it once it is removed, so the member soon stops following, and a
+//!   member that asks to stay (below) makes the leader undo the removal.
+//! - **this node's own removal** is never taken while it holds a membership that lists
+//!   it: it is alive, so it asks the leader with its JOIN to list it again, and an
+//!   honest leader does (undoing the removal if it is still pending). A liar's removal
+//!   of it is thereby refused like any other.
 //!
-//! A node not admitted (a joiner, or a removed member) holds no membership to check
-//! against and takes its proven leader's membership as before.
+//! A node that holds no membership listing it (a joiner, or a node that restarted
+//! without one) has nothing to check against and takes its proven leader's membership
+//! as before. A held membership is not acknowledged; it is replaced by the leader's
+//! next one, and dropped when the node stops following that leader.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -98,7 +107,9 @@ impl Group {
         stamp: (u64, u64),
         members: Vec<MemberInfo>,
     ) {
-        if !self.is_member() {
+        // Every heartbeat carries the list: the same one needs no vetting (and a group
+        // of 50 would otherwise compare lists 1,000 times a second).
+        if !self.is_member() || members == self.members {
             self.vetting.held = None;
             return self.adopt_membership(now, stamp, members);
         }

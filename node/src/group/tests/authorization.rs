@@ -661,3 +661,204 @@ fn spec_12_2_a_name_never_in_our_memberships_backs_nothing() {
         "m and b are two of five; p does not count"
     );
 }
+
+/// The leader's MEMBERSHIP (term 1) at `version` listing `members`.
+fn membership(version: u64, members: Vec<MemberInfo>) -> GroupMessage {
+    GroupMessage::Membership {
+        term: 1,
+        membership_term: 1,
+        version,
+        members,
+    }
+}
+
+/// The leader's HEARTBEAT (term 1) carrying membership `version` = `members`.
+fn heartbeat_v(version: u64, members: Vec<MemberInfo>) -> GroupMessage {
+    GroupMessage::Heartbeat {
+        term: 1,
+        leader: "a".into(),
+        membership_term: 1,
+        membership_version: version,
+        members,
+    }
+}
+
+/// Whether `g` acknowledged `version` among `outputs`.
+fn acked(outputs: &[Output], version: u64) -> bool {
+    sends(outputs)
+        .iter()
+        .any(|(_, m)| matches!(m, GroupMessage::MembershipAck { version: v, .. } if *v == version))
+}
+
+#[test]
+fn spec_12_5_an_elected_liar_cannot_add_a_name_that_never_asked() {
+    // a leads; it lists a sock puppet: b holds the change, unacknowledged, and asks the
+    // puppet for its word, which a puppet (registered, but never joining) never gives.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let version = b.membership_version();
+    let mut padded = b.members().to_vec();
+    padded.push(info("puppet", 7));
+    b.step(now, "a", membership(version + 1, padded.clone()));
+    let out = drain(b);
+    assert_eq!(member_names(b), ["a", "b", "c"]);
+    assert!(!acked(&out, version + 1), "{out:?}");
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|(to, m)| to == "puppet" && matches!(m, GroupMessage::Join(j) if j.name == "b")),
+        "b asks the puppet for its word: {out:?}"
+    );
+    // The honest case: the name's own JOIN is its word, and the change goes through.
+    b.step(now, "puppet", GroupMessage::Join(info("puppet", 7)));
+    let out = drain(b);
+    assert_eq!(member_names(b), ["a", "b", "c", "puppet"]);
+    assert!(acked(&out, version + 1), "{out:?}");
+}
+
+#[test]
+fn spec_12_5_a_joiners_join_to_its_contacts_vouches_for_it_at_once() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let d = info("d", 1);
+    nodes[1].step(now, "d", GroupMessage::Join(d.clone()));
+    drain(&mut nodes[1]);
+    let version = nodes[1].membership_version();
+    let mut next = nodes[1].members().to_vec();
+    next.push(d);
+    nodes[1].step(now, "a", membership(version + 1, next));
+    let out = drain(&mut nodes[1]);
+    assert_eq!(member_names(&nodes[1]), ["a", "b", "c", "d"]);
+    assert!(acked(&out, version + 1));
+}
+
+#[test]
+fn spec_12_5_an_elected_liar_cannot_remove_a_member_that_still_follows_it() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let version = nodes[1].membership_version();
+    let without_c: Vec<MemberInfo> = nodes[1]
+        .members()
+        .iter()
+        .filter(|m| m.name != "c")
+        .cloned()
+        .collect();
+    nodes[1].step(now, "a", membership(version + 1, without_c));
+    let out = drain(&mut nodes[1]);
+    let asked: Vec<GroupMessage> = sends(&out)
+        .into_iter()
+        .filter(|(to, _)| to == "c")
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        asked.contains(&GroupMessage::Support(query(1, "b", "a"))),
+        "b asks c whether it follows a: {out:?}"
+    );
+    // c, alive and following a, answers (and gives its word back).
+    for m in asked {
+        nodes[2].step(now, "b", m);
+    }
+    for (to, m) in sends(&drain(&mut nodes[2])) {
+        if to == "b" {
+            nodes[1].step(now, "c", m);
+        }
+    }
+    // However long b waits, it keeps c: the question was answered.
+    let later = now + Duration::from_millis(400);
+    nodes[1].tick(later);
+    let out = drain(&mut nodes[1]);
+    assert_eq!(member_names(&nodes[1]), ["a", "b", "c"]);
+    assert!(!acked(&out, version + 1));
+}
+
+#[test]
+fn spec_12_5_a_member_that_does_not_answer_is_removed_after_the_wait() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let version = b.membership_version();
+    let without_c: Vec<MemberInfo> = b
+        .members()
+        .iter()
+        .filter(|m| m.name != "c")
+        .cloned()
+        .collect();
+    b.step(now, "a", membership(version + 1, without_c.clone()));
+    drain(b);
+    assert_eq!(member_names(b), ["a", "b", "c"], "not before the wait");
+    // c is down: no answer. election_timeout_max (300 ms) later, with a's heartbeats
+    // (carrying the same list) coming meanwhile, b takes the removal.
+    let mut out = Vec::new();
+    for step in 1..=6 {
+        let t = now + Duration::from_millis(50 * step);
+        b.tick(t);
+        b.step(t, "a", heartbeat_v(version + 1, without_c.clone()));
+        out.extend(drain(b));
+        if step < 6 {
+            assert_eq!(member_names(b), ["a", "b", "c"], "not before the wait");
+        }
+    }
+    assert_eq!(member_names(b), ["a", "b"]);
+    assert!(acked(&out, version + 1), "{out:?}");
+}
+
+#[test]
+fn spec_12_5_a_member_that_left_is_removed_at_once() {
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let version = b.membership_version();
+    let c = b.members().iter().find(|m| m.name == "c").cloned().unwrap();
+    b.step(
+        now,
+        "c",
+        GroupMessage::Leave {
+            name: "c".into(),
+            incarnation: c.incarnation,
+        },
+    );
+    let without_c: Vec<MemberInfo> = b
+        .members()
+        .iter()
+        .filter(|m| m.name != "c")
+        .cloned()
+        .collect();
+    b.step(now, "a", membership(version + 1, without_c));
+    let out = drain(b);
+    assert_eq!(member_names(b), ["a", "b"]);
+    assert!(acked(&out, version + 1));
+}
+
+#[test]
+fn spec_12_5_a_leader_undoes_the_pending_removal_of_a_member_that_asks_to_stay() {
+    // a removes c for failure (c's acknowledgements were lost), but c is alive: it
+    // refuses its own removal and asks to be listed again, and a lists it at once
+    // although the removal has not committed.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let c_info = nodes[2].me().clone();
+    let a = &mut nodes[0];
+    a.propose_removal(now, "c");
+    let out = drain(a);
+    let removal = sends(&out)
+        .into_iter()
+        .find(|(to, _)| to == "c")
+        .map(|(_, m)| m)
+        .expect("the change goes to c too");
+    let c = &mut nodes[2];
+    c.step(now, "a", removal);
+    let out = drain(c);
+    assert!(c.is_member(), "c does not take its own removal");
+    let ask = sends(&out)
+        .into_iter()
+        .find(|(to, m)| to == "a" && matches!(m, GroupMessage::Join(_)))
+        .map(|(_, m)| m)
+        .expect("c asks a to list it again");
+    let a = &mut nodes[0];
+    let before = a.membership_version();
+    a.step(now, "c", ask);
+    drain(a);
+    assert_eq!(a.membership_version(), before + 1);
+    assert!(a.members().contains(&c_info));
+}
