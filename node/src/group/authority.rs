@@ -671,8 +671,23 @@ impl Group {
             return false;
         }
         let followed = term == self.hard.term && self.leader.as_deref() == Some(from);
+        let behind = term < self.hard.term && self.may_step_back(now, term);
+        if behind {
+            if self.is_proven(term, from, &claimed_names(msg)) {
+                self.step_back(term, from);
+                return true;
+            }
+            // Until it is proven, as to any stale leader: our term (Raft §5.1), so that
+            // it may stand again for it (SPEC.md §12.3).
+            let ack = GroupMessage::MembershipAck {
+                term: self.hard.term,
+                version: self.version,
+            };
+            self.send(from, ack);
+        }
         // A stale claim changes nothing: it is answered with our term (Raft §5.1).
-        let stale = term < self.hard.term || (term == self.hard.term && self.role == Role::Leader);
+        let stale = !behind
+            && (term < self.hard.term || (term == self.hard.term && self.role == Role::Leader));
         if followed || stale || self.is_proven(term, from, &claimed_names(msg)) {
             return true;
         }
@@ -717,6 +732,43 @@ impl Group {
             self.query_support(term, from, &claimed_names(msg));
         }
         false
+    }
+
+    /// Whether we may step back to `term`, before ours, to follow a leader a majority
+    /// backs there (SPEC.md §12.3): only while no leader holds our lease, only if in
+    /// our own term we voted for nobody or for ourselves (a candidacy that failed), and
+    /// never below the term of the last leader we heard.
+    ///
+    /// Why it is safe: a majority backs that leader in `term` now, and honest nodes
+    /// step back only this way, so no majority ever reached a term between `term` and
+    /// ours (it would share an honest member with the current one, which could not
+    /// have come back down: by induction on step-backs, the first one needs a member
+    /// that went down without one). No leader was elected in those terms, so the votes
+    /// we cast in them, which we no longer remember, elected nobody; honest candidates
+    /// never reuse the grants of an election they gave up. The vote we do remember is
+    /// ours, for ourselves, in a candidacy that failed.
+    fn may_step_back(&self, now: Instant, term: u64) -> bool {
+        let own_vote = self
+            .hard
+            .voted_for
+            .as_ref()
+            .is_none_or(|v| *v == self.me.name);
+        self.role != Role::Leader
+            && !self.leader_lease_active(now)
+            && own_vote
+            && term >= self.evidence.leader_term_heard
+            && self.is_member()
+    }
+
+    /// Steps back to `term` to follow `leader`, proven there (see
+    /// [`Group::may_step_back`]): following counts as our vote in `term`.
+    fn step_back(&mut self, term: u64, leader: &str) {
+        self.hard.term = term;
+        self.hard.voted_for = Some(leader.to_owned());
+        self.persist();
+        self.evidence.held_requests.clear();
+        self.evidence.pre_votes.clear();
+        self.evidence.claims.remove(leader);
     }
 
     /// Asks every other name of our basis and of the claimed membership whether it

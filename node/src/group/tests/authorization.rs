@@ -862,3 +862,32 @@ fn spec_12_5_a_leader_undoes_the_pending_removal_of_a_member_that_asks_to_stay()
     assert_eq!(a.membership_version(), before + 1);
     assert!(a.members().contains(&c_info));
 }
+
+#[test]
+fn spec_12_3_a_member_stuck_ahead_in_a_failed_candidacy_steps_back_to_the_proven_leader() {
+    // c stood alone in term 5 (cut off, or pushed there) while a majority elected a in
+    // term 3: once it sees a's claim backed by a majority, it follows a in term 3.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 5, now);
+    c.hard.voted_for = Some("c".into());
+    let members = c.members().to_vec();
+    c.step(now, "a", heartbeat(3, "a", members.clone()));
+    assert_eq!(c.term(), 5, "not on the claimant's word alone");
+    c.step(now, "b", GroupMessage::Support(support(3, "b", "a")));
+    assert_eq!((c.term(), c.leader()), (3, Some("a")));
+    assert_eq!(c.hard_state().voted_for.as_deref(), Some("a"));
+}
+
+#[test]
+fn spec_12_3_a_member_that_voted_for_another_in_its_term_does_not_step_back() {
+    // c granted m its vote in term 5: that vote may still count, so c keeps term 5.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c", "m"], 5, now);
+    c.hard.voted_for = Some("m".into());
+    let members = c.members().to_vec();
+    c.step(now, "a", heartbeat(3, "a", members));
+    c.step(now, "b", GroupMessage::Support(support(3, "b", "a")));
+    c.step(now, "m", GroupMessage::Support(support(3, "m", "a")));
+    assert_eq!(c.term(), 5);
+    assert_eq!(c.leader(), None);
+}
