@@ -469,6 +469,26 @@ impl Group {
                 || self.hard.voted_for.as_deref() == Some(leader))
     }
 
+    /// Whether we answer a `SUPPORT`+`QUERY` about `leader` in `term`: we are a member,
+    /// and either follow it and were heartbeated by it within `election_timeout_max`,
+    /// or voted for it and follow nobody yet (its first heartbeat is on its way).
+    ///
+    /// The heartbeat matters to a member vetting a removal (SPEC.md §12.5), which asks
+    /// the removed member this question: a leader heartbeats only the members it lists,
+    /// so a member it has removed (and which, alive, does not take its own removal but
+    /// asks to be listed again) stops answering, and the removal goes through; one it
+    /// still heartbeats answers, and the removal does not.
+    fn vouches_for_leader(&self, now: Instant, term: u64, leader: &str) -> bool {
+        if !self.is_member() || !self.supports(term, leader) {
+            return false;
+        }
+        let voted_only = self.leader.is_none() && self.role == Role::Follower;
+        let heartbeated = self.last_heartbeat.as_ref().is_some_and(|(t, l, at)| {
+            *t == term && l == leader && now.duration_since(*at) < self.config.election_timeout_max
+        });
+        voted_only || (self.role == Role::Follower && heartbeated)
+    }
+
     /// Our own SUPPORT VOTE (SPEC.md §7.13): we back `leader` in `term`. Queries and
     /// pre-vote supports set their flag on it.
     pub(super) fn own_support(&self, term: u64, leader: &str) -> SupportMsg {
@@ -609,16 +629,8 @@ impl Group {
         }
         if msg.query {
             // Anyone authenticated may ask (a joiner is not a member yet); the answer is
-            // as small as the question. Only a member answers, listed in its own
-            // membership as the incarnation it is: a removed or restarted node may
-            // still follow its old leader, and its answer would tell a member vetting
-            // the removal of its listed incarnation (SPEC.md §12.5) that it is still
-            // with that leader.
-            let listed = self
-                .members
-                .iter()
-                .any(|m| m.name == self.me.name && m.incarnation == self.me.incarnation);
-            if listed && self.supports(msg.term, &msg.leader) {
+            // as small as the question.
+            if self.vouches_for_leader(now, msg.term, &msg.leader) {
                 let answer = GroupMessage::Support(self.own_support(msg.term, &msg.leader));
                 self.send(from, answer);
             }

@@ -252,6 +252,10 @@ pub struct Group {
     announced: (u64, Option<String>),
     /// When this node last heard from a live leader (pre-vote lease, thesis §9.6).
     last_heard_leader: Option<Instant>,
+    /// The (term, leader) of the last HEARTBEAT we took, and when: a leader heartbeats
+    /// only the members it lists, so this is what says it still counts us in (see
+    /// [`Group::vouches_for_leader`]).
+    last_heartbeat: Option<(u64, String, Instant)>,
     /// Pre-votes or votes granted to us in the current (pre-)election, with the
     /// signature once it has come (empty before).
     votes: HashMap<String, Vec<u8>>,
@@ -335,6 +339,7 @@ impl Group {
             leader: None,
             announced: (hard_term, None),
             last_heard_leader: None,
+            last_heartbeat: None,
             votes: HashMap::new(),
             pre_vote_term: 0,
             peer_terms: BTreeMap::new(),
@@ -450,6 +455,9 @@ impl Group {
             } => {
                 let stamp = (membership_term, membership_version);
                 self.on_leader_message(now, from, term, stamp, members, false);
+                if self.hard.term == term && self.leader.as_deref() == Some(from) {
+                    self.last_heartbeat = Some((term, from.to_owned(), now));
+                }
             }
             GroupMessage::Membership {
                 term,

@@ -251,8 +251,7 @@ impl Group {
     }
 
     /// `from`'s own JOIN: its word that it asked to be a member with that incarnation.
-    /// A name of our membership or of the one we hold gets ours in return (so a member
-    /// vetting us, or a joiner vetting the group later, has it).
+    /// A member answers with its own (so that a member vetting us has it).
     pub(super) fn note_word(&mut self, now: Instant, member: &MemberInfo) {
         insert_bounded(
             &mut self.vetting.words,
@@ -260,13 +259,10 @@ impl Group {
             (member.incarnation, now),
             |w| w.1,
         );
-        let listed = |members: &[MemberInfo]| members.iter().any(|m| m.name == member.name);
-        let held_lists = self
-            .vetting
-            .held
-            .as_ref()
-            .is_some_and(|h| listed(&h.members));
-        if self.is_member() && (listed(&self.members) || held_lists) {
+        // Whoever asks: a member that has moved past our membership (or we past its) may
+        // need our word as much as one we list. One small frame per asker and
+        // `election_timeout_min`, no more than it sent.
+        if self.is_member() {
             self.send_word(now, &member.name, None);
         }
         self.revet_and_ack(now);

@@ -159,6 +159,10 @@ fn spec_12_1_a_support_query_is_answered_only_by_a_backer() {
     let mut nodes = quiet_group(&["a", "b", "c"], now);
     let term = nodes[1].term();
     let b = &mut nodes[1];
+    // b follows a, which heartbeats it.
+    let members = b.members().to_vec();
+    b.step(now, "a", heartbeat(term, "a", members));
+    drain(b);
     // Anyone authenticated may ask: a joiner is not a member yet.
     b.step(
         now,
@@ -683,6 +687,15 @@ fn heartbeat_v(version: u64, members: Vec<MemberInfo>) -> GroupMessage {
     }
 }
 
+/// `g`'s members but `name`.
+fn without(g: &Group, name: &str) -> Vec<MemberInfo> {
+    g.members()
+        .iter()
+        .filter(|m| m.name != name)
+        .cloned()
+        .collect()
+}
+
 /// Whether `g` acknowledged `version` among `outputs`.
 fn acked(outputs: &[Output], version: u64) -> bool {
     sends(outputs)
@@ -738,12 +751,7 @@ fn spec_12_5_an_elected_liar_cannot_remove_a_member_that_still_follows_it() {
     let now = Instant::now();
     let mut nodes = quiet_group(&["a", "b", "c"], now);
     let version = nodes[1].membership_version();
-    let without_c: Vec<MemberInfo> = nodes[1]
-        .members()
-        .iter()
-        .filter(|m| m.name != "c")
-        .cloned()
-        .collect();
+    let without_c = without(&nodes[1], "c");
     nodes[1].step(now, "a", membership(version + 1, without_c));
     let out = drain(&mut nodes[1]);
     let asked: Vec<GroupMessage> = sends(&out)
@@ -778,12 +786,7 @@ fn spec_12_5_a_member_that_does_not_answer_is_removed_after_the_wait() {
     let mut nodes = quiet_group(&["a", "b", "c"], now);
     let b = &mut nodes[1];
     let version = b.membership_version();
-    let without_c: Vec<MemberInfo> = b
-        .members()
-        .iter()
-        .filter(|m| m.name != "c")
-        .cloned()
-        .collect();
+    let without_c = without(b, "c");
     b.step(now, "a", membership(version + 1, without_c.clone()));
     drain(b);
     assert_eq!(member_names(b), ["a", "b", "c"], "not before the wait");
@@ -818,12 +821,7 @@ fn spec_12_5_a_member_that_left_is_removed_at_once() {
             incarnation: c.incarnation,
         },
     );
-    let without_c: Vec<MemberInfo> = b
-        .members()
-        .iter()
-        .filter(|m| m.name != "c")
-        .cloned()
-        .collect();
+    let without_c = without(b, "c");
     b.step(now, "a", membership(version + 1, without_c));
     let out = drain(b);
     assert_eq!(member_names(b), ["a", "b"]);
