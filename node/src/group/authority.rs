@@ -747,9 +747,12 @@ impl Group {
     }
 
     /// Whether we may step back to `term`, before ours, to follow a leader a majority
-    /// backs there (SPEC.md §12.3): only while no leader holds our lease, only if in
+    /// backs there (SPEC.md §12.3): only while no leader holds our lease and we stand in
+    /// no election (a candidate may still win: a transfer target must not go back to
+    /// the leader that handed over to it on that leader's last heartbeat), only if in
     /// our own term we voted for nobody or for ourselves (a candidacy that failed), and
-    /// never below the term of the last leader we heard.
+    /// only to a term after that of the last leader we heard (a leader we left behind
+    /// brings us back by standing again, in a new term).
     ///
     /// Why it is safe: a majority backs that leader in `term` now, and honest nodes
     /// step back only this way, so no majority ever reached a term between `term` and
@@ -765,10 +768,10 @@ impl Group {
             .voted_for
             .as_ref()
             .is_none_or(|v| *v == self.me.name);
-        self.role != Role::Leader
+        matches!(self.role, Role::Follower | Role::PreCandidate)
             && !self.leader_lease_active(now)
             && own_vote
-            && term >= self.evidence.leader_term_heard
+            && term > self.evidence.leader_term_heard
             && self.is_member()
     }
 
