@@ -670,7 +670,9 @@ impl Group {
 
     /// Whether a HEARTBEAT or MEMBERSHIP from `from` claiming `term` may be acted on now.
     /// An unproven claim is held (the newest per claimant) and, if it is still unproven
-    /// a heartbeat interval later, the members are asked whom they support.
+    /// a heartbeat interval later, the members are asked whom they support. A claim of
+    /// a term before ours is stale (answered with our term) unless we may step back to
+    /// it, in which case it is held and proven like any other.
     pub(super) fn admit_leader_claim(
         &mut self,
         now: Instant,
@@ -803,8 +805,8 @@ impl Group {
         }
     }
 
-    /// Acts on every held claim that is now proven; forgets those overtaken by our term
-    /// (unless we may step back to them, see [`Group::may_step_back`]).
+    /// Acts on every held claim that is now proven: one of a term before ours too, when
+    /// we may step back to it (see [`Group::may_step_back`]).
     pub(super) fn retry_claims(&mut self, now: Instant) {
         let proven: Vec<String> = self
             .evidence
