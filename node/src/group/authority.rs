@@ -693,10 +693,7 @@ impl Group {
             }
             // Until it is proven, as to any stale leader: our term (Raft §5.1), so that
             // it may stand again for it (SPEC.md §12.3).
-            let ack = GroupMessage::MembershipAck {
-                term: self.hard.term,
-                version: self.version,
-            };
+            let ack = self.our_ack();
             self.send(from, ack);
         }
         // A stale claim changes nothing: it is answered with our term (Raft §5.1).

@@ -60,6 +60,22 @@ impl Group {
         }
     }
 
+    /// MEMBERSHIP_ACK of the membership we hold, in our term: what a follower answers
+    /// a leader's message with, and what tells a stale leader our term (Raft §5.1).
+    pub(super) fn our_ack(&self) -> GroupMessage {
+        GroupMessage::MembershipAck {
+            term: self.hard.term,
+            version: self.version,
+        }
+    }
+
+    /// Whether our membership lists this incarnation of `name`.
+    fn lists(&self, name: &str, incarnation: u64) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.name == name && m.incarnation == incarnation)
+    }
+
     /// MEMBERSHIP carrying our current membership in our current term.
     fn membership_msg(&self) -> GroupMessage {
         GroupMessage::Membership {
@@ -202,10 +218,7 @@ impl Group {
         if term < self.hard.term {
             // Raft §5.1: reject a stale term; our answer tells the old leader of the new
             // (which stands again, see `Group::on_membership_ack`).
-            let ack = GroupMessage::MembershipAck {
-                term: self.hard.term,
-                version: self.version,
-            };
+            let ack = self.our_ack();
             self.send_class(from, class, ack);
             return;
         }
@@ -231,10 +244,7 @@ impl Group {
         if !same_leader || stamp >= (self.membership_term, self.version) {
             self.consider_membership(now, from, stamp, members);
         }
-        let ack = GroupMessage::MembershipAck {
-            term: self.hard.term,
-            version: self.version,
-        };
+        let ack = self.our_ack();
         self.send_class(from, class, ack);
     }
 
@@ -317,11 +327,7 @@ impl Group {
         if self.role != Role::Leader {
             // A member's word to us needs no answer about the leader; a joiner's (or a
             // restarted member's, of a new incarnation) does.
-            let listed = self
-                .members
-                .iter()
-                .any(|m| m.name == member.name && m.incarnation == member.incarnation);
-            if !listed {
+            if !self.lists(&member.name, member.incarnation) {
                 self.redirect_joiner(from);
             }
             return;
@@ -358,11 +364,7 @@ impl Group {
     }
 
     pub(super) fn on_leave(&mut self, now: Instant, name: String, incarnation: u64) {
-        let current = self
-            .members
-            .iter()
-            .any(|m| m.name == name && m.incarnation == incarnation);
-        if !current {
+        if !self.lists(&name, incarnation) {
             return;
         }
         self.departed.insert(name.clone(), incarnation);

@@ -134,10 +134,7 @@ impl Group {
     pub(super) fn revet_and_ack(&mut self, now: Instant) {
         let leader = self.vetting.held.as_ref().map(|h| h.leader.clone());
         if let (true, Some(leader)) = (self.revet(now), leader) {
-            let ack = GroupMessage::MembershipAck {
-                term: self.hard.term,
-                version: self.version,
-            };
+            let ack = self.our_ack();
             self.send(&leader, ack);
         }
     }
