@@ -151,6 +151,7 @@ mod tests {
                 incarnation: 5,
             }],
             former_members: Vec::new(),
+            votes_ahead: Vec::new(),
         };
         file.save(&state).unwrap();
         drop(file);

@@ -199,6 +199,9 @@ fn format_state(state: &HardState) -> String {
     for name in &state.former_members {
         out += &format!("former_member {name}\n");
     }
+    for (term, name) in &state.votes_ahead {
+        out += &format!("vote_ahead {term} {name}\n");
+    }
     out
 }
 
@@ -232,6 +235,9 @@ fn parse_state(text: &str) -> Result<HardState> {
                 });
             }
             ["former_member", name] => state.former_members.push((*name).to_owned()),
+            ["vote_ahead", term, name] => state
+                .votes_ahead
+                .push((number(term)?, (*name).to_owned())),
             _ => bail!("line {}: not understood: {line:?}", i + 1),
         }
     }
@@ -263,6 +269,7 @@ mod tests {
                 incarnation: 5,
             }],
             former_members: vec!["carol".into(), "dave".into()],
+            votes_ahead: vec![(term + 2, "carol".into())],
         }
     }
 

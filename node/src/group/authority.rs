@@ -46,6 +46,10 @@ pub const SUPPORT_WINDOW: u64 = 16;
 /// Names of former members kept for [`Group::is_proven`] (and persisted), at most.
 pub const MAX_FORMER_MEMBERS: usize = sockmsg_wire::limits::MAX_MEMBERS;
 
+/// Votes remembered for terms after ours ([`HardState::votes_ahead`](super::HardState)),
+/// at most: a member steps back no further once it holds this many.
+pub const MAX_VOTES_AHEAD: usize = 8;
+
 /// Chat lines held from peers that are not (yet) members, at most.
 pub const MAX_HELD_CHAT: usize = 256;
 
@@ -322,10 +326,21 @@ impl Group {
         }
         self.hard.membership_term = self.hard.membership_term.min(MAX_TERM);
         self.membership_term = self.hard.membership_term;
-        self.hard.term = self.hard.membership_term;
-        self.hard.voted_for = None;
+        self.hard.votes_ahead.retain(|(t, _)| *t <= MAX_TERM);
+        self.enter_term(self.hard.membership_term);
         self.announced = (self.hard.term, None);
         self.persist();
+    }
+
+    /// The state file is input like any other: keep remembered votes only for terms
+    /// after ours, one per term (the first), in order, at most [`MAX_VOTES_AHEAD`].
+    pub(super) fn tidy_votes_ahead(&mut self) {
+        let term = self.hard.term;
+        let ahead = &mut self.hard.votes_ahead;
+        ahead.retain(|(t, _)| *t > term);
+        ahead.sort_by_key(|(t, _)| *t);
+        ahead.dedup_by_key(|(t, _)| *t);
+        ahead.truncate(MAX_VOTES_AHEAD);
     }
 
     /// The proxy's verified record says `leader` leads `term`: the proxy checked a
@@ -685,7 +700,7 @@ impl Group {
             return false;
         }
         let followed = term == self.hard.term && self.leader.as_deref() == Some(from);
-        let behind = term < self.hard.term && self.may_step_back(now, term);
+        let behind = term < self.hard.term && self.may_step_back(now, term, from);
         if behind {
             if self.is_proven(term, from, &claimed_names(msg)) {
                 self.step_back(term, from);
@@ -748,36 +763,44 @@ impl Group {
     /// Whether we may step back to `term`, before ours, to follow a leader a majority
     /// backs there (SPEC.md §12.3): only while no leader holds our lease and we stand in
     /// no election (a candidate may still win: a transfer target must not go back to
-    /// the leader that handed over to it on that leader's last heartbeat), only if in
-    /// our own term we voted for nobody or for ourselves (a candidacy that failed), and
-    /// only to a term after that of the last leader we heard (a leader we left behind
-    /// brings us back by standing again, in a new term).
+    /// the leader that handed over to it on that leader's last heartbeat), only to a
+    /// term after that of the last leader we heard (a leader we left behind brings us
+    /// back by standing again, in a new term), only with room to remember the vote of
+    /// the term we leave ([`MAX_VOTES_AHEAD`]), and only if we voted for nobody else in
+    /// `term` before (a vote remembered from an earlier step back).
     ///
     /// Why it is safe: a majority backs that leader in `term` now, and honest nodes
     /// step back only this way, so no majority ever reached a term between `term` and
     /// ours (it would share an honest member with the current one, which could not
     /// have come back down: by induction on step-backs, the first one needs a member
     /// that went down without one). No leader was elected in those terms, so the votes
-    /// we cast in them, which we no longer remember, elected nobody; honest candidates
-    /// never reuse the grants of an election they gave up. The vote we do remember is
-    /// ours, for ourselves, in a candidacy that failed.
-    fn may_step_back(&self, now: Instant, term: u64) -> bool {
-        let own_vote = self
-            .hard
-            .voted_for
-            .as_ref()
-            .is_none_or(|v| *v == self.me.name);
+    /// we cast in them, which we no longer remember, elected nobody. The vote of our
+    /// own term may still count (its election may not be over, and its candidate may be
+    /// a liar that would use it twice): we keep it ([`Group::step_back`]), so we never
+    /// vote for anyone else in that term.
+    fn may_step_back(&self, now: Instant, term: u64, leader: &str) -> bool {
+        let room = self.hard.voted_for.is_none()
+            || self.hard.votes_ahead.len() < MAX_VOTES_AHEAD;
+        let free = self.vote_ahead(term).is_none_or(|v| v == leader);
         matches!(self.role, Role::Follower | Role::PreCandidate)
             && !self.leader_lease_active(now)
-            && own_vote
+            && room
+            && free
             && term > self.evidence.leader_term_heard
             && self.is_member()
     }
 
     /// Steps back to `term` to follow `leader`, proven there (see
-    /// [`Group::may_step_back`]): following counts as our vote in `term`.
+    /// [`Group::may_step_back`]): the vote of the term we leave is kept for when we
+    /// reach it again, and following counts as our vote in `term`.
     fn step_back(&mut self, term: u64, leader: &str) {
-        self.hard.term = term;
+        if let Some(vote) = self.hard.voted_for.take() {
+            let ahead = &mut self.hard.votes_ahead;
+            ahead.retain(|(t, _)| *t > term && *t != self.hard.term);
+            ahead.push((self.hard.term, vote));
+            ahead.sort();
+        }
+        self.enter_term(term);
         self.hard.voted_for = Some(leader.to_owned());
         self.persist();
         self.evidence.held_requests.clear();

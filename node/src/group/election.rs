@@ -134,8 +134,14 @@ impl Group {
         if self.hard.term >= super::MAX_TERM || term <= self.hard.term || term > super::MAX_TERM {
             return;
         }
+        // We voted for another candidate in that term before stepping back (SPEC.md
+        // §12.3): we may not vote for ourselves there too. Wait for the next timeout.
+        if self.vote_ahead(term).is_some_and(|v| *v != self.me.name) {
+            self.reset_election_timer(now);
+            return;
+        }
         self.role = Role::Candidate;
-        self.hard.term = term;
+        self.enter_term(term);
         self.hard.voted_for = Some(self.me.name.clone());
         self.persist();
         self.prune_evidence();
@@ -398,12 +404,29 @@ impl Group {
         }
     }
 
+    /// Moves our term to `term` (persisted by the caller) with the vote we cast there
+    /// before stepping back, if any, or none: the one place a term changes, so a
+    /// remembered vote is never lost (SPEC.md §12.3).
+    pub(super) fn enter_term(&mut self, term: u64) {
+        self.hard.voted_for = self.vote_ahead(term).cloned();
+        self.hard.votes_ahead.retain(|(t, _)| *t > term);
+        self.hard.term = term;
+    }
+
+    /// The vote we cast in `term`, after ours, before stepping back.
+    pub(super) fn vote_ahead(&self, term: u64) -> Option<&String> {
+        self.hard
+            .votes_ahead
+            .iter()
+            .find(|(t, _)| *t == term)
+            .map(|(_, v)| v)
+    }
+
     /// Raft §5.1: step down to follower in `term` (persisting a new term), following
     /// `leader` if known.
     pub(super) fn become_follower(&mut self, now: Instant, term: u64, leader: Option<String>) {
         if term > self.hard.term && term <= super::MAX_TERM {
-            self.hard.term = term;
-            self.hard.voted_for = None;
+            self.enter_term(term);
             self.persist();
             self.prune_evidence();
         }

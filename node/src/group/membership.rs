@@ -41,8 +41,7 @@ impl Group {
             return Err(CommandError::Left);
         }
         if self.hard.term < last_term {
-            self.hard.term = last_term;
-            self.hard.voted_for = None;
+            self.enter_term(last_term);
         }
         // Stamped with the term we are about to lead in (start_election increments it).
         let stamp = (self.hard.term + 1, self.version + 1);

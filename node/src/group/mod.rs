@@ -110,6 +110,11 @@ pub struct HardState {
     /// leader claims a membership that lists them again (SPEC.md §12.2), after a
     /// restart too.
     pub former_members: Vec<String>,
+    /// Votes this node cast in terms after `term`, in term order, at most
+    /// [`MAX_VOTES_AHEAD`](authority::MAX_VOTES_AHEAD): a member that steps back to an
+    /// earlier term (SPEC.md §12.3) keeps the vote of the term it leaves, so that when it
+    /// reaches that term again it has voted there already and votes for no one else.
+    pub votes_ahead: Vec<(u64, String)>,
 }
 
 /// Signs granted votes (SPEC.md §9) for [`Output::SignVote`]. The driver uses the
@@ -364,6 +369,7 @@ impl Group {
         };
         group.evidence.started = Some(now);
         group.recover_absurd_term();
+        group.tidy_votes_ahead();
         group.reset_election_timer(now);
         // A vote granted before a restart may never have been signed, and its candidate
         // may need the signature to prove its election: sign it (again).

@@ -1429,6 +1429,7 @@ fn a_node_holding_an_absurd_persisted_term_recovers() {
         membership_version: 2,
         members: vec![info("a", 2), info("b", 1)],
         former_members: Vec::new(),
+        votes_ahead: Vec::new(),
     };
     let mut b = Group::new(
         GroupConfig::new("lobby"),

@@ -877,8 +877,10 @@ fn spec_12_3_a_member_stuck_ahead_in_a_failed_candidacy_steps_back_to_the_proven
 }
 
 #[test]
-fn spec_12_3_a_member_that_voted_for_another_in_its_term_does_not_step_back() {
-    // c granted m its vote in term 5: that vote may still count, so c keeps term 5.
+fn spec_12_3_a_member_that_voted_for_another_steps_back_and_keeps_that_vote() {
+    // c granted m its vote in term 5 (m may be a liar): c may step back to follow a,
+    // proven in term 3, but when it reaches term 5 again it has voted there already,
+    // for m, and votes for no one else.
     let now = Instant::now();
     let mut c = follower("c", &["a", "b", "c", "m"], 5, now);
     c.hard.voted_for = Some("m".into());
@@ -886,6 +888,46 @@ fn spec_12_3_a_member_that_voted_for_another_in_its_term_does_not_step_back() {
     c.step(now, "a", heartbeat(3, "a", members));
     c.step(now, "b", GroupMessage::Support(support(3, "b", "a")));
     c.step(now, "m", GroupMessage::Support(support(3, "m", "a")));
-    assert_eq!(c.term(), 5);
-    assert_eq!(c.leader(), None);
+    assert_eq!((c.term(), c.leader()), (3, Some("a")));
+    assert_eq!(c.hard_state().votes_ahead, vec![(5, "m".to_owned())]);
+    c.become_follower(now, 5, None);
+    assert_eq!(c.hard_state().voted_for.as_deref(), Some("m"));
+    assert!(c.hard_state().votes_ahead.is_empty());
+    c.step(now, "b", GroupMessage::VoteRequest(vote_request(5, "b", 1)));
+    let refused = sends(&drain(&mut c))
+        .into_iter()
+        .any(|(to, m)| to == "b" && matches!(m, GroupMessage::Vote(v) if !v.granted));
+    assert!(refused, "b is refused: c voted for m in term 5");
+}
+
+#[test]
+fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_another() {
+    // c remembers (from an earlier step back) its vote for m in term 4; it is now in
+    // term 6 and a claims term 4: following a there would be a second vote in term 4.
+    let now = Instant::now();
+    let hard = HardState {
+        term: 6,
+        votes_ahead: vec![(9, "z".into()), (7, "m".into()), (7, "x".into()), (2, "y".into())],
+        ..HardState::default()
+    };
+    let c = Group::new(
+        GroupConfig::new("lobby"),
+        info("c", 1),
+        hard,
+        ChaCha8Rng::seed_from_u64(1),
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        c.hard_state().votes_ahead,
+        vec![(7, "m".to_owned()), (9, "z".to_owned())],
+        "a state file is input: one vote per term, only after ours, in order"
+    );
+    let mut c = follower("c", &["a", "b", "c", "m"], 6, now);
+    c.hard.votes_ahead = vec![(4, "m".into())];
+    let members = c.members().to_vec();
+    c.step(now, "a", heartbeat(4, "a", members));
+    c.step(now, "b", GroupMessage::Support(support(4, "b", "a")));
+    c.step(now, "m", GroupMessage::Support(support(4, "m", "a")));
+    assert_eq!(c.term(), 6, "c voted for m in term 4: it does not follow a there");
 }
