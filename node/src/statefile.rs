@@ -235,9 +235,9 @@ fn parse_state(text: &str) -> Result<HardState> {
                 });
             }
             ["former_member", name] => state.former_members.push((*name).to_owned()),
-            ["vote_ahead", term, name] => state
-                .votes_ahead
-                .push((number(term)?, (*name).to_owned())),
+            ["vote_ahead", term, name] => {
+                state.votes_ahead.push((number(term)?, (*name).to_owned()))
+            }
             _ => bail!("line {}: not understood: {line:?}", i + 1),
         }
     }

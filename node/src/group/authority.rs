@@ -779,8 +779,7 @@ impl Group {
     /// a liar that would use it twice): we keep it ([`Group::step_back`]), so we never
     /// vote for anyone else in that term.
     fn may_step_back(&self, now: Instant, term: u64, leader: &str) -> bool {
-        let room = self.hard.voted_for.is_none()
-            || self.hard.votes_ahead.len() < MAX_VOTES_AHEAD;
+        let room = self.hard.voted_for.is_none() || self.hard.votes_ahead.len() < MAX_VOTES_AHEAD;
         let free = self.vote_ahead(term).is_none_or(|v| v == leader);
         matches!(self.role, Role::Follower | Role::PreCandidate)
             && !self.leader_lease_active(now)

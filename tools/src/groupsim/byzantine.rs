@@ -763,6 +763,8 @@ pub struct ByzantineReport {
     pub max_term: u64,
     /// Terms the liar won by a majority of honest votes.
     pub liar_elected: usize,
+    /// Terms with two leaders, both elected with the liar's vote (SPEC.md §12.6).
+    pub liar_double_votes: usize,
 }
 
 /// One byzantine schedule (see the module doc). A failure names the kind of schedule.
@@ -840,6 +842,7 @@ fn run_byzantine(seed: u64, kind: &mut String) -> Result<ByzantineReport, String
         elections: sim.watch.elections,
         max_term: sim.watch.max_term,
         liar_elected: sim.watch.hostile_terms.len(),
+        liar_double_votes: sim.watch.double_votes.len(),
     })
 }
 

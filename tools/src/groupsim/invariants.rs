@@ -93,6 +93,9 @@ pub struct Watch {
     pub max_term: u64,
     /// Terms in which a hostile actor was genuinely elected.
     pub hostile_terms: BTreeSet<u64>,
+    /// Terms with two leaders, each elected with the liar's vote (its double vote:
+    /// SPEC.md §12.6). Any other second leader in a term fails the schedule.
+    pub double_votes: BTreeSet<u64>,
     /// Frames rejected by nodes that have crashed since.
     rejections_before: u64,
 }
@@ -109,6 +112,7 @@ impl Watch {
             elections: 0,
             max_term: 0,
             hostile_terms: BTreeSet::new(),
+            double_votes: BTreeSet::new(),
             rejections_before: 0,
         }
     }

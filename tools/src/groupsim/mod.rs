@@ -15,7 +15,9 @@
 //! loss ([`Group::chat_delivered`], [`Group::chat_failed`]).
 //!
 //! Invariants checked as events happen (the first violation is kept in `failure`):
-//! at most one leader per term; a node that becomes leader holds granted votes (as sent
+//! at most one leader per term (a second one only where a hostile actor, and no honest
+//! node, voted for both: the liar's double vote, which majority quorums cannot stop,
+//! SPEC.md §12.6); a node that becomes leader holds granted votes (as sent
 //! on the wire) from a majority of its membership; the proxy never holds a record for a
 //! (term, leader) that no majority elected; chat is delivered at most once and in
 //! per-sender order; each recipient's receipt for a line is reported at most once. The
@@ -703,13 +705,13 @@ impl Sim {
                     self.check_followed(i, term, l);
                 }
                 if let Some(l) = &leader {
-                    let previous = self.leaders.entry(term).or_insert_with(|| l.clone());
-                    if previous != l {
-                        let why = format!(
-                            "two leaders in term {term}: {previous} and {l} (told to {})",
-                            self.nodes[i].name
-                        );
-                        self.fail(why);
+                    let previous = self
+                        .leaders
+                        .entry(term)
+                        .or_insert_with(|| l.clone())
+                        .clone();
+                    if previous != *l {
+                        self.check_second_leader(i, term, &previous, l);
                     }
                 }
                 // Leaderless since the first term without one, as the driver counts it:
@@ -768,6 +770,39 @@ impl Sim {
 
     /// Node `i` just became leader in `term`: it must hold granted votes, as sent on the
     /// wire (its own vote is the one it persisted), from a majority of its membership.
+    /// Node `i` was told `second` leads `term`, where `first` was known to lead: a
+    /// failure, unless it is a liar's double vote that majority quorums cannot stop
+    /// (SPEC.md §12.6): a hostile actor voted for both (or is one and voted for the
+    /// other) and no honest node did. Counted then, in `Watch::double_votes`.
+    fn check_second_leader(&mut self, i: usize, term: u64, first: &str, second: &str) {
+        let voters = |s: &Self, leader: &str| -> BTreeSet<String> {
+            let mut voters = s
+                .granted
+                .get(&(term, leader.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            if s.is_hostile(leader) {
+                voters.insert(leader.to_owned());
+            }
+            voters
+        };
+        let (a, b) = (voters(self, first), voters(self, second));
+        let both: Vec<&String> = a.intersection(&b).collect();
+        let liar_twice = both.iter().any(|v| self.is_hostile(v));
+        let honest_twice: Vec<&&String> = both.iter().filter(|v| !self.is_hostile(v)).collect();
+        if liar_twice && honest_twice.is_empty() {
+            self.trace(|| format!("LIAR voted twice in term {term}: {first} and {second}"));
+            self.watch.double_votes.insert(term);
+            return;
+        }
+        let why = format!(
+            "two leaders in term {term}: {first} and {second} (told to {}; honest voters of \
+             both: {honest_twice:?})",
+            self.nodes[i].name
+        );
+        self.fail(why);
+    }
+
     fn check_majority(&mut self, i: usize, term: u64) {
         let Some(g) = self.group(i) else { return };
         let name = &self.nodes[i].name;

@@ -907,7 +907,12 @@ fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_anothe
     let now = Instant::now();
     let hard = HardState {
         term: 6,
-        votes_ahead: vec![(9, "z".into()), (7, "m".into()), (7, "x".into()), (2, "y".into())],
+        votes_ahead: vec![
+            (9, "z".into()),
+            (7, "m".into()),
+            (7, "x".into()),
+            (2, "y".into()),
+        ],
         ..HardState::default()
     };
     let c = Group::new(
@@ -929,5 +934,9 @@ fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_anothe
     c.step(now, "a", heartbeat(4, "a", members));
     c.step(now, "b", GroupMessage::Support(support(4, "b", "a")));
     c.step(now, "m", GroupMessage::Support(support(4, "m", "a")));
-    assert_eq!(c.term(), 6, "c voted for m in term 4: it does not follow a there");
+    assert_eq!(
+        c.term(),
+        6,
+        "c voted for m in term 4: it does not follow a there"
+    );
 }
