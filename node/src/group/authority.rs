@@ -997,7 +997,7 @@ impl Group {
     /// no leader holds the lease; honest candidates that failed a few elections stay
     /// well inside it, and a group wedged at the ceiling gets one more term per timeout,
     /// the pace of real elections.
-    pub(super) fn term_ceiling(&self, now: Instant) -> u64 {
+    pub fn term_ceiling(&self, now: Instant) -> u64 {
         let base = self.term_ceiling_at_rest();
         let since = self
             .last_heard_leader

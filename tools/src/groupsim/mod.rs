@@ -135,8 +135,9 @@ pub struct Sim {
     pub leaders: HashMap<u64, String>,
     /// Granted votes seen on the wire: (term, candidate) → voters.
     granted: HashMap<(u64, String), BTreeSet<String>>,
-    /// Leaders whose majority the harness counted itself: term → leader.
-    pub elected: HashMap<u64, String>,
+    /// Leaders whose majority the harness counted itself: term → leaders (a second one
+    /// only after a liar's double vote, see `check_second_leader`).
+    pub elected: HashMap<u64, Vec<String>>,
     /// The key manager and the proxy (`None` for [`Sim::plain`]).
     pub services: Option<Services>,
     pub failure: Option<String>,
@@ -461,7 +462,7 @@ impl Sim {
         let Some(record) = self.services.as_mut().and_then(|s| s.query(elapsed)) else {
             return;
         };
-        if self.elected.get(&record.term) != Some(&record.leader) {
+        if !self.is_elected(record.term, &record.leader) {
             let why = format!(
                 "the proxy holds {} for term {}, which no majority elected (elected: {:?})",
                 record.leader,
@@ -803,6 +804,21 @@ impl Sim {
         self.fail(why);
     }
 
+    /// Records `leader` as elected in `term` by a majority the harness counted.
+    fn note_elected(&mut self, term: u64, leader: String) {
+        let leaders = self.elected.entry(term).or_default();
+        if !leaders.contains(&leader) {
+            leaders.push(leader);
+        }
+    }
+
+    /// Whether a majority the harness counted elected `leader` in `term`.
+    pub fn is_elected(&self, term: u64, leader: &str) -> bool {
+        self.elected
+            .get(&term)
+            .is_some_and(|leaders| leaders.iter().any(|l| l == leader))
+    }
+
     fn check_majority(&mut self, i: usize, term: u64) {
         let Some(g) = self.group(i) else { return };
         let name = &self.nodes[i].name;
@@ -822,7 +838,7 @@ impl Sim {
             self.fail(why);
             return;
         }
-        self.elected.insert(term, name.clone());
+        self.note_elected(term, name.clone());
     }
 
     fn on_receipt(&mut self, i: usize, seq: u64, to: String, delivered: bool) {

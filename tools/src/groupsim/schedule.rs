@@ -255,10 +255,11 @@ pub fn describe(sim: &Sim) -> String {
         .map(|i| match sim.group(i) {
             None => format!("{}: down", sim.nodes[i].name),
             Some(g) => format!(
-                "{}: {:?} term {} leader {:?} members {} (v{}) announced {:?}",
+                "{}: {:?} term {} (ceiling {}) leader {:?} members {} (v{}) announced {:?}",
                 g.name(),
                 g.role(),
                 g.term(),
+                g.term_ceiling(sim.now),
                 g.leader(),
                 g.members().len(),
                 g.membership_version(),
