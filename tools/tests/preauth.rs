@@ -8,7 +8,7 @@
 //! counted with a counting signer wrapped around the test signer or real RSA keys
 //! (`testdata/keys`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -593,6 +593,83 @@ fn the_half_open_cap_refuses_before_signing_and_frees_with_timeouts() {
     assert_eq!(net.node(bob_addr()).peer.endpoint.half_open(), 0);
     let (a, b) = establish(&mut net, alice_addr(), "alice", Duration::from_secs(2));
     exchange(&mut net, alice_addr(), a, b, "after the cap");
+}
+
+#[test]
+fn a_full_half_open_table_gives_way_to_new_sources_not_to_equal_ones() {
+    // SPEC §5.1 step 5: mallory's address holds every half-open slot. Each new host
+    // displaces her oldest handshake until no source holds two more than another; then
+    // the cap refuses as before, and an honest host still connects once one frees.
+    let config = SessionConfig {
+        max_half_open: 3,
+        ..SessionConfig::default()
+    };
+    let (mut net, bob_signer) = test_net(7, config);
+    let flood: Vec<(u64, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let cid = 0x7000 + i;
+            (cid, fetch_cookie(&mut net, mallory_addr(), bob_addr(), cid))
+        })
+        .collect();
+    let hosts: Vec<SocketAddr> = (110..113).map(|host| loopback(host, 4000)).collect();
+    let host_cookies: Vec<Vec<u8>> = hosts
+        .iter()
+        .map(|&from| fetch_cookie(&mut net, from, bob_addr(), 0x7100))
+        .collect();
+    let now = net.now();
+    let admitted: Vec<bool> = flood
+        .iter()
+        .map(|(cid, cookie)| cookie_initial(&mut net, now, mallory_addr(), *cid, cookie))
+        .collect();
+    assert_eq!(
+        admitted,
+        [true, true, true, false],
+        "the cap, for one source too"
+    );
+    let half_open_from = |net: &Network<Host>, ip: IpAddr| {
+        net.node(bob_addr())
+            .peer
+            .endpoint
+            .connections()
+            .filter(|(_, c)| c.is_half_open() && c.peer_addr().ip() == ip)
+            .count()
+    };
+
+    // mallory 3, newcomer 0: her oldest gives way; mallory 2, newcomer 0: again.
+    assert!(cookie_initial(
+        &mut net,
+        now,
+        hosts[0],
+        0x7100,
+        &host_cookies[0]
+    ));
+    assert!(cookie_initial(
+        &mut net,
+        now,
+        hosts[1],
+        0x7100,
+        &host_cookies[1]
+    ));
+    assert_eq!(bob_stats(&net).displaced_half_open, 2);
+    assert_eq!(half_open_from(&net, mallory_addr().ip()), 1);
+    assert_eq!(net.node(bob_addr()).peer.endpoint.half_open(), 3);
+    // Every source holds one: nobody is displaced for the third newcomer.
+    assert!(!cookie_initial(
+        &mut net,
+        now,
+        hosts[2],
+        0x7100,
+        &host_cookies[2]
+    ));
+    assert_eq!(bob_stats(&net).refused_half_open, 2);
+    assert_eq!(bob_stats(&net).displaced_half_open, 2);
+    assert_eq!(
+        bob_signer.count(),
+        5,
+        "3 for mallory, 1 for each newcomer admitted"
+    );
+    assert_eq!(half_open_from(&net, hosts[0].ip()), 1);
+    assert_eq!(half_open_from(&net, hosts[1].ip()), 1);
 }
 
 #[test]

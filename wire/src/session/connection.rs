@@ -107,6 +107,9 @@ pub enum CloseReason {
     Unreachable,
     /// The handshake did not complete within `SessionConfig::handshake_timeout`.
     HandshakeTimeout,
+    /// A half-open responder handshake dropped, with every half-open slot taken, to make
+    /// room for a source that held fewer of them (SPEC §5.1).
+    Displaced,
     /// The peer's signature did not verify, or its name is not the one expected.
     AuthenticationFailed(String),
     /// The peer broke the protocol inside an authenticated packet.
@@ -514,6 +517,19 @@ impl Connection {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// When the handshake started (for a responder, when its INITIAL was admitted).
+    pub fn handshake_started(&self) -> Instant {
+        self.handshake_started
+    }
+
+    /// Drops a half-open responder handshake to make room for another source's (see
+    /// [`super::Endpoint`]); nothing is sent: the initiator retries or times out.
+    pub(super) fn displace(&mut self) {
+        if self.is_half_open() {
+            self.terminate(CloseReason::Displaced);
+        }
     }
 
     /// With [`SessionConfig::keylog`]: the session's first-generation traffic secrets, as

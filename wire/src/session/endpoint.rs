@@ -25,7 +25,7 @@
 //! then arm one timer at [`Endpoint::poll_timeout`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,8 +93,12 @@ pub struct EndpointStats {
     /// INITIALs refused because `max_connections` sessions exist.
     pub refused_full: u64,
     /// Cookie-verified INITIALs dropped, before any RSA work, because
-    /// [`SessionConfig::max_half_open`] responder handshakes were in progress.
+    /// [`SessionConfig::max_half_open`] responder handshakes were in progress and no
+    /// source held two more of them than the INITIAL's own.
     pub refused_half_open: u64,
+    /// Half-open handshakes dropped to make room for a source that held fewer (the
+    /// busiest source's oldest: SPEC §5.1).
+    pub displaced_half_open: u64,
     /// Cookie-verified INITIALs dropped, before any RSA work, because their source
     /// address had no token left ([`SessionConfig::handshake_burst`]).
     pub rate_limited: u64,
@@ -462,9 +466,13 @@ impl Endpoint {
             self.stats.refused_full += 1;
             return;
         }
+        let mut displace = None;
         if self.half_open() >= self.shared.config.max_half_open {
-            self.stats.refused_half_open += 1;
-            return;
+            displace = self.displaceable(from.ip());
+            if displace.is_none() {
+                self.stats.refused_half_open += 1;
+                return;
+            }
         }
         match self.limiter.try_acquire(from.ip(), now) {
             Admission::Limited => {
@@ -475,6 +483,10 @@ impl Endpoint {
                 self.stats.rate_table_evictions += u64::from(evicted);
             }
         }
+        if let Some(connection) = displace.and_then(|h| self.connections.get_mut(&h)) {
+            connection.displace();
+            self.stats.displaced_half_open += 1;
+        }
         let cid = self.fresh_cid();
         let rng = self.child_rng();
         match Connection::accept(self.shared.clone(), now, cid, from, init, rng) {
@@ -484,6 +496,34 @@ impl Endpoint {
             }
             None => self.stats.bad_initial += 1,
         }
+    }
+
+    /// With every half-open slot taken, the half-open handshake that makes room for one
+    /// from `source` (SPEC §5.1): the oldest of the source holding the most, if it holds
+    /// at least two more than `source` does. A flood from a few addresses thus gives way
+    /// to each new host, while sources that hold as many slots as one another keep them
+    /// (no slot changes hands back and forth). Addresses count as the rate limiter
+    /// counts them: by IP, IPv4-mapped as IPv4.
+    fn displaceable(&self, source: IpAddr) -> Option<ConnectionHandle> {
+        let mut by_source: BTreeMap<IpAddr, (usize, Instant, ConnectionHandle)> = BTreeMap::new();
+        for (handle, connection) in &self.connections {
+            if !connection.is_half_open() {
+                continue;
+            }
+            let started = connection.handshake_started();
+            let entry = by_source
+                .entry(connection.peer_addr().ip().to_canonical())
+                .or_insert((0, started, *handle));
+            entry.0 += 1;
+            if started < entry.1 {
+                (entry.1, entry.2) = (started, *handle);
+            }
+        }
+        let ours = by_source.get(&source.to_canonical()).map_or(0, |e| e.0);
+        let (count, _, oldest) = by_source
+            .into_values()
+            .max_by_key(|(count, started, _)| (*count, std::cmp::Reverse(*started)))?;
+        (count >= ours + 2).then_some(oldest)
     }
 
     fn insert(
