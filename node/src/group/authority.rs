@@ -614,16 +614,18 @@ impl Group {
         self.note_pre_vote(from, msg.term, &msg.leader);
         // A request held under our leader's lease waits for the lease, not for
         // backing: evaluating it again would only count it as disruptive once more.
-        let held = !self.leader_lease_active(now)
-            && self
-                .evidence
-                .held_requests
-                .get(&msg.leader)
-                .is_some_and(|req| req.term == msg.term);
-        if held {
-            if let Some(req) = self.evidence.held_requests.remove(&msg.leader) {
-                let candidate = req.candidate.clone();
-                self.step(now, &candidate, GroupMessage::VoteRequest(req));
+        if !self.leader_lease_active(now) {
+            self.release_held_request(now, &msg.leader, msg.term);
+        }
+    }
+
+    /// Evaluates again the VOTE_REQUEST held from `candidate` for `term`, if any, now
+    /// that what it waited for (backing, or a sanctioned transfer) may have come.
+    fn release_held_request(&mut self, now: Instant, candidate: &str, term: u64) {
+        let held = &mut self.evidence.held_requests;
+        if held.get(candidate).is_some_and(|req| req.term == term) {
+            if let Some(req) = held.remove(candidate) {
+                self.step(now, candidate, GroupMessage::VoteRequest(req));
             }
         }
     }
@@ -1034,11 +1036,7 @@ impl Group {
     pub(super) fn sanction_transfer(&mut self, now: Instant, term: u64, target: &str) {
         let next = term + 1;
         self.evidence.sanctioned = Some((next, target.to_owned()));
-        if let Some(req) = self.evidence.held_requests.remove(target) {
-            if req.term == next {
-                self.step(now, target, GroupMessage::VoteRequest(req));
-            }
-        }
+        self.release_held_request(now, target, next);
     }
 
     /// Holds a chat line from `from`, not a member of ours yet (its admission may be on
