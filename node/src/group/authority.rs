@@ -221,6 +221,12 @@ pub(super) struct Evidence {
     leader_term_heard: u64,
     /// When this node started: the ceiling's clock before any leader is heard.
     pub(super) started: Option<Instant>,
+    /// Member → the highest term it showed itself in, in a frame it sent us (see
+    /// [`Group::note_member_term`]): what may raise our term ceiling.
+    member_terms: BTreeMap<String, u64>,
+    /// The term ceiling as raised by other members' terms (see
+    /// [`Group::raise_ceiling`]), and when it was last raised.
+    raised_ceiling: (u64, Option<Instant>),
     /// The (term, candidate) of the one granted vote we asked the driver to sign: one
     /// RSA signature per term however often the request is repeated.
     pub(super) signature_asked: Option<(u64, String)>,
@@ -981,6 +987,7 @@ impl Group {
         self.evidence.held_requests.retain(|name, _| listed(name));
         self.evidence.pre_votes.retain(|name, _| listed(name));
         self.peer_terms.retain(|name, _| listed(name));
+        self.evidence.member_terms.retain(|name, _| listed(name));
         let basis: Vec<String> = self.basis().into_iter().map(str::to_owned).collect();
         self.evidence.claims.retain(|name, _| basis.contains(name));
     }
@@ -1008,7 +1015,57 @@ impl Group {
         let waited = now.saturating_duration_since(since).as_nanos()
             / self.config.election_timeout_max.as_nanos().max(1);
         base.saturating_add(u64::try_from(waited).unwrap_or(u64::MAX))
+            .max(self.evidence.raised_ceiling.0)
             .min(MAX_TERM)
+    }
+
+    /// Remembers the term `from`, a member, shows itself in by sending `msg`: the term
+    /// of its vote request, of its vote or refusal, of its acknowledgement, of the
+    /// leader it supports, or of its own leadership (a pre-vote says nothing of its
+    /// sender's term). Only the highest is kept, one entry per member.
+    pub(super) fn note_member_term(&mut self, from: &str, msg: &GroupMessage) {
+        let term = match msg {
+            GroupMessage::Heartbeat { term, .. }
+            | GroupMessage::Membership { term, .. }
+            | GroupMessage::MembershipAck { term, .. } => *term,
+            GroupMessage::VoteRequest(req) => req.term,
+            GroupMessage::Vote(vote) if !(vote.pre_vote && vote.granted) => vote.term,
+            GroupMessage::Support(support) if !support.query && !support.pre_vote => support.term,
+            _ => return,
+        };
+        if from == self.me.name || term > MAX_TERM || !self.members.iter().any(|m| m.name == from) {
+            return;
+        }
+        let known = self
+            .evidence
+            .member_terms
+            .entry(from.to_owned())
+            .or_default();
+        *known = (*known).max(term);
+    }
+
+    /// Raises our term ceiling by one, at most once per `election_timeout_min`, while
+    /// two other members have shown themselves in terms at or above it (SPEC.md §12.3).
+    /// One of the two is honest (a single member may lie), and an honest member reached
+    /// its term within its own ceiling, so the ceiling rises only as far as one term
+    /// beyond where an honest member already is, and no faster than elections: this is
+    /// how a member that restarted, or heard no leader for long, catches up with a
+    /// group whose terms moved while it could not follow, instead of refusing every
+    /// candidate the others could elect.
+    pub(super) fn raise_ceiling(&mut self, now: Instant) {
+        let mut terms: Vec<u64> = self.evidence.member_terms.values().copied().collect();
+        terms.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&second) = terms.get(1) else {
+            return;
+        };
+        let ceiling = self.term_ceiling(now);
+        let rested =
+            self.evidence.raised_ceiling.1.is_none_or(|at| {
+                now.saturating_duration_since(at) >= self.config.election_timeout_min
+            });
+        if second >= ceiling && ceiling < MAX_TERM && rested {
+            self.evidence.raised_ceiling = (ceiling + 1, Some(now));
+        }
     }
 
     /// The term ceiling before it starts to rise: the term of the last leader we heard

@@ -58,6 +58,7 @@ impl Group {
         if !self.is_member() || self.role == Role::Leader {
             return;
         }
+        self.raise_ceiling(now);
         self.start_pre_vote(now);
     }
 

@@ -445,6 +445,8 @@ impl Group {
         if !self.authorize(now, from, &msg) {
             return;
         }
+        self.note_member_term(from, &msg);
+        self.raise_ceiling(now);
         let membership_stamp = match &msg {
             GroupMessage::Membership {
                 membership_term, ..

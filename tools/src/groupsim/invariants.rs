@@ -89,6 +89,8 @@ pub struct Watch {
     disturbed: Vec<Instant>,
     /// Per node: when it booted or last followed another leader (see the module doc).
     anchor: Vec<Instant>,
+    /// Per node: the highest term it has held.
+    highest: Vec<u64>,
     /// Elections started by honest nodes.
     pub elections: u64,
     /// The highest term any honest node held.
@@ -111,6 +113,7 @@ impl Watch {
             left: HashSet::new(),
             disturbed: vec![start; nodes],
             anchor: vec![start; nodes],
+            highest: vec![0; nodes],
             elections: 0,
             max_term: 0,
             hostile_terms: BTreeSet::new(),
@@ -172,6 +175,12 @@ impl Sim {
 
     fn check_term(&mut self, i: usize, before: &View, now: &View, voted_self: bool) {
         self.watch.max_term = self.watch.max_term.max(now.term);
+        let others = (0..self.watch.highest.len())
+            .filter(|&j| j != i)
+            .map(|j| self.watch.highest[j])
+            .max()
+            .unwrap_or(0);
+        self.watch.highest[i] = self.watch.highest[i].max(now.term);
         if now.term > MAX_TERM {
             let why = format!("{} holds term {} > MAX_TERM", self.nodes[i].name, now.term);
             return self.fail(why);
@@ -190,15 +199,18 @@ impl Sim {
         }
         let waited = (self.now - self.watch.anchor[i]).as_nanos()
             / self.config.election_timeout_max.as_nanos();
+        // Or one term beyond where another honest node has been: a ceiling raised by
+        // two members' terms (SPEC.md §12.3), one of which is honest.
         let bound = self
             .highest_elected()
             .saturating_add(TERM_SLACK)
             .saturating_add(u64::try_from(waited).unwrap_or(u64::MAX))
+            .max(others.saturating_add(1))
             .min(MAX_TERM);
         if now.term > bound {
             let why = format!(
                 "{} moved from term {} to {} > {bound} (highest elected {} + slack {TERM_SLACK} \
-                 + {waited} timeouts waited)",
+                 + {waited} timeouts waited, or one beyond another honest node's {others})",
                 self.nodes[i].name,
                 before.term,
                 now.term,

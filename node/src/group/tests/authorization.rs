@@ -940,3 +940,32 @@ fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_anothe
         "c voted for m in term 4: it does not follow a there"
     );
 }
+
+#[test]
+fn spec_12_3_two_members_ahead_raise_the_ceiling_one_term_per_election_timeout_min() {
+    // c restarted (its ceiling is low) while the group's terms moved on: once two
+    // members show terms beyond its ceiling (one may lie, so one such member is not
+    // enough), the ceiling rises one term per election_timeout_min, to one beyond the
+    // lower of the two, and no further.
+    let now = Instant::now();
+    let step = GroupConfig::new("lobby").election_timeout_min;
+    let mut c = follower("c", &["a", "b", "c", "m"], 1, now);
+    let low = c.term_ceiling(now);
+    c.step(now, "m", ack(1_000));
+    assert_eq!(c.term_ceiling(now), low, "one member's word raises nothing");
+    let honest = low + 2;
+    c.step(now, "a", ack(honest));
+    assert_eq!(c.term_ceiling(now), low + 1);
+    c.step(now, "a", ack(honest));
+    assert_eq!(
+        c.term_ceiling(now),
+        low + 1,
+        "not twice within election_timeout_min"
+    );
+    let mut at = now;
+    for expected in [low + 2, low + 3, low + 3, low + 3] {
+        at += step;
+        c.step(at, "b", ack(1));
+        assert_eq!(c.term_ceiling(at), expected, "at {:?}", at - now);
+    }
+}
