@@ -77,6 +77,10 @@ impl Group {
             return;
         }
         self.pre_vote_term = self.pre_vote_term(now);
+        // Only the answers to this round count for the next: a member that stopped
+        // answering (crashed, cut off, or a liar gone quiet) must not hold the next
+        // term down, or up, with what it said before.
+        self.peer_terms.clear();
         let req = self.vote_request(self.pre_vote_term);
         for to in self.others() {
             self.send(&to, GroupMessage::PreVoteRequest(req.clone()));

@@ -969,3 +969,28 @@ fn spec_12_3_two_members_ahead_raise_the_ceiling_one_term_per_election_timeout_m
         assert_eq!(c.term_ceiling(at), expected, "at {:?}", at - now);
     }
 }
+
+#[test]
+fn spec_12_3_members_that_stopped_answering_do_not_hold_the_pre_vote_term_down() {
+    // Five members (a majority is three): d and m refused b's pre-vote from term 3 (a
+    // lease they held), then went quiet (crashed, cut off, or liars); a and c answer
+    // the next round from term 9. Only the last round's answers count, so b asks past
+    // a and c rather than for the term d's and m's earlier answers would keep it at.
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "c", "d", "m"], 3, now);
+    b.membership_term = 3;
+    let (at, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(asked, 4);
+    b.step(at, "d", pre_vote_refusal("d", 3));
+    b.step(at, "m", pre_vote_refusal("m", 3));
+    assert_eq!(b.role(), Role::PreCandidate);
+    let (at, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(asked, 4, "b, d and m are a majority at 3");
+    b.step(at, "a", pre_vote_refusal("a", 9));
+    b.step(at, "c", pre_vote_refusal("c", 9));
+    let (_, asked) = next_pre_vote_term(&mut b);
+    assert_eq!(
+        asked, 10,
+        "b, a and c, who answered last, are a majority at 9"
+    );
+}
