@@ -332,18 +332,18 @@ impl Group {
         }
         self.hard.membership_term = self.hard.membership_term.min(MAX_TERM);
         self.membership_term = self.hard.membership_term;
-        self.hard.votes_ahead.retain(|(t, _)| *t <= MAX_TERM);
         self.enter_term(self.hard.membership_term);
         self.announced = (self.hard.term, None);
         self.persist();
     }
 
     /// The state file is input like any other: keep remembered votes only for terms
-    /// after ours, one per term (the first), in order, at most [`MAX_VOTES_AHEAD`].
+    /// after ours and within [`MAX_TERM`], one per term (the first), in order, at most
+    /// [`MAX_VOTES_AHEAD`].
     pub(super) fn tidy_votes_ahead(&mut self) {
         let term = self.hard.term;
         let ahead = &mut self.hard.votes_ahead;
-        ahead.retain(|(t, _)| *t > term);
+        ahead.retain(|(t, _)| *t > term && *t <= MAX_TERM);
         ahead.sort_by_key(|(t, _)| *t);
         ahead.dedup_by_key(|(t, _)| *t);
         ahead.truncate(MAX_VOTES_AHEAD);
@@ -802,10 +802,9 @@ impl Group {
     /// reach it again, and following counts as our vote in `term`.
     fn step_back(&mut self, term: u64, leader: &str) {
         if let Some(vote) = self.hard.voted_for.take() {
-            let ahead = &mut self.hard.votes_ahead;
-            ahead.retain(|(t, _)| *t > term && *t != self.hard.term);
-            ahead.push((self.hard.term, vote));
-            ahead.sort();
+            // Every remembered vote is for a term after ours (`enter_term`,
+            // `tidy_votes_ahead`), so ours goes first.
+            self.hard.votes_ahead.insert(0, (self.hard.term, vote));
         }
         self.enter_term(term);
         self.hard.voted_for = Some(leader.to_owned());
@@ -1053,9 +1052,16 @@ impl Group {
     /// group whose terms moved while it could not follow, instead of refusing every
     /// candidate the others could elect.
     pub(super) fn raise_ceiling(&mut self, now: Instant) {
-        let mut terms: Vec<u64> = self.evidence.member_terms.values().copied().collect();
-        terms.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&second) = terms.get(1) else {
+        // The second-highest term, in one pass: this runs on every frame received.
+        let (mut first, mut second) = (None, None);
+        for &term in self.evidence.member_terms.values() {
+            if first.is_none_or(|f| term > f) {
+                (first, second) = (Some(term), first);
+            } else if second.is_none_or(|s| term > s) {
+                second = Some(term);
+            }
+        }
+        let Some(second) = second else {
             return;
         };
         let ceiling = self.term_ceiling(now);

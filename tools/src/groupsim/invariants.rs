@@ -347,10 +347,7 @@ impl Sim {
         };
         let term = g.term();
         if self.is_elected(term, &self.nodes[i].name) {
-            let created = self.watch.created.entry((term, version)).or_default();
-            if created.is_empty() {
-                created.push(names(members));
-            }
+            self.note_first_created((term, version), names(members));
         }
     }
 
@@ -412,9 +409,14 @@ impl Sim {
             );
             return self.fail(why);
         }
-        let created = self.watch.created.entry(now.stamp).or_default();
+        self.note_first_created(now.stamp, now.names());
+    }
+
+    /// Records `names` as the list created for `stamp`, unless one is known already.
+    fn note_first_created(&mut self, stamp: (u64, u64), names: Vec<String>) {
+        let created = self.watch.created.entry(stamp).or_default();
         if created.is_empty() {
-            created.push(now.names());
+            created.push(names);
         }
     }
 

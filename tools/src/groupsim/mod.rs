@@ -769,8 +769,6 @@ impl Sim {
         }
     }
 
-    /// Node `i` just became leader in `term`: it must hold granted votes, as sent on the
-    /// wire (its own vote is the one it persisted), from a majority of its membership.
     /// Node `i` was told `second` leads `term`, where `first` was known to lead: a
     /// failure, unless it is a liar's double vote that majority quorums cannot stop
     /// (SPEC.md §12.6): a hostile actor voted for both (or is one and voted for the
@@ -819,6 +817,8 @@ impl Sim {
             .is_some_and(|leaders| leaders.iter().any(|l| l == leader))
     }
 
+    /// Node `i` just became leader in `term`: it must hold granted votes, as sent on the
+    /// wire (its own vote is the one it persisted), from a majority of its membership.
     fn check_majority(&mut self, i: usize, term: u64) {
         let Some(g) = self.group(i) else { return };
         let name = &self.nodes[i].name;

@@ -912,6 +912,7 @@ fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_anothe
             (7, "m".into()),
             (7, "x".into()),
             (2, "y".into()),
+            (MAX_TERM + 1, "w".into()),
         ],
         ..HardState::default()
     };
@@ -926,7 +927,8 @@ fn spec_12_3_remembered_votes_are_tidied_on_load_and_bar_stepping_back_to_anothe
     assert_eq!(
         c.hard_state().votes_ahead,
         vec![(7, "m".to_owned()), (9, "z".to_owned())],
-        "a state file is input: one vote per term, only after ours, in order"
+        "a state file is input: one vote per term, only after ours and within MAX_TERM, in \
+         order"
     );
     let mut c = follower("c", &["a", "b", "c", "m"], 6, now);
     c.hard.votes_ahead = vec![(4, "m".into())];
