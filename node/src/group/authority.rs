@@ -24,7 +24,7 @@
 //!   told of a later term by a member stands again ([`Group::stand_again`]) instead of
 //!   stepping down, so no single member can depose it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{Group, Role};
@@ -215,6 +215,9 @@ pub(super) struct Evidence {
     /// How often a member's later term may make us stand again as leader (see
     /// [`Group::stand_again`]).
     stand_again: StandAgainBackoff,
+    /// Leader: our term, and the members that asked us whether we lead it (see
+    /// [`Group::on_unconvinced_member`]); bounded by the membership.
+    unconvinced: (u64, BTreeSet<String>),
     /// Until when [`Group::standing_lease`] holds.
     pub(super) standing_lease_until: Option<Instant>,
     /// The term of the last leader we heard from (see [`Group::term_ceiling`]).
@@ -416,9 +419,28 @@ impl Group {
         {
             return true;
         }
+        self.is_backed_now(term, leader, claimed)
+    }
+
+    /// [`Group::is_proven`] by the members' own word alone, without the proxy's: a
+    /// majority backs `leader` in `term` *now*. This is what stepping back needs
+    /// ([`Group::may_step_back`]): the proxy's record says that a majority elected its
+    /// leader once, not that none has moved on since (after a restart it may even be
+    /// older than elections the record's voters took part in).
+    fn is_backed_now(&self, term: u64, leader: &str, claimed: &[String]) -> bool {
         self.bases()
             .iter()
             .any(|basis| self.proven_against(basis, term, leader, claimed))
+    }
+
+    /// Whether a held claim may be acted on: one of a term before ours only to step
+    /// back to it, which needs the members' word ([`Group::is_backed_now`]).
+    fn claim_proven(&self, term: u64, leader: &str, claimed: &[String]) -> bool {
+        if term < self.hard.term {
+            self.is_backed_now(term, leader, claimed)
+        } else {
+            self.is_proven(term, leader, claimed)
+        }
     }
 
     /// [`Group::is_proven`] against one basis.
@@ -651,6 +673,9 @@ impl Group {
             return self.on_pre_vote_support(now, from, msg);
         }
         if msg.query {
+            if msg.leader == self.me.name {
+                self.on_unconvinced_member(now, from, msg.term);
+            }
             // Anyone authenticated may ask (a joiner is not a member yet); the answer is
             // as small as the question.
             if self.vouches_for_leader(now, msg.term, &msg.leader) {
@@ -710,7 +735,7 @@ impl Group {
         let followed = term == self.hard.term && self.leader.as_deref() == Some(from);
         let behind = term < self.hard.term && self.may_step_back(now, term, from);
         if behind {
-            if self.is_proven(term, from, &claimed_names(msg)) {
+            if self.is_backed_now(term, from, &claimed_names(msg)) {
                 self.step_back(term, from);
                 return true;
             }
@@ -722,7 +747,7 @@ impl Group {
         // A stale claim changes nothing: it is answered with our term (Raft §5.1).
         let stale = !behind
             && (term < self.hard.term || (term == self.hard.term && self.role == Role::Leader));
-        if followed || stale || self.is_proven(term, from, &claimed_names(msg)) {
+        if followed || stale || self.claim_proven(term, from, &claimed_names(msg)) {
             return true;
         }
         self.reject(Violation::UnprovenLeader);
@@ -825,7 +850,10 @@ impl Group {
         ask.extend(claimed.iter().cloned());
         ask.sort();
         ask.dedup();
-        ask.retain(|n| n != leader && *n != self.me.name);
+        // The claimant too, when it is one of ours: a leader we cannot prove learns so
+        // (see `Group::on_unconvinced_member`).
+        let leader_is_ours = self.in_basis(leader);
+        ask.retain(|n| (n != leader || leader_is_ours) && *n != self.me.name);
         for to in ask {
             self.send(&to, query.clone());
         }
@@ -838,7 +866,7 @@ impl Group {
             .evidence
             .claims
             .iter()
-            .filter(|(from, c)| self.is_proven(c.term, from, &claimed_names(&c.msg)))
+            .filter(|(from, c)| self.claim_proven(c.term, from, &claimed_names(&c.msg)))
             .map(|(from, _)| from.clone())
             .collect();
         for from in proven {
@@ -953,6 +981,30 @@ impl Group {
         self.evidence.standing_lease_until = Some(now + self.config.election_timeout_min);
         self.become_follower(now, self.hard.term, None);
         self.start_election(now);
+    }
+
+    /// Leader: member `from` asked us whether we lead `term`, our term: it holds our
+    /// claim and cannot prove it. That happens when it holds a membership our election
+    /// did not count (a change made in an earlier term that never reached our voters,
+    /// whose majority our voters are not), and nothing else ends it: our followers'
+    /// lease refuses its candidacies, and it refuses our heartbeats. A member that asks
+    /// again (it re-asks only while still unproven, `election_timeout_max` later) gets
+    /// a new election from us, in which it can vote, and whose grants prove it; this is
+    /// [`Group::stand_again`], with its backoff, so a liar that keeps asking gains no
+    /// more than one that reports later terms (SPEC.md §12.3).
+    fn on_unconvinced_member(&mut self, now: Instant, from: &str, term: u64) {
+        let member = self.members.iter().any(|m| m.name == from);
+        if self.role != Role::Leader || term != self.hard.term || !member {
+            return;
+        }
+        let unconvinced = &mut self.evidence.unconvinced;
+        if unconvinced.0 != term {
+            *unconvinced = (term, BTreeSet::new());
+        }
+        if unconvinced.1.insert(from.to_owned()) {
+            return;
+        }
+        self.stand_again(now, from, term.saturating_add(1));
     }
 
     /// A member told us, not admitted yet, whom it follows (its answer to our JOIN):

@@ -258,10 +258,42 @@ fn spec_12_2_an_unproven_claim_makes_the_member_ask() {
     let later = now + Duration::from_millis(30);
     c.step(later, "b", heartbeat(4, "b", c.members().to_vec()));
     let asked: Vec<(String, GroupMessage)> = sends(&drain(&mut c));
+    // The other member, and the claimant itself (a member: it learns that c cannot
+    // prove its election).
+    let question = GroupMessage::Support(query(4, "c", "b"));
     assert_eq!(
         asked,
-        [("a".to_owned(), GroupMessage::Support(query(4, "c", "b")))]
+        [
+            ("a".to_owned(), question.clone()),
+            ("b".to_owned(), question)
+        ]
     );
+}
+
+#[test]
+fn spec_12_3_a_leader_a_member_cannot_prove_stands_again_for_it() {
+    // c holds a membership a's election did not count, so a majority of it does not
+    // back a: c asks a whether it leads. The first question may be a lost support;
+    // a second one, in the same term, makes a stand again, and the election it holds
+    // is one c votes in.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let term = nodes[0].term();
+    let a = &mut nodes[0];
+    a.step(now, "c", GroupMessage::Support(query(term, "c", "a")));
+    assert_eq!((a.role(), a.term()), (Role::Leader, term), "once: nothing");
+    let later = now + GroupConfig::new("lobby").election_timeout_max;
+    a.step(later, "c", GroupMessage::Support(query(term, "c", "a")));
+    assert_eq!(a.role(), Role::Candidate, "twice: a stands again");
+    settle(&mut nodes, later);
+    assert_eq!((nodes[0].role(), nodes[0].term()), (Role::Leader, term + 1));
+    assert!(nodes.iter().all(|g| g.leader() == Some("a")));
+    // A question about another term, or from a name a does not list, moves nothing.
+    let a = &mut nodes[0];
+    for (from, t) in [("c", term), ("c", term), ("x", term + 1), ("x", term + 1)] {
+        a.step(later, from, GroupMessage::Support(query(t, from, "a")));
+    }
+    assert_eq!((a.role(), a.term()), (Role::Leader, term + 1));
 }
 
 #[test]
@@ -874,6 +906,22 @@ fn spec_12_3_a_member_stuck_ahead_in_a_failed_candidacy_steps_back_to_the_proven
     c.step(now, "b", GroupMessage::Support(support(3, "b", "a")));
     assert_eq!((c.term(), c.leader()), (3, Some("a")));
     assert_eq!(c.hard_state().voted_for.as_deref(), Some("a"));
+}
+
+#[test]
+fn spec_12_3_the_proxys_record_does_not_make_a_member_step_back() {
+    // c is in term 5 with no leader; a's old claim of term 3 is held. The proxy's
+    // record says a won term 3, which proves that a majority elected a once, not that
+    // one backs it now (terms 4 and 5 may have had leaders since): c does not go back.
+    let now = Instant::now();
+    let mut c = follower("c", &["a", "b", "c"], 5, now);
+    let members = c.members().to_vec();
+    c.step(now, "a", heartbeat(3, "a", members));
+    c.vouch(now, 3, "a");
+    assert_eq!((c.term(), c.leader()), (5, None));
+    // The members' own word does.
+    c.step(now, "b", GroupMessage::Support(support(3, "b", "a")));
+    assert_eq!((c.term(), c.leader()), (3, Some("a")));
 }
 
 #[test]
