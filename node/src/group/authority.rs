@@ -255,10 +255,11 @@ impl Group {
         let verdict = match msg {
             GroupMessage::Join(_) | GroupMessage::Support(_) => Ok(()),
             GroupMessage::Chat(line) if line.sender != from => Err(Violation::NotSubject),
-            GroupMessage::Chat(line) if !self.in_basis(from) => {
+            GroupMessage::Chat(line) if !self.may_chat(line) => {
                 self.hold_chat(now, line.clone());
                 return false;
             }
+            GroupMessage::Chat(_) => Ok(()),
             GroupMessage::PreVoteRequest(req) | GroupMessage::VoteRequest(req)
                 if req.candidate != from =>
             {
@@ -1168,15 +1169,21 @@ impl Group {
         self.evidence.held_chat.push((now, line));
     }
 
-    /// Delivers the held lines of senders that are members now.
+    /// Whether `line` (from its sender, authenticated) is delivered now rather than
+    /// held: its sender is one of ours, or our leader admitted it as that incarnation
+    /// and gave us its word ([`Group::admitted_by_leader`]).
+    fn may_chat(&self, line: &ChatLine) -> bool {
+        self.in_basis(&line.sender) || self.admitted_by_leader(&line.sender, line.incarnation)
+    }
+
+    /// Delivers the held lines of senders that may chat now ([`Group::may_chat`]).
     pub(super) fn release_held_chat(&mut self) {
         if self.evidence.held_chat.is_empty() {
             return;
         }
         let held = std::mem::take(&mut self.evidence.held_chat);
-        let (members, others): (Vec<_>, Vec<_>) = held
-            .into_iter()
-            .partition(|(_, line)| self.members.iter().any(|m| m.name == line.sender));
+        let (members, others): (Vec<_>, Vec<_>) =
+            held.into_iter().partition(|(_, line)| self.may_chat(line));
         self.evidence.held_chat = others;
         for (_, line) in members {
             self.on_chat(line);

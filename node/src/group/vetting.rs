@@ -237,6 +237,24 @@ impl Group {
 
     /// A member's SUPPORT (not a query): if it answers our question about a removal
     /// we hold, it still follows the leader that removes it.
+    /// Whether `name`, as `incarnation`, is listed by the membership we hold from our
+    /// leader and gave us its own word: the leader admitted it, and we vouch for that
+    /// addition whatever else in the membership we cannot vouch for yet (a listed
+    /// member gone quiet whose word we lack, after a restart). Its chat lines are
+    /// delivered meanwhile (SPEC.md §12.1): lines are held against names that never
+    /// asked us to be members, not against a membership that waits for someone else.
+    pub(super) fn admitted_by_leader(&self, name: &str, incarnation: u64) -> bool {
+        let Some(held) = &self.vetting.held else {
+            return false;
+        };
+        let listed = held
+            .members
+            .iter()
+            .any(|m| m.name == name && m.incarnation == incarnation);
+        let word = self.vetting.words.get(name);
+        listed && word.is_some_and(|(given, _)| *given == incarnation)
+    }
+
     pub(super) fn note_probe_answer(&mut self, from: &str, term: u64, leader: &str) {
         if let Some(held) = self.vetting.held.as_mut() {
             if held.term == term && held.leader == leader {

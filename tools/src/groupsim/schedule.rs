@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
-use sockmsg_node::Role;
+use sockmsg_node::{Group, Role};
 
 use super::Sim;
 
@@ -161,7 +161,7 @@ pub fn crash_departed(sim: &mut Sim, n: usize) {
 
 /// Heals the network, brings every node up (a node that left, or is leaving, comes
 /// back as a new process) and waits [`HEAL_BOUND`] at most for a leader that every node
-/// follows and that lists all `n`.
+/// follows, that lists all `n`, and whose membership every node holds.
 pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
     sim.heal();
     for i in 0..n {
@@ -184,8 +184,11 @@ pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
         }
         sim.rejoin_strays();
         settled = sim.settled_leader(0).filter(|&l| {
-            // Every node is back in the membership.
-            sim.live_members(l).len() == n
+            // Every node is back in the membership, and holds the leader's: chat goes
+            // to the members a sender holds.
+            let members = sim.live_members(l);
+            let stamp = sim.group(l).map(stamp_of);
+            members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
         });
     }
     settled.ok_or_else(|| {
@@ -194,6 +197,11 @@ pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
             describe(sim)
         )
     })
+}
+
+/// The (membership_term, version) a node holds.
+fn stamp_of(g: &Group) -> (u64, u64) {
+    (g.membership_term(), g.membership_version())
 }
 
 /// Quiet phase: every live member's lines reach every other live member exactly

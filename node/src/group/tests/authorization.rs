@@ -763,6 +763,30 @@ fn spec_12_5_an_elected_liar_cannot_add_a_name_that_never_asked() {
 }
 
 #[test]
+fn spec_12_1_chat_from_a_name_the_leader_admitted_is_delivered_while_the_membership_waits() {
+    // a lists d (which joined) and x (gone quiet; b, restarted, lacks its word): b
+    // holds the membership for x, but d asked to be a member and a admitted it, so
+    // d's lines are delivered meanwhile. x's are held: b cannot vouch for x.
+    let now = Instant::now();
+    let mut nodes = quiet_group(&["a", "b", "c"], now);
+    let b = &mut nodes[1];
+    let version = b.membership_version();
+    let mut next = b.members().to_vec();
+    next.extend([info("d", 4), info("x", 5)]);
+    b.step(now, "a", membership(version + 1, next));
+    drain(b);
+    b.step(now, "d", line("d", 1));
+    assert_eq!(chats(&drain(b)), 0, "before d's word: held");
+    b.step(now, "d", GroupMessage::Join(info("d", 4)));
+    assert_eq!(member_names(b), ["a", "b", "c"], "still waiting for x");
+    assert_eq!(chats(&drain(b)), 1, "d's held line, once d gave its word");
+    b.step(now, "d", line("d", 2));
+    assert_eq!(chats(&drain(b)), 1);
+    b.step(now, "x", line("x", 1));
+    assert_eq!(chats(&drain(b)), 0, "x never gave its word");
+}
+
+#[test]
 fn spec_12_5_a_joiners_join_to_its_contacts_vouches_for_it_at_once() {
     let now = Instant::now();
     let mut nodes = quiet_group(&["a", "b", "c"], now);
