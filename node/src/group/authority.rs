@@ -24,7 +24,7 @@
 //!   told of a later term by a member stands again ([`Group::stand_again`]) instead of
 //!   stepping down, so no single member can depose it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Group, Role};
@@ -215,9 +215,10 @@ pub(super) struct Evidence {
     /// How often a member's later term may make us stand again as leader (see
     /// [`Group::stand_again`]).
     stand_again: StandAgainBackoff,
-    /// Leader: our term, and the members that asked us whether we lead it (see
-    /// [`Group::on_unconvinced_member`]); bounded by the membership.
-    unconvinced: (u64, BTreeSet<String>),
+    /// Leader: our term, and the members that asked us whether we lead it, with when
+    /// each first asked (see [`Group::on_unconvinced_member`]); bounded by the
+    /// membership.
+    unconvinced: (u64, BTreeMap<String, Instant>),
     /// Until when [`Group::standing_lease`] holds.
     pub(super) standing_lease_until: Option<Instant>,
     /// The term of the last leader we heard from (see [`Group::term_ceiling`]).
@@ -989,8 +990,9 @@ impl Group {
     /// did not count (a change made in an earlier term that never reached our voters,
     /// whose majority our voters are not), and nothing else ends it: our followers'
     /// lease refuses its candidacies, and it refuses our heartbeats. A member that asks
-    /// again (it re-asks only while still unproven, `election_timeout_max` later) gets
-    /// a new election from us, in which it can vote, and whose grants prove it; this is
+    /// again, at least `election_timeout_min` after its first question (it re-asks only
+    /// while still unproven, `election_timeout_max` later; a duplicate is not a retry),
+    /// gets a new election from us, in which it can vote, and whose grants prove it; this is
     /// [`Group::stand_again`], with its backoff, so a liar that keeps asking gains no
     /// more than one that reports later terms (SPEC.md §12.3).
     fn on_unconvinced_member(&mut self, now: Instant, from: &str, term: u64) {
@@ -1000,12 +1002,14 @@ impl Group {
         }
         let unconvinced = &mut self.evidence.unconvinced;
         if unconvinced.0 != term {
-            *unconvinced = (term, BTreeSet::new());
+            *unconvinced = (term, BTreeMap::new());
         }
-        if unconvinced.1.insert(from.to_owned()) {
-            return;
+        let first = *unconvinced.1.entry(from.to_owned()).or_insert(now);
+        // A question repeated sooner is the same one (duplicated, or asked of every
+        // name at once), not a retry.
+        if now.saturating_duration_since(first) >= self.config.election_timeout_min {
+            self.stand_again(now, from, term.saturating_add(1));
         }
-        self.stand_again(now, from, term.saturating_add(1));
     }
 
     /// A member told us, not admitted yet, whom it follows (its answer to our JOIN):

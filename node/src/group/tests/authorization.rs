@@ -275,13 +275,15 @@ fn spec_12_3_a_leader_a_member_cannot_prove_stands_again_for_it() {
     // c holds a membership a's election did not count, so a majority of it does not
     // back a: c asks a whether it leads. The first question may be a lost support;
     // a second one, in the same term, makes a stand again, and the election it holds
-    // is one c votes in.
+    // is one c votes in. (A second question means one asked again, after the wait.)
     let now = Instant::now();
     let mut nodes = quiet_group(&["a", "b", "c"], now);
     let term = nodes[0].term();
     let a = &mut nodes[0];
     a.step(now, "c", GroupMessage::Support(query(term, "c", "a")));
     assert_eq!((a.role(), a.term()), (Role::Leader, term), "once: nothing");
+    a.step(now, "c", GroupMessage::Support(query(term, "c", "a")));
+    assert_eq!(a.role(), Role::Leader, "a duplicate is not a second question");
     let later = now + GroupConfig::new("lobby").election_timeout_max;
     a.step(later, "c", GroupMessage::Support(query(term, "c", "a")));
     assert_eq!(a.role(), Role::Candidate, "twice: a stands again");
