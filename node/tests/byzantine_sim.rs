@@ -114,7 +114,7 @@ fn a_liar_and_its_puppets_break_no_rule() {
 /// A lying member while members crash, restart and are cut off: the leaderless
 /// windows let it push terms so that the group needs more than 2 s to settle after the
 /// faults end, and vote on both sides of a partition (two leaders in a term, counted
-/// and allowed when only the liar voted for both). Open (SPEC.md §12.6): 31 of the 874
+/// and allowed when only the liar voted for both). Open (SPEC.md §12.6): 24 of the 874
 /// such schedules among seeds 0-2999 fail today (`SOCKMSG_SIM_SEEDS=3000`). Run it with
 /// `cargo test --release -p sockmsg-node --test byzantine_sim -- --ignored`.
 #[test]

@@ -706,10 +706,20 @@ impl Group {
         if !in_window && !about_a_claim {
             return;
         }
-        // A redirect counts only from a name we would join through anyway.
-        let redirect = !self.joined || self.leader.is_none();
+        // A redirect counts only from a name we would join through anyway, and only
+        // while we follow no one: not admitted, no leader, or standing (a member removed
+        // while cut off stands for ever unless someone tells it whom to ask).
+        let standing = matches!(self.role, Role::PreCandidate | Role::Candidate);
+        let redirect = !self.joined || self.leader.is_none() || standing;
         if redirect && msg.leader != self.me.name && self.in_basis(from) {
-            self.join_through(&msg.leader);
+            if self.joined && standing {
+                // Perhaps removed while cut off: ask the leader to list us again, as
+                // often as the members name it (at most once per election_timeout_min).
+                let leader = msg.leader.clone();
+                self.send_word(now, &leader, None);
+            } else {
+                self.join_through(&msg.leader);
+            }
         }
         self.evidence
             .support

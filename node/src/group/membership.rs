@@ -50,12 +50,19 @@ impl Group {
         Ok(())
     }
 
-    /// Leader: a (pre-)vote request from a node we do not list means it was removed
-    /// without hearing of it; tell it, so it stops standing and can join again.
+    /// A (pre-)vote request from a node we do not list means it was removed without
+    /// hearing of it; tell it, so it stops standing and can join again. The leader
+    /// sends its membership; a follower names its leader, as to a joiner (the removed
+    /// node may no longer list the leader, and then never asks it).
     pub(super) fn tell_removed(&mut self, candidate: &str) {
-        if self.role == Role::Leader && !self.members.iter().any(|m| m.name == candidate) {
+        if self.members.iter().any(|m| m.name == candidate) {
+            return;
+        }
+        if self.role == Role::Leader {
             let msg = self.membership_msg();
             self.send(candidate, msg);
+        } else if self.role == Role::Follower {
+            self.redirect_joiner(candidate);
         }
     }
 

@@ -286,7 +286,7 @@ impl Group {
     /// Sends our own JOIN to `to` as our word, at most once per `election_timeout_min`.
     /// `addr`: where `to` listens by the membership we hold, which the driver may not
     /// know yet (it learns addresses from memberships we take).
-    fn send_word(&mut self, now: Instant, to: &str, addr: Option<std::net::SocketAddr>) {
+    pub(super) fn send_word(&mut self, now: Instant, to: &str, addr: Option<std::net::SocketAddr>) {
         let gap = self.config.election_timeout_min;
         if self
             .vetting

@@ -52,6 +52,8 @@ struct View {
     role: Option<Role>,
     stamp: (u64, u64),
     members: Vec<MemberInfo>,
+    /// Names that left memberships it held (SPEC.md §12.2).
+    former: Vec<String>,
 }
 
 impl View {
@@ -61,6 +63,7 @@ impl View {
             role: Some(g.role()),
             stamp: (g.membership_term(), g.membership_version()),
             members: g.members().to_vec(),
+            former: g.hard_state().former_members.clone(),
         }
     }
 
@@ -97,8 +100,9 @@ pub struct Watch {
     pub max_term: u64,
     /// Terms in which a hostile actor was genuinely elected.
     pub hostile_terms: BTreeSet<u64>,
-    /// Terms with two leaders, each elected with the liar's vote (its double vote:
-    /// SPEC.md §12.6). Any other second leader in a term fails the schedule.
+    /// Terms with two leaders that the liar made (its double vote, or majorities of
+    /// memberships its acknowledgements split: SPEC.md §12.6; see
+    /// `Sim::check_second_leader`). Any other second leader in a term fails the schedule.
     pub double_votes: BTreeSet<u64>,
     /// Frames rejected by nodes that have crashed since.
     rejections_before: u64,
@@ -235,11 +239,9 @@ impl Sim {
             return;
         }
         let basis = self.basis_before(i);
-        let backers = basis
-            .iter()
-            .filter(|m| *m == leader || self.voted_or_follows(m, term, leader))
-            .count();
-        if backers * 2 <= basis.len() {
+        let backs = |m: &String| *m == leader || self.voted_or_follows(m, term, leader);
+        let backers = basis.iter().filter(|m| backs(m)).count();
+        if backers * 2 <= basis.len() && !self.backed_by_claimed(i, &basis, term, leader) {
             let why = format!(
                 "{} follows the liar {leader} in term {term}, backed by {backers} of {basis:?}",
                 self.nodes[i].name
@@ -249,6 +251,29 @@ impl Sim {
         self.trace(|| format!("LIAR {leader} genuinely elected in term {term}"));
         self.watch.hostile_terms.insert(term);
         self.note_elected(term, leader.to_owned());
+    }
+
+    /// The second form of SPEC.md §12.2: the membership node `i` took with the claim
+    /// lists every name of `basis`, and a majority of it backs `leader` in `term`,
+    /// counting only names of `basis` and names that had left memberships `i` held
+    /// before this input (its former members). Made-up names never count, and no name of `basis` is left out,
+    /// so a majority of it overlaps every majority of `basis` enough that one term
+    /// cannot have two such leaders (Raft's single-change argument).
+    fn backed_by_claimed(&self, i: usize, basis: &[String], term: u64, leader: &str) -> bool {
+        let Some(g) = self.group(i) else {
+            return false;
+        };
+        let claimed = names(g.members());
+        if !basis.iter().all(|b| claimed.contains(b)) {
+            return false;
+        }
+        let former = &self.watch.views[i].former;
+        let backers = claimed
+            .iter()
+            .filter(|m| basis.contains(m) || former.contains(m))
+            .filter(|m| *m == leader || self.voted_or_follows(m, term, leader))
+            .count();
+        backers * 2 > claimed.len()
     }
 
     /// The members node `i` held before its current input; a node that held none

@@ -770,9 +770,13 @@ impl Sim {
     }
 
     /// Node `i` was told `second` leads `term`, where `first` was known to lead: a
-    /// failure, unless it is a liar's double vote that majority quorums cannot stop
-    /// (SPEC.md §12.6): a hostile actor voted for both (or is one and voted for the
-    /// other) and no honest node did. Counted then, in `Watch::double_votes`.
+    /// failure, unless it is the liar's doing, which majority quorums cannot stop
+    /// (SPEC.md §12.6): no honest node voted for both, and a hostile actor voted for
+    /// (or is) one of them. Either it voted for both, or the two majorities do not
+    /// meet because they count different memberships, which the liar's
+    /// acknowledgements on both sides of a partition made. Counted then, in
+    /// `Watch::double_votes`. (Two leaders with no liar's vote, or with an honest
+    /// voter in common, always fail; and the honest schedules fail on any.)
     fn check_second_leader(&mut self, i: usize, term: u64, first: &str, second: &str) {
         let voters = |s: &Self, leader: &str| -> BTreeSet<String> {
             let mut voters = s
@@ -787,10 +791,10 @@ impl Sim {
         };
         let (a, b) = (voters(self, first), voters(self, second));
         let both: Vec<&String> = a.intersection(&b).collect();
-        let liar_twice = both.iter().any(|v| self.is_hostile(v));
+        let liar_voted = a.union(&b).any(|v| self.is_hostile(v));
         let honest_twice: Vec<&&String> = both.iter().filter(|v| !self.is_hostile(v)).collect();
-        if liar_twice && honest_twice.is_empty() {
-            self.trace(|| format!("LIAR voted twice in term {term}: {first} and {second}"));
+        if liar_voted && honest_twice.is_empty() {
+            self.trace(|| format!("LIAR made two leaders in term {term}: {first} and {second}"));
             self.watch.double_votes.insert(term);
             return;
         }

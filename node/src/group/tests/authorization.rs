@@ -130,7 +130,15 @@ fn spec_12_1_vote_requests_from_non_members_are_refused() {
         GroupMessage::PreVoteRequest(vote_request(later, "mallory", 99)),
     );
     assert_eq!(b.hard_state(), &hard, "no term taken, no vote cast");
-    assert!(sends(&drain(b)).is_empty(), "no grant goes out");
+    // No grant goes out: a follower only names its leader, as to a joiner (a member
+    // removed while cut off may no longer list the leader to ask).
+    let out = sends(&drain(b));
+    assert!(!out.is_empty());
+    assert!(
+        out.iter().all(|(to, m)| to == "mallory"
+            && matches!(m, GroupMessage::Support(s) if s.leader == "a" && !s.query)),
+        "{out:?}"
+    );
     assert_eq!(b.rejections().get(Violation::NotMember), 2);
 }
 
@@ -283,7 +291,11 @@ fn spec_12_3_a_leader_a_member_cannot_prove_stands_again_for_it() {
     a.step(now, "c", GroupMessage::Support(query(term, "c", "a")));
     assert_eq!((a.role(), a.term()), (Role::Leader, term), "once: nothing");
     a.step(now, "c", GroupMessage::Support(query(term, "c", "a")));
-    assert_eq!(a.role(), Role::Leader, "a duplicate is not a second question");
+    assert_eq!(
+        a.role(),
+        Role::Leader,
+        "a duplicate is not a second question"
+    );
     let later = now + GroupConfig::new("lobby").election_timeout_max;
     a.step(later, "c", GroupMessage::Support(query(term, "c", "a")));
     assert_eq!(a.role(), Role::Candidate, "twice: a stands again");
@@ -786,6 +798,48 @@ fn spec_12_1_chat_from_a_name_the_leader_admitted_is_delivered_while_the_members
     assert_eq!(chats(&drain(b)), 1);
     b.step(now, "x", line("x", 1));
     assert_eq!(chats(&drain(b)), 0, "x never gave its word");
+}
+
+#[test]
+fn spec_12_5_a_member_removed_while_cut_off_asks_the_leader_the_members_name() {
+    // c was removed while cut off; its own membership, older, lists b and d but no
+    // longer a, who leads now. It stands: b answers with whom it follows, and c asks
+    // that leader to list it again, each time it is named (at most once per
+    // election_timeout_min).
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b", "d"], 4, now);
+    b.step(now, "a", heartbeat(4, "a", b.members().to_vec()));
+    b.step(now, "d", GroupMessage::Support(support(4, "d", "a")));
+    assert_eq!(b.leader(), Some("a"));
+    drain(&mut b);
+    let mut c = follower("c", &["b", "c", "d"], 2, now);
+    let (at, term) = next_pre_vote_term(&mut c);
+    b.step(
+        at,
+        "c",
+        GroupMessage::PreVoteRequest(vote_request(term, "c", 1)),
+    );
+    let named = sends(&drain(&mut b));
+    assert!(
+        matches!(&named[..], [(to, GroupMessage::Support(s))] if to == "c" && s.leader == "a"),
+        "{named:?}"
+    );
+    let asks = |c: &mut Group| {
+        sends(&drain(c))
+            .iter()
+            .filter(|(to, m)| to == "a" && matches!(m, GroupMessage::Join(j) if j.name == "c"))
+            .count()
+    };
+    for (to, msg) in named.iter().cloned() {
+        assert_eq!(to, "c");
+        c.step(at, "b", msg.clone());
+        assert_eq!(asks(&mut c), 1, "c asks a to list it again");
+        c.step(at, "b", msg.clone());
+        assert_eq!(asks(&mut c), 0, "not again at once");
+        let later = at + GroupConfig::new("lobby").election_timeout_min;
+        c.step(later, "b", msg);
+        assert_eq!(asks(&mut c), 1, "again once named after the wait");
+    }
 }
 
 #[test]
