@@ -1000,11 +1000,11 @@ impl Group {
     /// did not count (a change made in an earlier term that never reached our voters,
     /// whose majority our voters are not), and nothing else ends it: our followers'
     /// lease refuses its candidacies, and it refuses our heartbeats. A member that asks
-    /// again, at least `election_timeout_min` after its first question (it re-asks only
-    /// while still unproven, `election_timeout_max` later; a duplicate is not a retry),
-    /// gets a new election from us, in which it can vote, and whose grants prove it; this is
-    /// [`Group::stand_again`], with its backoff, so a liar that keeps asking gains no
-    /// more than one that reports later terms (SPEC.md §12.3).
+    /// again, at least `election_timeout_min` after its first question (it re-asks
+    /// only while still unproven, `election_timeout_max` later; a duplicate is not a
+    /// retry), gets a new election from us, in which it can vote, and whose grants
+    /// prove it; this is [`Group::stand_again`], with its backoff, so a liar that keeps
+    /// asking gains no more than one that reports later terms (SPEC.md §12.3).
     fn on_unconvinced_member(&mut self, now: Instant, from: &str, term: u64) {
         let member = self.members.iter().any(|m| m.name == from);
         if self.role != Role::Leader || term != self.hard.term || !member {

@@ -235,8 +235,6 @@ impl Group {
         (missing_words, open)
     }
 
-    /// A member's SUPPORT (not a query): if it answers our question about a removal
-    /// we hold, it still follows the leader that removes it.
     /// Whether `name`, as `incarnation`, is listed by the membership we hold from our
     /// leader and gave us its own word: the leader admitted it, and we vouch for that
     /// addition whatever else in the membership we cannot vouch for yet (a listed
@@ -255,6 +253,8 @@ impl Group {
         listed && word.is_some_and(|(given, _)| *given == incarnation)
     }
 
+    /// A member's SUPPORT (not a query): if it answers our question about a removal
+    /// we hold, it still follows the leader that removes it.
     pub(super) fn note_probe_answer(&mut self, from: &str, term: u64, leader: &str) {
         if let Some(held) = self.vetting.held.as_mut() {
             if held.term == term && held.leader == leader {
