@@ -239,8 +239,7 @@ impl Sim {
             return;
         }
         let basis = self.basis_before(i);
-        let backs = |m: &String| *m == leader || self.voted_or_follows(m, term, leader);
-        let backers = basis.iter().filter(|m| backs(m)).count();
+        let backers = basis.iter().filter(|m| self.backs(m, term, leader)).count();
         if backers * 2 <= basis.len() && !self.backed_by_claimed(i, &basis, term, leader) {
             let why = format!(
                 "{} follows the liar {leader} in term {term}, backed by {backers} of {basis:?}",
@@ -256,9 +255,10 @@ impl Sim {
     /// The second form of SPEC.md §12.2: the membership node `i` took with the claim
     /// lists every name of `basis`, and a majority of it backs `leader` in `term`,
     /// counting only names of `basis` and names that had left memberships `i` held
-    /// before this input (its former members). Made-up names never count, and no name of `basis` is left out,
-    /// so a majority of it overlaps every majority of `basis` enough that one term
-    /// cannot have two such leaders (Raft's single-change argument).
+    /// before this input (its former members). Made-up names never count, and no name
+    /// of `basis` is left out, so a majority of it overlaps every majority of `basis`
+    /// enough that one term cannot have two such leaders (Raft's single-change
+    /// argument).
     fn backed_by_claimed(&self, i: usize, basis: &[String], term: u64, leader: &str) -> bool {
         let Some(g) = self.group(i) else {
             return false;
@@ -271,7 +271,7 @@ impl Sim {
         let backers = claimed
             .iter()
             .filter(|m| basis.contains(m) || former.contains(m))
-            .filter(|m| *m == leader || self.voted_or_follows(m, term, leader))
+            .filter(|m| self.backs(m, term, leader))
             .count();
         backers * 2 > claimed.len()
     }
@@ -291,9 +291,12 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    /// Whether `name` granted `leader` its vote in `term` (on the wire) or, honest,
-    /// follows it in `term`.
-    fn voted_or_follows(&self, name: &str, term: u64, leader: &str) -> bool {
+    /// Whether `name` backs `leader` in `term`: it is the leader, granted it its vote
+    /// in `term` (on the wire), or, honest, follows it in `term`.
+    fn backs(&self, name: &str, term: u64, leader: &str) -> bool {
+        if name == leader {
+            return true;
+        }
         let voted = self
             .granted
             .get(&(term, leader.to_owned()))
