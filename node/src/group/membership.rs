@@ -457,15 +457,34 @@ impl Group {
         self.maybe_commit(now);
     }
 
+    /// Commits the pending change once a majority of the new membership has it. The
+    /// subject of an addition counts by its own JOIN of the listed incarnation (SPEC.md
+    /// §7.15): it asked to be a member, and its acknowledgement may never come, since a
+    /// member added back into a membership that shrank while it was away cannot prove
+    /// the leader by the membership it holds (§12.2) until enough of that membership is
+    /// listed again, which this change must commit for. Without its ack the members
+    /// that did ack are still at least half the old membership, so every majority of
+    /// the old one meets one of them, as single-member changes need.
     fn maybe_commit(&mut self, now: Instant) {
         let Some(pending) = &self.pending else {
             return;
+        };
+        let joiner = match &pending.change {
+            Some(Change::Add(member))
+                if self
+                    .vetting_word(&member.name)
+                    .is_some_and(|incarnation| incarnation == member.incarnation) =>
+            {
+                Some(member.name.as_str())
+            }
+            _ => None,
         };
         let acked = pending
             .voters
             .iter()
             .filter(|name| {
                 **name == self.me.name
+                    || joiner == Some(name.as_str())
                     || self
                         .progress
                         .get(*name)

@@ -815,18 +815,53 @@ fn dissertation_4_1_one_membership_change_at_a_time() {
     nodes[0].step(now, "e", GroupMessage::Join(info("e", 6)));
     assert_eq!(nodes[0].membership_version(), v + 1, "only d is in flight");
     assert_eq!(nodes[0].members().len(), 4);
-    // b's acknowledgement is not yet a majority of the new four (a, b, c, d).
+    // a and d (by its JOIN, SPEC.md §7.15) are not yet a majority of the new four.
     let ack = |version| GroupMessage::MembershipAck { term: 1, version };
-    nodes[0].step(now, "b", ack(v + 1));
+    nodes[0].step(now, "c", ack(v));
     assert_eq!(
         nodes[0].membership_version(),
         v + 1,
-        "2 of 4 is no majority"
+        "2 of 4 is no majority; an ack of the old version does not count"
     );
-    // d's makes three of four: e may follow.
-    nodes[0].step(now, "d", ack(v + 1));
+    // b's makes three of four: e may follow.
+    nodes[0].step(now, "b", ack(v + 1));
     assert_eq!(nodes[0].membership_version(), v + 2);
     assert_eq!(nodes[0].members().len(), 5);
+}
+
+#[test]
+fn spec_7_15_an_added_member_counts_by_its_own_join() {
+    // A leader alone (the other member left) adds c: the new membership's majority is
+    // both, and c may never acknowledge (it may hold a larger membership of which the
+    // leader's is no majority, SPEC.md §12.2), so c's JOIN counts for it and the next
+    // joiner is not held behind it.
+    let now = Instant::now();
+    let mut nodes = group_of(&["a", "b"], now);
+    let b = nodes[1].me().clone();
+    let leave = GroupMessage::Leave {
+        name: b.name.clone(),
+        incarnation: b.incarnation,
+    };
+    nodes[0].step(now, "b", leave);
+    let v = nodes[0].membership_version();
+    nodes[0].step(now, "c", GroupMessage::Join(info("c", 5)));
+    nodes[0].step(now, "d", GroupMessage::Join(info("d", 6)));
+    assert_eq!(
+        nodes[0].membership_version(),
+        v + 2,
+        "c's addition committed on a and c's JOIN, and d's followed"
+    );
+    // {a, c, d}: a and d's JOIN are two of three, so d's addition is committed too, and
+    // e's is the one in flight; it needs a real acknowledgement (three of four).
+    nodes[0].step(now, "e", GroupMessage::Join(info("e", 7)));
+    nodes[0].step(now, "f", GroupMessage::Join(info("f", 8)));
+    assert_eq!(nodes[0].membership_version(), v + 3, "only e is in flight");
+    let ack = GroupMessage::MembershipAck {
+        term: nodes[0].term(),
+        version: v + 3,
+    };
+    nodes[0].step(now, "c", ack);
+    assert_eq!(nodes[0].membership_version(), v + 4, "f follows c's ack");
 }
 
 #[test]

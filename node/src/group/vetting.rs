@@ -249,8 +249,15 @@ impl Group {
             .members
             .iter()
             .any(|m| m.name == name && m.incarnation == incarnation);
-        let word = self.vetting.words.get(name);
-        listed && word.is_some_and(|(given, _)| *given == incarnation)
+        listed && self.vetting_word(name) == Some(incarnation)
+    }
+
+    /// The incarnation of `name`'s latest word (its own JOIN to us), if we hold one.
+    pub(super) fn vetting_word(&self, name: &str) -> Option<u64> {
+        self.vetting
+            .words
+            .get(name)
+            .map(|(incarnation, _)| *incarnation)
     }
 
     /// A member's SUPPORT (not a query): if it answers our question about a removal
