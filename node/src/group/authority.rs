@@ -745,6 +745,9 @@ impl Group {
             return false;
         }
         let followed = term == self.hard.term && self.leader.as_deref() == Some(from);
+        if !followed {
+            self.ask_to_be_listed(now, from, msg);
+        }
         let behind = term < self.hard.term && self.may_step_back(now, term, from);
         if behind {
             if self.is_backed_now(term, from, &claimed_names(msg)) {
@@ -803,6 +806,23 @@ impl Group {
             self.query_support(term, from, &claimed_names(msg));
         }
         false
+    }
+
+    /// A member of ours claims to lead a membership that omits us: we were removed
+    /// while cut off (or restarted, or left behind by changes made without us). The
+    /// membership we hold may be one of which its voters are no majority, so that we
+    /// cannot prove it (SPEC.md §12.2), and its term may be behind ours: either way we
+    /// would stand for ever, and it does not hear us (we are not its member, and no
+    /// member of ours may name it to us in a SUPPORT). We send it our JOIN
+    /// (at most once per `election_timeout_min`, [`Group::send_word`]): listed again,
+    /// we can prove it, or ask it to stand again so that we can
+    /// ([`Group::on_unconvinced_member`]). Only a claimant of our membership: no one
+    /// else's claim makes us ask to be listed.
+    fn ask_to_be_listed(&mut self, now: Instant, from: &str, msg: &GroupMessage) {
+        let omits_us = !claimed_names(msg).iter().any(|n| *n == self.me.name);
+        if omits_us && self.is_member() && self.in_basis(from) {
+            self.send_word(now, from, None);
+        }
     }
 
     /// Whether we may step back to `term`, before ours, to follow a leader a majority

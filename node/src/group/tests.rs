@@ -1507,3 +1507,32 @@ fn repeated_vote_requests_ask_for_one_signature() {
     }
     assert_eq!(asked, 1, "one RSA signature per (term, candidate)");
 }
+
+#[test]
+fn spec_12_5_a_member_left_out_of_a_claim_asks_the_claimant_to_list_it_again() {
+    // b holds {a, b}; a now claims term 3 with {a, c, d}: b was removed while away.
+    // The claim is unproven by b's membership (b does not back a in 3), and a does
+    // not heartbeat b: b sends a its JOIN, once per election_timeout_min.
+    let now = Instant::now();
+    let mut b = follower("b", &["a", "b"], 2, now);
+    let claim = heartbeat(3, "a", vec![info("a", 2), info("c", 5), info("d", 6)]);
+    b.step(now, "a", claim.clone());
+    let joins_to = |outputs: &[Output], to: &str| {
+        sends(outputs)
+            .iter()
+            .filter(|(t, m)| t == to && matches!(m, GroupMessage::Join(j) if j.name == "b"))
+            .count()
+    };
+    let out = drain(&mut b);
+    assert_eq!(b.leader(), None, "the claim is not proven");
+    assert_eq!(joins_to(&out, "a"), 1, "b asks a to list it again");
+    b.step(now, "a", claim.clone());
+    assert_eq!(joins_to(&drain(&mut b), "a"), 0, "not again at once");
+    let later = now + b.config.election_timeout_min;
+    b.step(later, "a", claim);
+    assert_eq!(joins_to(&drain(&mut b), "a"), 1, "again after the gap");
+    // A claimant that is not b's member gets nothing of it.
+    let stranger = heartbeat(3, "z", vec![info("z", 9), info("c", 5)]);
+    b.step(later, "z", stranger);
+    assert_eq!(joins_to(&drain(&mut b), "z"), 0);
+}
