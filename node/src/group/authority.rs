@@ -819,7 +819,7 @@ impl Group {
     /// ([`Group::on_unconvinced_member`]). Only a claimant of our membership: no one
     /// else's claim makes us ask to be listed.
     fn ask_to_be_listed(&mut self, now: Instant, from: &str, msg: &GroupMessage) {
-        let omits_us = !claimed_names(msg).iter().any(|n| *n == self.me.name);
+        let omits_us = !claimed_names(msg).contains(&self.me.name);
         if omits_us && self.is_member() && self.in_basis(from) {
             self.send_word(now, from, None);
         }
