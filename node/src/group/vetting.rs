@@ -209,10 +209,8 @@ impl Group {
             let left = self.departed.get(&m.name) == Some(&m.incarnation);
             // Its latest word is of another incarnation: the listed process is gone.
             let restarted = self
-                .vetting
-                .words
-                .get(&m.name)
-                .is_some_and(|w| w.0 != m.incarnation);
+                .vetting_word(&m.name)
+                .is_some_and(|incarnation| incarnation != m.incarnation);
             if skip(&m.name) || kept || left || restarted {
                 continue;
             }
