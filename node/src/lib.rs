@@ -17,6 +17,11 @@
 //!   sleep until group.poll_timeout()
 //! ```
 //!
+//! [`rendezvous::Rendezvous`] is the second state machine, with the same shape: the
+//! node's business with the proxy (whom to ask to be admitted, when to claim, announce,
+//! refresh, found again). The driver and the group simulator both run it, so the
+//! simulated schedules test the policy that ships.
+//!
 //! Panics: none on any input; a panic is a bug.
 
 pub mod datadir;
@@ -26,6 +31,7 @@ pub mod group;
 pub mod keys;
 pub mod message;
 pub mod proxy_client;
+pub mod rendezvous;
 pub mod statefile;
 #[cfg(test)]
 mod testdir;

@@ -47,12 +47,7 @@ pub enum ProxyError {
     Build(String),
 }
 
-/// The proxy's verdict on a claim or an announcement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Accepted,
-    Refused { status: ProxyStatus, reason: String },
-}
+pub use crate::rendezvous::Verdict;
 
 /// A proxy at one address.
 #[derive(Debug, Clone)]

@@ -30,9 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use sockmsg_keymgr::client::{ClientConfig, KeymgrClient, Trust};
 use sockmsg_keymgr::verify::VerifiedRecord;
 use sockmsg_proxy::client::RecordDraft;
-use sockmsg_proxy::handler::RecordSummary;
 use sockmsg_proxy::Kind;
-use sockmsg_wire::frame::{Carrier, CloseCode, MessageClass, ProxyStatus};
+use sockmsg_wire::frame::{Carrier, CloseCode, MessageClass};
 use sockmsg_wire::session::crypto::RsaSigner;
 use sockmsg_wire::session::{
     CloseReason, ConnectionHandle, Endpoint, Event, MessageId, SessionConfig, SignRequest,
@@ -46,24 +45,13 @@ use crate::fragment::ChatReassembly;
 use crate::group::{Group, GroupConfig, GroupEvent, Output, Role, VoteSigner};
 use crate::keys::{KeyNews, PeerKeyCache};
 use crate::message::{GroupMessage, MemberInfo, VoteMsg};
-use crate::proxy_client::{sign_record, ProxyClient, Verdict};
+use crate::proxy_client::{sign_record, ProxyClient};
+use crate::rendezvous::{ProxyAnswer, ProxyRequest, Rendezvous, RendezvousConfig, RendezvousEvent};
 use crate::statefile::StateFile;
 
 mod membership;
 mod sessions;
 
-/// How often a leader re-announces an unchanged record: the proxy forgets it after its
-/// TTL (5 s by default), and each announcement costs an RSA signature, so a little more
-/// than half the TTL (an exchange retries over UDP, then TCP, well within the rest).
-const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
-/// How often a node that is not (or no longer) admitted asks the proxy again.
-const REJOIN_INTERVAL: Duration = Duration::from_secs(1);
-/// A member with no leader for this long asks the proxy (it may have been removed
-/// without hearing of it).
-const LEADERLESS_REQUERY: Duration = Duration::from_secs(3);
-/// A node with a past in the group that finds no record at the proxy for this long
-/// founds the group again (in a term after every term it saw): its old members are gone.
-const REFOUND_AFTER: Duration = Duration::from_secs(10);
 /// Messages held for one peer while its key is fetched or its session opens.
 const MAX_WAITING: usize = 256;
 /// How often every session is pinged: well inside the idle timeout (30 s by default).
@@ -164,9 +152,8 @@ struct Waiting {
 /// Results of the tasks the driver spawns, back into its loop.
 enum TaskResult {
     Key(String, Result<VerifiedRecord, String>),
-    Query(Result<Option<RecordSummary>, String>),
-    Claim(Result<Verdict, String>),
-    Announce(Result<Verdict, String>),
+    /// The proxy's answer to the rendezvous' request.
+    Proxy(ProxyAnswer),
     VoteSigned(VoteMsg),
     /// A handshake transcript signed for the endpoint (see [`HandshakeSigningThread`]).
     HandshakeSigned(ConnectionHandle, Vec<u8>),
@@ -323,14 +310,8 @@ pub struct Driver {
     me: MemberInfo,
     endpoint: Endpoint,
     group: Group,
-    /// Whether the persisted state said we never belonged to the group.
-    newcomer: bool,
-    /// Whether this incarnation has been admitted (GroupEvent::Joined, until Removed). A
-    /// restarted member is listed in its persisted membership, but under its previous
-    /// incarnation and address: it must still ask to be admitted anew.
-    joined: bool,
-    /// The leader this incarnation last sent a JOIN to (the group repeats it).
-    join_sent_to: Option<String>,
+    /// The node's business with the proxy.
+    rendezvous: Rendezvous,
     keys: PeerKeyCache,
     known_peers: BTreeMap<String, String>,
     keymgr: Arc<KeymgrClient>,
@@ -354,12 +335,6 @@ pub struct Driver {
     tasks_rx: mpsc::UnboundedReceiver<TaskResult>,
     events: mpsc::UnboundedSender<NodeEvent>,
 
-    querying: bool,
-    last_query: Option<Instant>,
-    no_record_since: Option<Instant>,
-    leaderless_since: Option<Instant>,
-    announcing: bool,
-    announced: Option<(u64, u64, Instant, u64)>,
     exit_deadline: Option<Instant>,
     /// When the sessions are pinged next.
     keepalive_at: Instant,
@@ -442,6 +417,13 @@ impl Driver {
             .map(|m| (m.name.clone(), m.addr))
             .collect();
         addrs.remove(&settings.name);
+        let rendezvous = Rendezvous::new(
+            RendezvousConfig::default(),
+            &settings.group,
+            &me,
+            newcomer,
+            now,
+        );
         let group = Group::new(
             settings.group_config.clone(),
             me.clone(),
@@ -470,9 +452,7 @@ impl Driver {
             me,
             endpoint,
             group,
-            newcomer,
-            joined: false,
-            join_sent_to: None,
+            rendezvous,
             keys,
             known_peers,
             keymgr: Arc::new(keymgr),
@@ -489,12 +469,6 @@ impl Driver {
             handshake_signer,
             tasks_rx,
             events,
-            querying: false,
-            last_query: None,
-            no_record_since: None,
-            leaderless_since: Some(now),
-            announcing: false,
-            announced: None,
             exit_deadline: None,
             keepalive_at: now + KEEPALIVE_INTERVAL,
             keylog: open_keylog(),
@@ -521,6 +495,7 @@ impl Driver {
             let deadline = [
                 self.endpoint.poll_timeout(),
                 self.group.poll_timeout(),
+                self.rendezvous.poll_timeout(&self.group),
                 self.exit_deadline,
                 Some(now + Duration::from_millis(250)),
             ]
@@ -647,35 +622,15 @@ impl Driver {
                     }
                 }
             }
-            TaskResult::Query(result) => {
-                self.querying = false;
-                match result {
-                    Ok(Some(record)) => {
-                        self.no_record_since = None;
-                        self.on_record(now, record)
+            TaskResult::Proxy(answer) => {
+                if let ProxyAnswer::Record(Some(record)) = &answer {
+                    if record.leader != self.me.name {
+                        self.addrs
+                            .entry(record.leader.clone())
+                            .or_insert(record.leader_addr);
                     }
-                    Ok(None) => self.on_no_record(now),
-                    Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
                 }
-            }
-            TaskResult::Claim(result) => {
-                self.querying = false;
-                match result {
-                    Ok(Verdict::Accepted) => {
-                        let _ = self.group.bootstrap(now, 0);
-                        self.newcomer = false;
-                        self.emit(NodeEvent::Notice(format!(
-                            "founded group {} (the proxy knew no leader)",
-                            self.settings.group
-                        )));
-                    }
-                    Ok(Verdict::Refused { status, reason }) => {
-                        // Someone else claimed it first: ask again, then join them.
-                        tracing::debug!("claim refused: {status:?} {reason}");
-                        self.last_query = None;
-                    }
-                    Err(why) => self.emit(NodeEvent::Notice(format!("proxy: {why}"))),
-                }
+                self.rendezvous.handle_answer(now, &mut self.group, answer);
             }
             TaskResult::HandshakeSigned(handle, signature) => {
                 // The handshake may have timed out or closed meanwhile: routine.
@@ -686,21 +641,6 @@ impl Driver {
             TaskResult::VoteSigned(vote) => {
                 tracing::trace!(term = vote.term, candidate = %vote.candidate, "vote signed");
                 self.group.vote_signed(vote);
-            }
-            TaskResult::Announce(result) => {
-                self.announcing = false;
-                match result {
-                    Ok(Verdict::Accepted) => {}
-                    Ok(Verdict::Refused { status, reason }) => {
-                        tracing::debug!("announcement refused: {status:?} {reason}");
-                        if status == ProxyStatus::STALE_TERM {
-                            self.emit(NodeEvent::Notice(
-                                "the proxy knows a newer leader than this one".into(),
-                            ));
-                        }
-                    }
-                    Err(why) => tracing::debug!("announcement: {why}"),
-                }
             }
         }
     }

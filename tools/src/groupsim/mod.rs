@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use services::{MemoSigner, Services, NAMES, REFRESH_INTERVAL, WALL_EPOCH_MS};
+use services::{verdict, MemoSigner, Services, GROUP, NAMES, WALL_EPOCH_MS};
+use sockmsg_node::rendezvous::{ProxyAnswer, ProxyRequest, Rendezvous, RendezvousConfig, Verdict};
 use sockmsg_node::{
     Group, GroupConfig, GroupEvent, GroupMessage, HardState, MemberInfo, Output, Role, VoteMsg,
     VoteSigner,
 };
-use sockmsg_proxy::client::RecordDraft;
 use sockmsg_proxy::Kind;
 use sockmsg_wire::frame::MessageClass;
 
@@ -83,9 +83,8 @@ pub struct Node {
     pub received: Vec<(String, u64, u64, bool)>,
     /// Receipts this incarnation reported for its own lines: (seq, recipient) → delivered?
     pub receipts: HashMap<(u64, String), bool>,
-    /// The last record this node announced to the proxy as leader: (term, version,
-    /// when, issued_at_ms).
-    pub announced: Option<(u64, u64, Instant, u64)>,
+    /// Its business with the proxy, the shipping policy (`None` without services).
+    pub rendezvous: Option<Rendezvous>,
     /// Signs this node's votes: its RSA test key (memoised) with services, else a
     /// checksum.
     signer: Box<dyn VoteSigner>,
@@ -167,7 +166,7 @@ impl Sim {
         services.register(&NAMES[..members]).expect("registration");
         let mut sim = Sim::with_names(seed, names, loss, Some(services));
         for i in 0..members {
-            sim.rejoin(i);
+            sim.rendezvous(i);
         }
         sim
     }
@@ -209,7 +208,7 @@ impl Sim {
                 delivered: HashMap::new(),
                 received: Vec::new(),
                 receipts: HashMap::new(),
-                announced: None,
+                rendezvous: None,
             })
             .collect();
         let mut sim = Sim {
@@ -253,13 +252,17 @@ impl Sim {
             incarnation: node.incarnation,
         };
         let rng = ChaCha8Rng::seed_from_u64(self.rng.random());
+        let newcomer = node.hard.term == 0 && node.hard.members.is_empty();
+        node.rendezvous = self
+            .services
+            .is_some()
+            .then(|| Rendezvous::new(RendezvousConfig::default(), GROUP, &me, newcomer, self.now));
         let group = Group::new(self.config.clone(), me, node.hard.clone(), rng, self.now).unwrap();
         node.group = Some(group);
         node.known_leader = (node.hard.term, None);
         node.last_leader_change = self.now;
         node.delivered.clear();
         node.receipts.clear();
-        node.announced = None;
         self.watch.booted(i, self.now, self.nodes[i].group.as_ref());
     }
 
@@ -300,7 +303,11 @@ impl Sim {
             )
         });
         self.boot(i);
-        self.rejoin(i);
+        if self.services.is_some() {
+            self.rendezvous(i);
+        } else {
+            self.rejoin_by_oracle(i);
+        }
     }
 
     /// What the proxy would say: the up leader of the highest term.
@@ -308,70 +315,6 @@ impl Sim {
         (0..self.nodes.len())
             .filter(|&j| self.group(j).is_some_and(|g| g.role() == Role::Leader))
             .max_by_key(|&j| self.group(j).map(|g| g.term()))
-    }
-
-    /// What the driver does at start, and whenever it is not admitted or has had no
-    /// leader for a while: ask the proxy. A record: join through its leader (or any of
-    /// its members, who forward). No record: a node that never belonged to the group
-    /// claims it at the proxy and, if the proxy accepts, founds it; a node with a past in
-    /// the group waits (its members recover by election once a majority is back, then
-    /// the new leader announces itself) rather than found a second group under the
-    /// same name.
-    fn rejoin(&mut self, i: usize) {
-        if self.services.is_none() {
-            return self.rejoin_by_oracle(i);
-        }
-        let elapsed = self.elapsed();
-        let record = self.services.as_mut().and_then(|s| s.query(elapsed));
-        let name = self.nodes[i].name.clone();
-        match record {
-            Some(record) => {
-                let mut contacts = vec![record.leader.clone()];
-                contacts.extend(
-                    record
-                        .members
-                        .iter()
-                        .filter(|m| **m != record.leader)
-                        .cloned(),
-                );
-                contacts.retain(|c| *c != name);
-                if !contacts.is_empty() {
-                    let contacts: Vec<&str> = contacts.iter().map(String::as_str).collect();
-                    // As the driver does: the proxy's record vouches for its leader.
-                    let (term, leader) = (record.term, record.leader.clone());
-                    self.with(i, |g, now| {
-                        g.vouch(now, term, &leader);
-                        g.join_via(now, &contacts).unwrap()
-                    });
-                }
-            }
-            None => {
-                let hard = &self.nodes[i].hard;
-                let newcomer = hard.term == 0 && hard.members.is_empty();
-                if !newcomer || !self.is_up(i) {
-                    return;
-                }
-                let draft = RecordDraft {
-                    group: "lobby".into(),
-                    term: 1,
-                    leader: name.clone(),
-                    leader_addr: self.addr(i),
-                    membership_version: 1,
-                    members: vec![name.clone()],
-                    issued_at_ms: self.wall_ms(),
-                };
-                let verdict = self
-                    .services
-                    .as_mut()
-                    .map(|s| s.propose(Kind::Claim, &draft, &[], elapsed));
-                if let Some(Ok(_)) = verdict {
-                    self.trace(|| format!("CLAIM by {name} accepted: BOOTSTRAP"));
-                    let issued = draft.issued_at_ms;
-                    self.nodes[i].announced = Some((0, 0, self.now, issued));
-                    self.with(i, |g, now| g.bootstrap(now, 0).unwrap());
-                }
-            }
-        }
     }
 
     /// Without services: join the up leader of the highest term, or, when the group has
@@ -392,68 +335,63 @@ impl Sim {
         }
     }
 
-    fn addr(&self, i: usize) -> std::net::SocketAddr {
-        format!("10.0.0.{}:7402", i + 1).parse().unwrap()
-    }
-
     fn wall_ms(&self) -> u64 {
         WALL_EPOCH_MS + self.elapsed().as_millis() as u64
     }
 
-    /// What each leader's driver does for the proxy: announce a new term (with the
-    /// signed votes that won it) or a new membership at once, and refresh the record
-    /// every [`REFRESH_INTERVAL`]. Then checks that the record the proxy holds names a
+    /// Node `i`'s business with the proxy, as its driver does it: the shipping
+    /// [`Rendezvous`] polled for requests, each answered at once by the simulated proxy.
+    /// After an accepted announcement, checks that the record the proxy holds names a
     /// leader that a majority elected in its term.
-    fn proxy_duties(&mut self) {
-        if self.services.is_none() {
-            return;
-        }
-        for i in 0..self.nodes.len() {
-            let Some(g) = self.group(i).filter(|g| g.role() == Role::Leader) else {
-                continue;
+    fn rendezvous(&mut self, i: usize) {
+        let wall_ms = self.wall_ms();
+        let elapsed = self.elapsed();
+        loop {
+            let now = self.now;
+            let node = &mut self.nodes[i];
+            let (Some(rendezvous), Some(group)) = (node.rendezvous.as_mut(), node.group.as_mut())
+            else {
+                return;
             };
-            let (term, version) = (g.term(), g.membership_version());
-            let due = match self.nodes[i].announced {
-                None => true,
-                Some((t, v, at, _)) => {
-                    t != term || v != version || self.now - at >= REFRESH_INTERVAL
-                }
+            let request = rendezvous.poll_request(now, wall_ms, group);
+            self.drain(i);
+            let Some(request) = request else { break };
+            let Some(services) = self.services.as_mut() else {
+                return;
             };
-            if !due {
-                continue;
+            let answer = match &request {
+                ProxyRequest::Query => ProxyAnswer::Record(services.query(elapsed)),
+                ProxyRequest::Claim(draft) => ProxyAnswer::Verdict(verdict(services.propose(
+                    Kind::Claim,
+                    draft,
+                    &[],
+                    elapsed,
+                ))),
+                ProxyRequest::Announce { draft, votes } => ProxyAnswer::Verdict(verdict(
+                    services.propose(Kind::Announce, draft, votes, elapsed),
+                )),
+            };
+            let name = self.nodes[i].name.clone();
+            self.trace(|| format!("PROXY {name}: {request:?} -> {answer:?}"));
+            let accepted_announcement = matches!(request, ProxyRequest::Announce { .. })
+                && answer == ProxyAnswer::Verdict(Verdict::Accepted);
+            let node = &mut self.nodes[i];
+            if let (Some(rendezvous), Some(group)) = (node.rendezvous.as_mut(), node.group.as_mut())
+            {
+                rendezvous.handle_answer(now, group, answer);
             }
-            let issued_at_ms = match self.nodes[i].announced {
-                Some((.., issued)) => self.wall_ms().max(issued + 1),
-                None => self.wall_ms(),
-            };
-            let draft = RecordDraft {
-                group: "lobby".into(),
-                term,
-                leader: self.nodes[i].name.clone(),
-                leader_addr: self.addr(i),
-                membership_version: version,
-                members: g.members().iter().map(|m| m.name.clone()).collect(),
-                issued_at_ms,
-            };
-            // The new leader's votes are still being signed.
-            let Some(votes) = g.election_proof() else {
-                continue;
-            };
-            let elapsed = self.elapsed();
-            let verdict = self
-                .services
-                .as_mut()
-                .map(|s| s.propose(Kind::Announce, &draft, &votes, elapsed));
-            self.trace(|| {
-                format!(
-                    "ANNOUNCE {} term {term} v{version}: {verdict:?}",
-                    draft.leader
-                )
-            });
-            self.nodes[i].announced = Some((term, version, self.now, issued_at_ms));
-            if let Some(Ok(_)) = verdict {
+            self.drain(i);
+            if accepted_announcement {
                 self.check_proxy_record();
             }
+        }
+        while let Some(event) = self.nodes[i]
+            .rendezvous
+            .as_mut()
+            .and_then(|r| r.poll_event())
+        {
+            let name = self.nodes[i].name.clone();
+            self.trace(|| format!("{name} rendezvous: {event:?}"));
         }
     }
 
@@ -473,9 +411,14 @@ impl Sim {
         }
     }
 
-    /// The driver's periodic "ask the proxy again" for nodes not (yet) admitted, or
-    /// without a leader for a second (perhaps removed without hearing of it).
+    /// Without services, the driver's periodic "ask the proxy again" for nodes not
+    /// (yet) admitted, or without a leader for a second (perhaps removed without hearing
+    /// of it), with the harness as the proxy. (With services, each node's
+    /// [`Rendezvous`] does it.)
     pub fn rejoin_strays(&mut self) {
+        if self.services.is_some() {
+            return;
+        }
         for i in 0..self.nodes.len() {
             let leaderless = self.nodes[i].known_leader.1.is_none()
                 && self.now - self.nodes[i].last_leader_change > Duration::from_secs(1);
@@ -483,7 +426,7 @@ impl Sim {
                 .group(i)
                 .is_some_and(|g| g.role() != Role::Left && (!g.is_member() || leaderless));
             if stray {
-                self.rejoin(i);
+                self.rejoin_by_oracle(i);
             }
         }
     }
@@ -698,6 +641,10 @@ impl Sim {
 
     fn on_event(&mut self, i: usize, event: GroupEvent) {
         self.trace(|| format!("{} {event:?}", self.nodes[i].name));
+        let now = self.now;
+        if let Some(rendezvous) = self.nodes[i].rendezvous.as_mut() {
+            rendezvous.handle_event(now, &event);
+        }
         match event {
             GroupEvent::LeaderChanged { term, leader } => {
                 if leader.as_deref() == Some(self.nodes[i].name.as_str()) {
@@ -865,7 +812,15 @@ impl Sim {
             .min()
             .map(|k| k.0);
         let next_timer = (0..self.nodes.len())
-            .filter_map(|i| self.group(i).and_then(|g| g.poll_timeout()).map(|t| (t, i)))
+            .filter_map(|i| {
+                let group = self.group(i).and_then(|g| g.poll_timeout());
+                let rendezvous = self.nodes[i]
+                    .rendezvous
+                    .as_ref()
+                    .zip(self.group(i))
+                    .and_then(|(r, g)| r.poll_timeout(g));
+                group.into_iter().chain(rendezvous).min().map(|t| (t, i))
+            })
             .min();
         let next = match (next_msg, next_timer) {
             (Some(m), Some((t, _))) => m.min(t),
@@ -947,7 +902,9 @@ impl Sim {
             }
             self.drain(i);
         }
-        self.proxy_duties();
+        for i in 0..self.nodes.len() {
+            self.rendezvous(i);
+        }
         true
     }
 

@@ -6,8 +6,9 @@
 //!   key (challenge, proof of possession, one signed Merkle batch) before the group forms.
 //! - Proxy: [`sockmsg_proxy::Directory`] behind [`sockmsg_proxy::handler::parse`]. The
 //!   founder claims term 1; each leader announces its record with the signed votes that
-//!   elected it, and re-announces on membership changes and every
-//!   [`REFRESH_INTERVAL`]; joiners query it. The proxy looks up the keys it needs from
+//!   elected it, and re-announces on membership changes and every refresh interval;
+//!   joiners query it. Each node's requests come from the shipping
+//!   [`sockmsg_node::rendezvous::Rendezvous`]. The proxy looks up the keys it needs from
 //!   the key manager and checks each KEY_RECORD's batch signature, as the real one does.
 //!
 //! RSA signing costs 2–3 ms, so signatures are memoised by (signer, input) across the
@@ -35,14 +36,12 @@ use sockmsg_wire::{encode_cleartext_packet, Name, PacketType, PublicKey, Signatu
 /// The members' names: one RSA test key each under `testdata/keys`.
 pub const NAMES: [&str; 7] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
 
-/// How often a leader re-announces an unchanged record (the proxy's TTL is 5 s).
-pub const REFRESH_INTERVAL: Duration = Duration::from_millis(2000);
-
 /// The virtual wall clock at the start of every schedule (2026-01-01), so that nonces,
 /// and so registrations and their signatures, repeat exactly across schedules.
 pub const WALL_EPOCH_MS: u64 = 1_767_225_600_000;
 
-const GROUP: &str = "lobby";
+/// The group every schedule runs.
+pub const GROUP: &str = "lobby";
 
 fn pem(name: &str) -> &'static str {
     match name {
@@ -122,8 +121,19 @@ impl VoteSigner for MemoSigner {
     }
 }
 
-/// The proxy's answer to a query, or why a proposal was refused.
+/// The proxy's answer to a proposal, or why it was refused.
 pub type Verdict = Result<Accepted, Refusal>;
+
+/// A [`Verdict`] as the node's proxy client reads it off the wire.
+pub fn verdict(verdict: Verdict) -> sockmsg_node::rendezvous::Verdict {
+    match verdict {
+        Ok(_) => sockmsg_node::rendezvous::Verdict::Accepted,
+        Err(refusal) => sockmsg_node::rendezvous::Verdict::Refused {
+            status: refusal.status,
+            reason: refusal.reason,
+        },
+    }
+}
 
 /// The key manager and the proxy of one schedule.
 pub struct Services {

@@ -1,0 +1,725 @@
+//! The node's business with the proxy, as a sans-IO state machine: whom to ask to be
+//! admitted, when to claim a new group, when to announce and refresh a leadership, when
+//! to found the group again.
+//!
+//! [`Rendezvous`] owns the policy and no I/O: the caller (the tokio driver, or the
+//! group simulator, which runs this very code against the proxy's own [`Directory`]
+//! rules) polls it for [`ProxyRequest`]s, performs them, and hands each answer back.
+//! Time comes in as arguments; nothing here reads a clock or a socket.
+//!
+//! ```text
+//!   Group event ─────────────► Rendezvous::handle_event
+//!   loop turn ───────────────► Rendezvous::poll_request(now, wall_ms, &mut group)
+//!                                 └─► ProxyRequest (Query | Claim | Announce) ─► the proxy
+//!   the proxy's answer ──────► Rendezvous::handle_answer(now, &mut group, answer)
+//!   Rendezvous::poll_event ──► RendezvousEvent (notices for the user)
+//!   sleep until Rendezvous::poll_timeout
+//! ```
+//!
+//! One request is outstanding at a time: a node asks or announces, never both (a leader
+//! does not query, a follower does not announce), and a late answer to a request made
+//! in another role is still meaningful (see [`Rendezvous::handle_answer`]).
+//!
+//! [`Directory`]: sockmsg_proxy::Directory
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sockmsg_proxy::client::RecordDraft;
+use sockmsg_proxy::handler::RecordSummary;
+use sockmsg_proxy::Kind;
+use sockmsg_wire::frame::ProxyStatus;
+
+use crate::group::{Group, GroupEvent, Role};
+use crate::message::MemberInfo;
+
+/// The timings of the policy. [`RendezvousConfig::default`] is what ships, and what the
+/// group simulator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RendezvousConfig {
+    /// How often a leader re-announces an unchanged record: the proxy forgets it after
+    /// its TTL (5 s by default), and each announcement costs an RSA signature, so a
+    /// little more than half the TTL (an exchange retries over UDP, then TCP, well
+    /// within the rest).
+    pub refresh_interval: Duration,
+    /// How often a node that is not (or no longer) admitted asks the proxy again.
+    pub requery_interval: Duration,
+    /// A member with no leader for this long asks the proxy too (it may have been
+    /// removed without hearing of it, or the others elected a leader it cannot reach).
+    pub leaderless_requery: Duration,
+    /// A node with a past in the group that finds no record at the proxy for this long
+    /// founds the group again (in a term after every term it saw): its old members are
+    /// gone.
+    pub refound_after: Duration,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        RendezvousConfig {
+            refresh_interval: Duration::from_secs(3),
+            requery_interval: Duration::from_secs(1),
+            leaderless_requery: Duration::from_secs(1),
+            refound_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the caller is to send to the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyRequest {
+    /// LEADER_QUERY for the group.
+    Query,
+    /// LEADER_CLAIM of term 1, to be signed with the node's key.
+    Claim(RecordDraft),
+    /// LEADER_ANNOUNCE, to be signed with the node's key, with the signed votes that
+    /// elected it.
+    Announce {
+        draft: RecordDraft,
+        votes: Vec<(String, Vec<u8>)>,
+    },
+}
+
+impl ProxyRequest {
+    /// The record it proposes (none for a query), and as what.
+    pub fn proposal(&self) -> Option<(Kind, &RecordDraft)> {
+        match self {
+            ProxyRequest::Query => None,
+            ProxyRequest::Claim(draft) => Some((Kind::Claim, draft)),
+            ProxyRequest::Announce { draft, .. } => Some((Kind::Announce, draft)),
+        }
+    }
+}
+
+/// The proxy's verdict on a claim or an announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Refused { status: ProxyStatus, reason: String },
+}
+
+/// The answer to the outstanding [`ProxyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAnswer {
+    /// To a query: the record the proxy holds, or none (NO_LEADER).
+    Record(Option<RecordSummary>),
+    /// To a claim or an announcement.
+    Verdict(Verdict),
+    /// No answer (the proxy is down or unreachable), or one this node cannot read.
+    Failed(String),
+}
+
+/// What the node should tell its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RendezvousEvent {
+    Notice(String),
+}
+
+/// The request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    Query,
+    Claim,
+    Announce,
+}
+
+/// The last record this node announced: what it said, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Announced {
+    term: u64,
+    version: u64,
+    at: Instant,
+    issued_at_ms: u64,
+}
+
+/// One node's rendezvous with the proxy. See the module documentation.
+#[derive(Debug)]
+pub struct Rendezvous {
+    config: RendezvousConfig,
+    group_name: String,
+    me: String,
+    addr: SocketAddr,
+    /// Whether the persisted state said we never belonged to the group: only such a node
+    /// claims a group the proxy knows no leader of; one with a past waits for its
+    /// members first.
+    newcomer: bool,
+    /// Whether this incarnation has been admitted (GroupEvent::Joined, until Removed). A
+    /// restarted member is listed in its persisted membership, but under its previous
+    /// incarnation and address: it must still ask to be admitted anew.
+    joined: bool,
+    /// The leader this incarnation last sent a JOIN to (the group repeats it).
+    join_sent_to: Option<String>,
+    asking: Option<Asking>,
+    last_query: Option<Instant>,
+    /// Since when the proxy has answered NO_LEADER without a break.
+    no_record_since: Option<Instant>,
+    /// Since the first term without a leader: a node that moves from term to term
+    /// without following anyone is still leaderless.
+    leaderless_since: Option<Instant>,
+    announced: Option<Announced>,
+    /// The proxy knows no leader and this newcomer is to claim the group.
+    claim_due: bool,
+    stopped: bool,
+    events: VecDeque<RendezvousEvent>,
+}
+
+impl Rendezvous {
+    /// `newcomer`: the node's persisted state holds no term and no membership.
+    pub fn new(
+        config: RendezvousConfig,
+        group_name: &str,
+        me: &MemberInfo,
+        newcomer: bool,
+        now: Instant,
+    ) -> Rendezvous {
+        Rendezvous {
+            config,
+            group_name: group_name.to_owned(),
+            me: me.name.clone(),
+            addr: me.addr,
+            newcomer,
+            joined: false,
+            join_sent_to: None,
+            asking: None,
+            last_query: None,
+            no_record_since: None,
+            leaderless_since: Some(now),
+            announced: None,
+            claim_due: false,
+            stopped: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Whether this incarnation is admitted.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The node is leaving: no more requests.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Follows what the group reports.
+    pub fn handle_event(&mut self, now: Instant, event: &GroupEvent) {
+        match event {
+            GroupEvent::LeaderChanged { leader, .. } => {
+                self.leaderless_since = match leader {
+                    Some(_) => None,
+                    None => Some(self.leaderless_since.unwrap_or(now)),
+                };
+            }
+            GroupEvent::Joined => {
+                self.newcomer = false;
+                self.joined = true;
+            }
+            GroupEvent::Removed => {
+                self.joined = false;
+                self.join_sent_to = None;
+                self.last_query = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`poll_request`](Rendezvous::poll_request) next has something to do, if the
+    /// group's state does not change before (the caller polls again after every input
+    /// to the group anyway). Never a time that has passed unless a poll would act on it.
+    pub fn poll_timeout(&self, group: &Group) -> Option<Instant> {
+        if self.stopped || self.asking.is_some() {
+            return None;
+        }
+        if group.role() == Role::Leader {
+            // A new term or membership is announced as soon as its votes are signed,
+            // which is an input to the group; only the refresh is a deadline.
+            return self
+                .announced
+                .filter(|a| a.term == group.term() && a.version == group.membership_version())
+                .map(|a| a.at + self.config.refresh_interval);
+        }
+        if self.claim_due {
+            // Due already: since the query that found no leader.
+            return self.last_query;
+        }
+        let last_query = self.last_query?;
+        let wanted_from = if !self.joined {
+            last_query
+        } else {
+            self.leaderless_since? + self.config.leaderless_requery
+        };
+        Some(wanted_from.max(last_query + self.config.requery_interval))
+    }
+
+    /// The next request for the proxy, if one is due: a query while not admitted or long
+    /// without a leader; while leading, an announcement of each new term and membership,
+    /// and a refresh every `refresh_interval`. Also sends a JOIN to a leader the node
+    /// already hears from (the best contact), once per leader.
+    pub fn poll_request(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        group: &mut Group,
+    ) -> Option<ProxyRequest> {
+        if self.stopped {
+            return None;
+        }
+        let leading = group.role() == Role::Leader;
+        if !self.joined && !leading {
+            if let Some(leader) = group.leader().map(str::to_owned) {
+                if self.join_sent_to.as_deref() != Some(leader.as_str()) {
+                    let _ = group.join(now, &leader);
+                    self.join_sent_to = Some(leader);
+                }
+            }
+        }
+        if self.asking.is_some() {
+            return None;
+        }
+        if std::mem::take(&mut self.claim_due) && !leading {
+            return Some(self.claim(wall_ms));
+        }
+        if leading {
+            return self.announce_if_due(now, wall_ms, group);
+        }
+        let leaderless_long = self
+            .leaderless_since
+            .is_some_and(|since| now - since >= self.config.leaderless_requery);
+        let due = self
+            .last_query
+            .is_none_or(|at| now - at >= self.config.requery_interval);
+        if (!self.joined || leaderless_long) && due {
+            self.last_query = Some(now);
+            self.asking = Some(Asking::Query);
+            return Some(ProxyRequest::Query);
+        }
+        None
+    }
+
+    fn announce_if_due(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        group: &Group,
+    ) -> Option<ProxyRequest> {
+        let (term, version) = (group.term(), group.membership_version());
+        let due = self.announced.is_none_or(|a| {
+            a.term != term || a.version != version || now - a.at >= self.config.refresh_interval
+        });
+        if !due {
+            return None;
+        }
+        // A new leader's votes are signed a few milliseconds after they elected it.
+        let votes = group.election_proof()?;
+        // Strictly increasing: the proxy takes a refresh only if it is newer.
+        let issued_at_ms = match self.announced {
+            Some(a) => wall_ms.max(a.issued_at_ms + 1),
+            None => wall_ms,
+        };
+        self.announced = Some(Announced {
+            term,
+            version,
+            at: now,
+            issued_at_ms,
+        });
+        let draft = RecordDraft {
+            group: self.group_name.clone(),
+            term,
+            leader: self.me.clone(),
+            leader_addr: self.addr,
+            membership_version: version,
+            members: group.members().iter().map(|m| m.name.clone()).collect(),
+            issued_at_ms,
+        };
+        self.asking = Some(Asking::Announce);
+        Some(ProxyRequest::Announce { draft, votes })
+    }
+
+    /// The answer to the outstanding request.
+    pub fn handle_answer(&mut self, now: Instant, group: &mut Group, answer: ProxyAnswer) {
+        let Some(asked) = self.asking.take() else {
+            return;
+        };
+        match (asked, answer) {
+            (_, ProxyAnswer::Failed(why)) => self.notice(format!("proxy: {why}")),
+            (Asking::Query, ProxyAnswer::Record(Some(record))) => {
+                self.no_record_since = None;
+                self.on_record(now, group, &record);
+            }
+            (Asking::Query, ProxyAnswer::Record(None)) => self.on_no_record(now, group),
+            (Asking::Claim, ProxyAnswer::Verdict(verdict)) => self.on_claim(now, group, verdict),
+            (Asking::Announce, ProxyAnswer::Verdict(verdict)) => self.on_announce(verdict),
+            (asked, answer) => {
+                tracing::debug!(?asked, ?answer, "an answer that does not fit the request")
+            }
+        }
+    }
+
+    /// Pops what the node should tell its user.
+    pub fn poll_event(&mut self) -> Option<RendezvousEvent> {
+        self.events.pop_front()
+    }
+
+    fn notice(&mut self, text: String) {
+        self.events.push_back(RendezvousEvent::Notice(text));
+    }
+
+    fn on_record(&mut self, now: Instant, group: &mut Group, record: &RecordSummary) {
+        if record.leader == self.me {
+            // Our own record from before a restart: the members will elect anew.
+            return;
+        }
+        let known_leader = group.leader().is_some();
+        // The proxy checked a majority of signed votes for this (term, leader): evidence
+        // enough for a joiner to follow it (SPEC.md §12.2).
+        group.vouch(now, record.term, &record.leader);
+        if self.joined && known_leader {
+            return;
+        }
+        // The proxy's record may lag an election: a leader we hear from wins; else every
+        // member of the record is a contact (the leader among them admits us, and a
+        // majority of them is whom a later leader must be backed by).
+        match group.leader().filter(|l| *l != self.me).map(str::to_owned) {
+            Some(leader) => {
+                let _ = group.join(now, &leader);
+                self.join_sent_to = Some(leader);
+            }
+            None => {
+                let mut contacts = vec![record.leader.as_str()];
+                contacts.extend(
+                    record
+                        .members
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|m| *m != record.leader),
+                );
+                let _ = group.join_via(now, &contacts);
+                self.join_sent_to = Some(record.leader.clone());
+            }
+        }
+    }
+
+    /// No leader at the proxy. A newcomer claims the group (and founds it once the
+    /// proxy accepts); a node with a past in the group waits for its members to elect,
+    /// and founds it again only if nobody announced anything for `refound_after`.
+    fn on_no_record(&mut self, now: Instant, group: &mut Group) {
+        let since = *self.no_record_since.get_or_insert(now);
+        if group.role() == Role::Leader {
+            return;
+        }
+        if self.newcomer {
+            // Sent by the next poll, which has the wall clock.
+            self.claim_due = true;
+        } else if now - since >= self.config.refound_after && group.leader().is_none() {
+            self.notice(
+                "no member of the group has been heard of for a while: founding it again".into(),
+            );
+            let term = group.term();
+            let _ = group.bootstrap(now, term);
+            self.no_record_since = None;
+        }
+    }
+
+    /// A claim of term 1 for this node, signed at `wall_ms`.
+    fn claim(&mut self, wall_ms: u64) -> ProxyRequest {
+        self.asking = Some(Asking::Claim);
+        ProxyRequest::Claim(RecordDraft {
+            group: self.group_name.clone(),
+            term: 1,
+            leader: self.me.clone(),
+            leader_addr: self.addr,
+            membership_version: 1,
+            members: vec![self.me.clone()],
+            issued_at_ms: wall_ms,
+        })
+    }
+
+    fn on_claim(&mut self, now: Instant, group: &mut Group, verdict: Verdict) {
+        match verdict {
+            Verdict::Accepted => {
+                let _ = group.bootstrap(now, 0);
+                self.newcomer = false;
+                self.notice(format!(
+                    "founded group {} (the proxy knew no leader)",
+                    self.group_name
+                ));
+            }
+            Verdict::Refused { status, reason } => {
+                // Someone else claimed it first: ask again at once, then join them.
+                tracing::debug!("claim refused: {status:?} {reason}");
+                self.last_query = None;
+            }
+        }
+    }
+
+    fn on_announce(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Accepted => {}
+            Verdict::Refused { status, reason } => {
+                tracing::debug!("announcement refused: {status:?} {reason}");
+                if status == ProxyStatus::STALE_TERM {
+                    self.notice("the proxy knows a newer leader than this one".into());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The policy against a real [`Group`], with the proxy's answers written by hand.
+
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::group::{GroupConfig, HardState, Output, VoteSigner};
+    use crate::message::GroupMessage;
+
+    const WALL: u64 = 1_767_225_600_000;
+
+    struct TestSigner;
+
+    impl VoteSigner for TestSigner {
+        fn sign_vote(&self, input: &[u8]) -> Vec<u8> {
+            input.to_vec()
+        }
+    }
+
+    fn me(name: &str) -> MemberInfo {
+        MemberInfo {
+            name: name.into(),
+            addr: "127.0.0.1:7402".parse().unwrap(),
+            rank: 1,
+            incarnation: 7,
+        }
+    }
+
+    /// A node `name` with `hard` as its persisted state, and its rendezvous.
+    fn node(name: &str, hard: HardState, now: Instant) -> (Group, Rendezvous) {
+        let newcomer = hard.term == 0 && hard.members.is_empty();
+        let group = Group::new(
+            GroupConfig::new("lobby"),
+            me(name),
+            hard,
+            ChaCha8Rng::seed_from_u64(1),
+            now,
+        )
+        .unwrap();
+        let rendezvous = Rendezvous::new(
+            RendezvousConfig::default(),
+            "lobby",
+            &me(name),
+            newcomer,
+            now,
+        );
+        (group, rendezvous)
+    }
+
+    /// Performs the group's outputs as far as they concern these tests: votes are signed
+    /// at once, events go to the rendezvous; returns the frames sent.
+    fn pump(
+        group: &mut Group,
+        rendezvous: &mut Rendezvous,
+        now: Instant,
+    ) -> Vec<(String, GroupMessage)> {
+        let mut sent = Vec::new();
+        while let Some(output) = group.poll_output() {
+            match output {
+                Output::SignVote { vote, .. } => group.vote_signed(vote.signed(&TestSigner)),
+                Output::Event(event) => rendezvous.handle_event(now, &event),
+                Output::Send { to, frame, .. } => sent.push((to, frame)),
+                _ => {}
+            }
+        }
+        sent
+    }
+
+    fn record(leader: &str, members: &[&str], term: u64) -> RecordSummary {
+        RecordSummary {
+            group: "lobby".into(),
+            term,
+            leader: leader.into(),
+            leader_addr: "127.0.0.1:7403".parse().unwrap(),
+            membership_version: 3,
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            issued_at_ms: WALL,
+        }
+    }
+
+    fn notices(rendezvous: &mut Rendezvous) -> Vec<String> {
+        std::iter::from_fn(|| rendezvous.poll_event())
+            .map(|RendezvousEvent::Notice(text)| text)
+            .collect()
+    }
+
+    #[test]
+    fn a_newcomer_claims_a_group_the_proxy_knows_no_leader_of_then_announces_it() {
+        let now = Instant::now();
+        let (mut g, mut r) = node("alice", HardState::default(), now);
+        assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
+        assert_eq!(
+            r.poll_request(now, WALL, &mut g),
+            None,
+            "one request at a time"
+        );
+        r.handle_answer(now, &mut g, ProxyAnswer::Record(None));
+        let Some(ProxyRequest::Claim(draft)) = r.poll_request(now, WALL, &mut g) else {
+            panic!("a newcomer claims the group");
+        };
+        assert_eq!(
+            (draft.term, draft.members.as_slice()),
+            (1, &["alice".to_owned()][..])
+        );
+        assert_eq!(
+            g.role(),
+            Role::Follower,
+            "nothing founded before the proxy agrees"
+        );
+        r.handle_answer(now, &mut g, ProxyAnswer::Verdict(Verdict::Accepted));
+        pump(&mut g, &mut r, now);
+        assert_eq!(g.role(), Role::Leader);
+        assert!(notices(&mut r).iter().any(|n| n.contains("founded")));
+        let Some(ProxyRequest::Announce { draft, votes }) = r.poll_request(now, WALL, &mut g)
+        else {
+            panic!("the new leader announces its term");
+        };
+        assert_eq!(draft.term, g.term());
+        assert_eq!(votes.len(), 1, "its own signed vote");
+    }
+
+    #[test]
+    fn a_leader_refreshes_its_record_every_refresh_interval_and_not_before() {
+        let t0 = Instant::now();
+        let (mut g, mut r) = node("alice", HardState::default(), t0);
+        g.bootstrap(t0, 0).unwrap();
+        pump(&mut g, &mut r, t0);
+        assert!(matches!(
+            r.poll_request(t0, WALL, &mut g),
+            Some(ProxyRequest::Announce { .. })
+        ));
+        r.handle_answer(t0, &mut g, ProxyAnswer::Verdict(Verdict::Accepted));
+        let refresh = t0 + RendezvousConfig::default().refresh_interval;
+        assert_eq!(r.poll_timeout(&g), Some(refresh));
+        let just_before = refresh - Duration::from_millis(1);
+        assert_eq!(r.poll_request(just_before, WALL + 2999, &mut g), None);
+        let Some(ProxyRequest::Announce { draft, .. }) = r.poll_request(refresh, WALL, &mut g)
+        else {
+            panic!("a refresh is due");
+        };
+        assert_eq!(
+            draft.issued_at_ms,
+            WALL + 1,
+            "issue times only grow, whatever the clock"
+        );
+    }
+
+    #[test]
+    fn a_joiner_asks_every_member_of_the_record_and_takes_its_leader_as_proven() {
+        let now = Instant::now();
+        let (mut g, mut r) = node("dave", HardState::default(), now);
+        assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
+        r.handle_answer(
+            now,
+            &mut g,
+            ProxyAnswer::Record(Some(record("alice", &["alice", "bob", "carol"], 4))),
+        );
+        let joins: Vec<String> = pump(&mut g, &mut r, now)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(joins, ["alice", "bob", "carol"]);
+        // Not admitted yet: it asks again a requery interval later.
+        let again = now + RendezvousConfig::default().requery_interval;
+        assert_eq!(r.poll_timeout(&g), Some(again));
+        assert_eq!(
+            r.poll_request(again, WALL, &mut g),
+            Some(ProxyRequest::Query)
+        );
+    }
+
+    #[test]
+    fn a_refused_claim_asks_again_at_once() {
+        let now = Instant::now();
+        let (mut g, mut r) = node("bob", HardState::default(), now);
+        r.poll_request(now, WALL, &mut g);
+        r.handle_answer(now, &mut g, ProxyAnswer::Record(None));
+        assert!(matches!(
+            r.poll_request(now, WALL, &mut g),
+            Some(ProxyRequest::Claim(_))
+        ));
+        let refused = Verdict::Refused {
+            status: ProxyStatus::ALREADY_CLAIMED,
+            reason: "group has a leader".into(),
+        };
+        r.handle_answer(now, &mut g, ProxyAnswer::Verdict(refused));
+        assert_eq!(g.role(), Role::Follower, "founded nothing");
+        assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
+    }
+
+    #[test]
+    fn a_node_with_a_past_waits_for_its_members_and_founds_again_only_after_refound_after() {
+        let t0 = Instant::now();
+        let hard = HardState {
+            term: 6,
+            members: vec![me("carol"), me("alice")],
+            membership_term: 5,
+            membership_version: 2,
+            ..HardState::default()
+        };
+        let (mut g, mut r) = node("carol", hard, t0);
+        let config = RendezvousConfig::default();
+        let mut now = t0;
+        while now < t0 + config.refound_after {
+            if let Some(request) = r.poll_request(now, WALL, &mut g) {
+                assert_eq!(request, ProxyRequest::Query, "never a claim: it has a past");
+                r.handle_answer(now, &mut g, ProxyAnswer::Record(None));
+                pump(&mut g, &mut r, now);
+            }
+            assert_ne!(g.role(), Role::Leader, "founded again too early");
+            now += Duration::from_millis(100);
+        }
+        now += config.requery_interval;
+        assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
+        r.handle_answer(now, &mut g, ProxyAnswer::Record(None));
+        pump(&mut g, &mut r, now);
+        assert_eq!(g.role(), Role::Leader);
+        assert!(
+            g.term() > 6,
+            "in a term after every term it saw: {}",
+            g.term()
+        );
+        assert!(notices(&mut r)
+            .iter()
+            .any(|n| n.contains("founding it again")));
+    }
+
+    #[test]
+    fn an_unreachable_proxy_is_reported_and_asked_again() {
+        let now = Instant::now();
+        let (mut g, mut r) = node("erin", HardState::default(), now);
+        r.poll_request(now, WALL, &mut g);
+        r.handle_answer(
+            now,
+            &mut g,
+            ProxyAnswer::Failed("the proxy did not answer".into()),
+        );
+        assert_eq!(notices(&mut r), ["proxy: the proxy did not answer"]);
+        let again = now + RendezvousConfig::default().requery_interval;
+        assert_eq!(r.poll_timeout(&g), Some(again));
+        assert_eq!(
+            r.poll_request(again, WALL, &mut g),
+            Some(ProxyRequest::Query)
+        );
+    }
+
+    #[test]
+    fn a_stopped_node_asks_nothing() {
+        let now = Instant::now();
+        let (mut g, mut r) = node("frank", HardState::default(), now);
+        r.stop();
+        assert_eq!(r.poll_request(now, WALL, &mut g), None);
+        assert_eq!(r.poll_timeout(&g), None);
+    }
+}
