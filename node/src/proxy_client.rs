@@ -98,6 +98,7 @@ impl ProxyClient {
             Some((_, Frame::ProxyResult(result))) => Ok(Verdict::Refused {
                 status: result.status,
                 reason: result.reason.as_str().to_owned(),
+                held: result.held.iter().next().map(|r| RecordSummary::from(&r)),
             }),
             _ => Err(ProxyError::BadAnswer(self.addr)),
         }

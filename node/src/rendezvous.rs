@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sockmsg_proxy::client::RecordDraft;
 use sockmsg_proxy::handler::RecordSummary;
-use sockmsg_proxy::Kind;
+use sockmsg_proxy::{GroupRank, Kind};
 use sockmsg_wire::frame::ProxyStatus;
 
 use crate::group::{Group, GroupEvent, Role};
@@ -52,6 +52,10 @@ pub struct RendezvousConfig {
     /// founds the group again (in a term after every term it saw): its old members are
     /// gone.
     pub refound_after: Duration,
+    /// How often a member that follows a leader asks the proxy whether another group of
+    /// the same name holds the name (SPEC.md §12.7): how soon the members of a group
+    /// that another outranks learn that they are to merge into it.
+    pub merge_check_interval: Duration,
 }
 
 impl Default for RendezvousConfig {
@@ -61,6 +65,7 @@ impl Default for RendezvousConfig {
             requery_interval: Duration::from_secs(1),
             leaderless_requery: Duration::from_secs(1),
             refound_after: Duration::from_secs(10),
+            merge_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -95,7 +100,12 @@ impl ProxyRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
-    Refused { status: ProxyStatus, reason: String },
+    Refused {
+        status: ProxyStatus,
+        reason: String,
+        /// The record the proxy holds, when it is why (SPEC.md §7.24).
+        held: Option<RecordSummary>,
+    },
 }
 
 /// The answer to the outstanding [`ProxyRequest`].
@@ -243,12 +253,17 @@ impl Rendezvous {
             return self.last_query;
         }
         let last_query = self.last_query?;
-        let wanted_from = if !self.joined {
-            last_query
+        if self.joined && group.leader().is_none() {
+            // Asks once it has been without a leader for `leaderless_requery`.
+            let leaderless_long = self.leaderless_since? + self.config.leaderless_requery;
+            return Some(leaderless_long.max(last_query + self.config.requery_interval));
+        }
+        let interval = if self.joined {
+            self.config.merge_check_interval
         } else {
-            self.leaderless_since? + self.config.leaderless_requery
+            self.config.requery_interval
         };
-        Some(wanted_from.max(last_query + self.config.requery_interval))
+        Some(last_query + interval)
     }
 
     /// The next request for the proxy, if one is due: a query while not admitted or long
@@ -282,18 +297,29 @@ impl Rendezvous {
         if leading {
             return self.announce_if_due(now, wall_ms, group);
         }
-        let leaderless_long = self
-            .leaderless_since
-            .is_some_and(|since| now - since >= self.config.leaderless_requery);
         let due = self
             .last_query
-            .is_none_or(|at| now - at >= self.config.requery_interval);
-        if (!self.joined || leaderless_long) && due {
+            .is_none_or(|at| now - at >= self.query_interval(now, group));
+        if due {
             self.last_query = Some(now);
             self.asking = Some(Asking::Query);
             return Some(ProxyRequest::Query);
         }
         None
+    }
+
+    /// How often a node that does not lead asks the proxy: often while not admitted or
+    /// long without a leader (to find whom to join), now and then while following (to
+    /// learn of another group of the same name).
+    fn query_interval(&self, now: Instant, group: &Group) -> Duration {
+        let leaderless_long = self
+            .leaderless_since
+            .is_some_and(|since| now - since >= self.config.leaderless_requery);
+        if !self.joined || leaderless_long || group.leader().is_none() {
+            self.config.requery_interval
+        } else {
+            self.config.merge_check_interval
+        }
     }
 
     fn announce_if_due(
@@ -348,7 +374,9 @@ impl Rendezvous {
             }
             (Asking::Query, ProxyAnswer::Record(None)) => self.on_no_record(now, group),
             (Asking::Claim, ProxyAnswer::Verdict(verdict)) => self.on_claim(now, group, verdict),
-            (Asking::Announce, ProxyAnswer::Verdict(verdict)) => self.on_announce(verdict),
+            (Asking::Announce, ProxyAnswer::Verdict(verdict)) => {
+                self.on_announce(now, group, verdict)
+            }
             (asked, answer) => {
                 tracing::debug!(?asked, ?answer, "an answer that does not fit the request")
             }
@@ -367,6 +395,15 @@ impl Rendezvous {
     fn on_record(&mut self, now: Instant, group: &mut Group, record: &RecordSummary) {
         if record.leader == self.me {
             // Our own record from before a restart: the members will elect anew.
+            return;
+        }
+        if self.joined && self.is_other_group(group, record) {
+            // Another group of the same name. If it outranks ours, we merge into it;
+            // if not, our leader replaces its record at the proxy at its next refresh,
+            // and its members learn of us as we learned of them.
+            if group.leader().is_some() && self.outranked_by(group, record) {
+                self.merge_into(now, group, record);
+            }
             return;
         }
         let known_leader = group.leader().is_some();
@@ -444,7 +481,7 @@ impl Rendezvous {
                     self.group_name
                 ));
             }
-            Verdict::Refused { status, reason } => {
+            Verdict::Refused { status, reason, .. } => {
                 // Someone else claimed it first: ask again at once, then join them.
                 tracing::debug!("claim refused: {status:?} {reason}");
                 self.last_query = None;
@@ -452,17 +489,93 @@ impl Rendezvous {
         }
     }
 
-    fn on_announce(&mut self, verdict: Verdict) {
-        match verdict {
-            Verdict::Accepted => {}
-            Verdict::Refused { status, reason } => {
-                tracing::debug!("announcement refused: {status:?} {reason}");
-                if status == ProxyStatus::STALE_TERM {
-                    self.notice("the proxy knows a newer leader than this one".into());
+    fn on_announce(&mut self, now: Instant, group: &mut Group, verdict: Verdict) {
+        let Verdict::Refused {
+            status,
+            reason,
+            held,
+        } = verdict
+        else {
+            return;
+        };
+        tracing::debug!("announcement refused: {status:?} {reason}");
+        match held {
+            Some(held) if self.is_other_group(group, &held) => {
+                if self.outranked_by(group, &held) {
+                    self.merge_into(now, group, &held);
+                } else if group.stand_again_for_proof(now) {
+                    self.notice(format!(
+                        "the proxy holds another group named {} (led by {}, {} members); \
+                         this one is larger: standing again so that its members' votes \
+                         prove it",
+                        self.group_name,
+                        held.leader,
+                        held.members.len()
+                    ));
+                } else {
+                    self.notice(format!(
+                        "the proxy refused this group's record ({reason}) in favour of \
+                         another group named {} led by {}; asking again",
+                        self.group_name, held.leader
+                    ));
                 }
             }
+            _ if status == ProxyStatus::STALE_TERM => {
+                self.notice("the proxy knows a newer leader than this one".into())
+            }
+            _ => self.notice(format!("the proxy refused this leader's record: {reason}")),
         }
     }
+
+    /// Whether `record` is of another group than the one `group` holds (SPEC.md §12.7):
+    /// no member in common.
+    fn is_other_group(&self, group: &Group, record: &RecordSummary) -> bool {
+        let ours = GroupRank::new(group.members().iter().map(|m| m.name.as_str()), "");
+        !group.members().is_empty() && record_rank(record).is_other_group(&ours)
+    }
+
+    /// Whether the group of `record` outranks ours, which merges into it then.
+    fn outranked_by(&self, group: &Group, record: &RecordSummary) -> bool {
+        let leader = group.leader().unwrap_or(self.me.as_str());
+        let ours = GroupRank::new(group.members().iter().map(|m| m.name.as_str()), leader);
+        record_rank(record).outranks(&ours)
+    }
+
+    /// Leaves our group for the group of `record`, which outranks it (SPEC.md §12.7):
+    /// forgets it ([`Group::dissolve`]) and asks the other group's members to admit us,
+    /// as any newcomer the proxy directed to them.
+    fn merge_into(&mut self, now: Instant, group: &mut Group, record: &RecordSummary) {
+        self.notice(format!(
+            "another group named {} (led by {}, {} members) outranks this one ({} \
+             members): merging into it",
+            self.group_name,
+            record.leader,
+            record.members.len(),
+            group.members().len()
+        ));
+        group.dissolve(now);
+        self.newcomer = true;
+        self.joined = false;
+        self.announced = None;
+        self.no_record_since = None;
+        self.claim_due = false;
+        self.last_query = Some(now);
+        group.vouch(now, record.term, &record.leader);
+        let mut contacts = vec![record.leader.as_str()];
+        contacts.extend(
+            record
+                .members
+                .iter()
+                .map(String::as_str)
+                .filter(|m| *m != record.leader),
+        );
+        let _ = group.join_via(now, &contacts);
+        self.join_sent_to = Some(record.leader.clone());
+    }
+}
+
+fn record_rank(record: &RecordSummary) -> GroupRank<'_> {
+    GroupRank::new(record.members.iter().map(String::as_str), &record.leader)
 }
 
 #[cfg(test)]
@@ -652,6 +765,7 @@ mod tests {
         let refused = Verdict::Refused {
             status: ProxyStatus::ALREADY_CLAIMED,
             reason: "group has a leader".into(),
+            held: Some(record("alice", &["alice"], 1)),
         };
         r.handle_answer(now, &mut g, ProxyAnswer::Verdict(refused));
         assert_eq!(g.role(), Role::Follower, "founded nothing");
@@ -721,5 +835,86 @@ mod tests {
         r.stop();
         assert_eq!(r.poll_request(now, WALL, &mut g), None);
         assert_eq!(r.poll_timeout(&g), None);
+    }
+
+    /// A leader of a group of one, `name`, whose first announcement is out and answered
+    /// with `refusal`.
+    fn refused_leader(name: &str, refusal: Verdict, now: Instant) -> (Group, Rendezvous) {
+        let (mut g, mut r) = node(name, HardState::default(), now);
+        g.bootstrap(now, 0).unwrap();
+        pump(&mut g, &mut r, now);
+        assert!(matches!(
+            r.poll_request(now, WALL, &mut g),
+            Some(ProxyRequest::Announce { .. })
+        ));
+        r.handle_answer(now, &mut g, ProxyAnswer::Verdict(refusal));
+        (g, r)
+    }
+
+    #[test]
+    fn spec_12_7_a_leader_refused_for_a_group_that_outranks_its_own_merges_into_it() {
+        let now = Instant::now();
+        let refusal = Verdict::Refused {
+            status: ProxyStatus::INSUFFICIENT_VOTES,
+            reason: "0 of 3 votes".into(),
+            held: Some(record("alice", &["alice", "bob", "carol"], 4)),
+        };
+        let (mut g, mut r) = refused_leader("dave", refusal, now);
+        assert_eq!(g.role(), Role::Follower);
+        assert_eq!(
+            (g.term(), g.members().len()),
+            (0, 0),
+            "forgot its own group"
+        );
+        let sent = pump(&mut g, &mut r, now);
+        let joins: Vec<&str> = sent
+            .iter()
+            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
+            .map(|(to, _)| to.as_str())
+            .collect();
+        assert_eq!(joins, ["alice", "bob", "carol"]);
+        let said = notices(&mut r);
+        assert!(
+            said.iter()
+                .any(|n| n.contains("merging into it") && n.contains("alice")),
+            "{said:?}"
+        );
+        assert!(!r.joined());
+    }
+
+    #[test]
+    fn spec_12_7_a_leader_whose_group_outranks_the_held_one_keeps_it_and_says_so() {
+        let now = Instant::now();
+        // As large (one member each), and "dave" sorts before "erin": ours outranks.
+        let refusal = Verdict::Refused {
+            status: ProxyStatus::ALREADY_CLAIMED,
+            reason: "group has a leader".into(),
+            held: Some(record("erin", &["erin"], 1)),
+        };
+        let (g, mut r) = refused_leader("dave", refusal, now);
+        assert_eq!(g.role(), Role::Leader);
+        assert_eq!(g.members().len(), 1);
+        let said = notices(&mut r);
+        assert!(
+            said.iter().any(|n| n.contains("erin")),
+            "never silently: {said:?}"
+        );
+    }
+
+    #[test]
+    fn spec_12_7_a_record_of_the_same_group_is_never_a_merge() {
+        let now = Instant::now();
+        // The held record shares a member with ours: a newer term of our own group.
+        let refusal = Verdict::Refused {
+            status: ProxyStatus::STALE_TERM,
+            reason: "term 1 < 5".into(),
+            held: Some(record("alice", &["alice", "dave", "bob", "carol"], 5)),
+        };
+        let (g, mut r) = refused_leader("dave", refusal, now);
+        assert_eq!(g.members().len(), 1, "kept");
+        assert_eq!(
+            notices(&mut r),
+            ["the proxy knows a newer leader than this one"]
+        );
     }
 }

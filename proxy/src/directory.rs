@@ -100,12 +100,29 @@ pub struct Refusal {
     pub status: ProxyStatus,
     /// Short on purpose: it travels in the answer, which must stay small (SPEC.md §4).
     pub reason: String,
+    /// The record held for the group, encoded (a LEADER_INFO body), when it is the
+    /// reason: the refused leader learns of the competing group (SPEC.md §7.24, §12.7).
+    pub held: Option<Vec<u8>>,
 }
 
 fn refuse<T>(status: ProxyStatus, reason: impl Into<String>) -> Result<T, Refusal> {
     Err(Refusal {
         status,
         reason: reason.into(),
+        held: None,
+    })
+}
+
+/// A refusal because of `held`, which goes with it.
+fn refuse_for<T>(
+    status: ProxyStatus,
+    reason: impl Into<String>,
+    held: &Entry,
+) -> Result<T, Refusal> {
+    Err(Refusal {
+        status,
+        reason: reason.into(),
+        held: Some(held.record.clone()),
     })
 }
 
@@ -136,15 +153,28 @@ pub enum Plan {
     /// A higher term: the leader's signature and granted votes of more than half of
     /// `membership`.
     Election { membership: BTreeSet<String> },
+    /// Another group of the same name that outranks the held one (SPEC.md §12.7): its
+    /// membership shares no name with the held record's and is larger (or as large,
+    /// with a leader name that sorts first). Needs the leader's signature and granted
+    /// votes of more than half of `membership`, the proposal's own, whatever the terms.
+    Merge { membership: BTreeSet<String> },
 }
 
 impl Plan {
+    /// The membership whose majority must have voted, if any.
+    pub fn voters(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            Plan::First | Plan::Refresh => None,
+            Plan::Election { membership } | Plan::Merge { membership } => Some(membership),
+        }
+    }
+
     /// The names whose keys the decision needs: the leader, then the voters who can
     /// count (at most [`sockmsg_wire::limits::MAX_MEMBERS`] of them), each once.
     pub fn key_names(&self, proposal: &Proposal<'_>) -> Vec<String> {
         let leader = proposal.record.leader.as_str();
         let mut names = vec![leader.to_owned()];
-        if let Plan::Election { membership } = self {
+        if let Some(membership) = self.voters() {
             let mut seen = BTreeSet::from([leader]);
             for vote in proposal.votes.iter().flat_map(|votes| votes.iter()) {
                 let voter = vote.voter.as_str();
@@ -180,7 +210,7 @@ impl Evidence {
         );
         let mut granted = BTreeSet::new();
         let mut forged = BTreeSet::new();
-        if let Plan::Election { membership } = plan {
+        if let Some(membership) = plan.voters() {
             for vote in proposal.votes.iter().flat_map(|votes| votes.iter()) {
                 let voter = vote.voter.as_str();
                 if !membership.contains(voter) || granted.contains(voter) || forged.contains(voter)
@@ -219,6 +249,9 @@ pub enum Accepted {
     Refresh,
     /// A new term, proven by a majority's votes.
     Election,
+    /// Another group of the same name that outranks the held one, proven by a majority
+    /// of its own membership (SPEC.md §12.7).
+    Merge,
 }
 
 /// One group's accepted record.
@@ -326,20 +359,26 @@ impl Directory {
             });
         };
         if proposal.kind == Kind::Claim {
-            return refuse(ProxyStatus::ALREADY_CLAIMED, "group has a leader");
+            return refuse_for(ProxyStatus::ALREADY_CLAIMED, "group has a leader", held);
+        }
+        if outranks(record, held) {
+            return Ok(Plan::Merge {
+                membership: names(&record.members),
+            });
         }
         if record.term < held.term {
-            return refuse(
+            return refuse_for(
                 ProxyStatus::STALE_TERM,
                 format!("term {} < {}", record.term, held.term),
+                held,
             );
         }
         if record.term == held.term {
             if record.leader.as_str() != held.leader {
                 return if record.term == 1 {
-                    refuse(ProxyStatus::ALREADY_CLAIMED, "group has a leader")
+                    refuse_for(ProxyStatus::ALREADY_CLAIMED, "group has a leader", held)
                 } else {
-                    refuse(ProxyStatus::STALE_TERM, "term has another leader")
+                    refuse_for(ProxyStatus::STALE_TERM, "term has another leader", held)
                 };
             }
             if record.issued_at_ms <= held.issued_at_ms {
@@ -374,7 +413,7 @@ impl Directory {
         let accepted = match &plan {
             Plan::First => Accepted::First,
             Plan::Refresh => Accepted::Refresh,
-            Plan::Election { membership } => {
+            Plan::Election { membership } | Plan::Merge { membership } => {
                 if let Some(voter) = evidence
                     .forged
                     .iter()
@@ -391,12 +430,17 @@ impl Directory {
                     .filter(|voter| membership.contains(*voter))
                     .count();
                 if votes * 2 <= membership.len() {
-                    return refuse(
-                        ProxyStatus::INSUFFICIENT_VOTES,
-                        format!("{votes} of {} votes", membership.len()),
-                    );
+                    let reason = format!("{votes} of {} votes", membership.len());
+                    return match self.groups.get(record_group(proposal)) {
+                        Some(held) => refuse_for(ProxyStatus::INSUFFICIENT_VOTES, reason, held),
+                        None => refuse(ProxyStatus::INSUFFICIENT_VOTES, reason),
+                    };
                 }
-                Accepted::Election
+                if matches!(plan, Plan::Merge { .. }) {
+                    Accepted::Merge
+                } else {
+                    Accepted::Election
+                }
             }
         };
         let record = &proposal.record;
@@ -427,6 +471,55 @@ impl Directory {
         let plan = self.plan(proposal, now)?;
         let evidence = Evidence::gather(proposal, &plan, keys);
         self.decide(proposal, &evidence, now)
+    }
+}
+
+fn record_group<'a>(proposal: &Proposal<'a>) -> &'a str {
+    proposal.record.group.as_str()
+}
+
+/// Whether `record` is another group of the same name than the `held` one, and
+/// outranks it (see [`GroupRank`]).
+fn outranks(record: &LeaderRecord<'_>, held: &Entry) -> bool {
+    let challenger = GroupRank::new(
+        record.members.iter().map(|m| m.as_str()),
+        record.leader.as_str(),
+    );
+    let incumbent = GroupRank::new(held.members.iter().map(String::as_str), &held.leader);
+    challenger.outranks(&incumbent)
+}
+
+/// A group of a given name as a record shows it, for choosing which of two groups of the
+/// same name the other merges into (SPEC.md §12.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRank<'a> {
+    members: BTreeSet<&'a str>,
+    leader: &'a str,
+}
+
+impl<'a> GroupRank<'a> {
+    pub fn new(members: impl IntoIterator<Item = &'a str>, leader: &'a str) -> GroupRank<'a> {
+        GroupRank {
+            members: members.into_iter().collect(),
+            leader,
+        }
+    }
+
+    /// Whether this group and `other` are two groups, not two views of one: no member
+    /// in common. (Any two memberships of one group that a leader was elected by
+    /// share a member.)
+    pub fn is_other_group(&self, other: &GroupRank<'_>) -> bool {
+        self.members.is_disjoint(&other.members)
+    }
+
+    /// Whether this is another group than `other` and the one that `other` merges
+    /// into: more distinct members, or as many and a leader name that sorts first. A
+    /// total order, so that every proxy and every node comparing the same two records
+    /// picks the same group; not on terms, which a group of one raises at will.
+    pub fn outranks(&self, other: &GroupRank<'_>) -> bool {
+        self.is_other_group(other)
+            && (self.members.len(), std::cmp::Reverse(self.leader))
+                > (other.members.len(), std::cmp::Reverse(other.leader))
     }
 }
 
@@ -816,5 +909,130 @@ mod tests {
         );
         // Once the first expires, there is room again.
         assert!(claim(&mut directory, &other, now(DEFAULT_RECORD_TTL_MS)).is_ok());
+    }
+
+    /// The record `directory` holds, decoded.
+    fn held(directory: &mut Directory, at: Now) -> RecordSummary {
+        let bytes = directory.query("lobby", at).expect("a record").to_vec();
+        summary(&bytes)
+    }
+
+    fn summary(body: &[u8]) -> RecordSummary {
+        let mut frame = vec![sockmsg_wire::FrameType::LEADER_INFO.0];
+        frame.extend_from_slice(body);
+        match sockmsg_wire::Frame::decode(&frame, 0) {
+            Ok((sockmsg_wire::Frame::LeaderInfo(record), _)) => RecordSummary::from(&record),
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+
+    use crate::handler::RecordSummary;
+
+    #[test]
+    fn spec_12_7_another_group_that_outranks_the_held_one_replaces_it_whatever_its_term() {
+        let mut directory = Directory::default();
+        // After a restart, a newcomer claimed the group first...
+        claim(&mut directory, &draft(1, "dave", &["dave"], T0), now(0)).unwrap();
+        // ...and the group that lived on, larger, announces an earlier term than it
+        // might: terms do not decide between two groups.
+        let group = draft(1, "alice", &["alice", "bob", "carol"], T0 + 1);
+        assert_eq!(
+            announce(&mut directory, &group, &["alice", "bob"], now(1)),
+            Ok(Accepted::Merge)
+        );
+        assert_eq!(held(&mut directory, now(2)).leader, "alice");
+    }
+
+    #[test]
+    fn spec_12_7_a_merge_needs_votes_of_a_majority_of_its_own_membership() {
+        let mut directory = Directory::default();
+        claim(&mut directory, &draft(1, "dave", &["dave"], T0), now(0)).unwrap();
+        // One member cannot list names to outrank a group: they must have voted.
+        let puffed = draft(4, "mallory", &["mallory", "alice", "bob"], T0 + 1);
+        let refusal = announce(&mut directory, &puffed, &["mallory"], now(1)).unwrap_err();
+        assert_eq!(refusal.status, ProxyStatus::INSUFFICIENT_VOTES);
+        let held = summary(
+            refusal
+                .held
+                .as_deref()
+                .expect("the held record goes with it"),
+        );
+        assert_eq!(held.leader, "dave");
+    }
+
+    #[test]
+    fn spec_12_7_a_smaller_group_is_refused_and_told_which_group_holds_the_name() {
+        let mut directory = Directory::default();
+        let group = draft(1, "alice", &["alice", "bob", "carol"], T0);
+        announce(&mut directory, &group, &["alice", "bob"], now(0)).unwrap();
+        let small = draft(9, "dave", &["dave"], T0 + 1);
+        let refusal = announce(&mut directory, &small, &["dave"], now(1)).unwrap_err();
+        assert_eq!(refusal.status, ProxyStatus::INSUFFICIENT_VOTES);
+        let held = summary(
+            refusal
+                .held
+                .as_deref()
+                .expect("the held record goes with it"),
+        );
+        assert_eq!((held.leader.as_str(), held.members.len()), ("alice", 3));
+        // A claim is told too.
+        let refusal = claim(
+            &mut directory,
+            &draft(1, "mallory", &["mallory"], T0 + 2),
+            now(2),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.status, ProxyStatus::ALREADY_CLAIMED);
+        assert!(refusal.held.is_some());
+    }
+
+    #[test]
+    fn spec_12_7_groups_of_one_size_merge_into_the_leader_name_that_sorts_first() {
+        let mut directory = Directory::default();
+        claim(&mut directory, &draft(1, "dave", &["dave"], T0), now(0)).unwrap();
+        let later = draft(1, "erin", &["erin"], T0 + 1);
+        let keys = TestKeys::with_names(["dave", "erin", "bob"]);
+        let erin = votes(&later, &["erin"]);
+        let refused = submit_with(
+            &mut directory,
+            Kind::Announce,
+            &later,
+            &signed(&later),
+            &erin,
+            &keys,
+            now(1),
+        );
+        assert_eq!(refused.unwrap_err().status, ProxyStatus::ALREADY_CLAIMED);
+        let first = draft(3, "bob", &["bob"], T0 + 2);
+        let bob = votes(&first, &["bob"]);
+        let accepted = submit_with(
+            &mut directory,
+            Kind::Announce,
+            &first,
+            &signed(&first),
+            &bob,
+            &keys,
+            now(2),
+        );
+        assert_eq!(accepted, Ok(Accepted::Merge));
+    }
+
+    #[test]
+    fn spec_12_7_a_group_that_shares_a_member_with_the_held_one_is_the_same_group() {
+        let mut directory = Directory::default();
+        let group = draft(5, "alice", &["alice", "bob", "carol"], T0);
+        announce(&mut directory, &group, &["alice", "bob"], now(0)).unwrap();
+        // An older leader of the same group, cut off, with a larger membership of old:
+        // not a merge, and its term is stale.
+        let stale = draft(4, "dave", &["dave", "carol", "mallory", "bob"], T0 + 1);
+        let refusal = announce(
+            &mut directory,
+            &stale,
+            &["dave", "carol", "mallory"],
+            now(1),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.status, ProxyStatus::STALE_TERM);
+        assert_eq!(held(&mut directory, now(2)).leader, "alice");
     }
 }

@@ -13,7 +13,9 @@
 use sockmsg_wire::frame::{
     Frame, FrameType, LeaderAnnounce, LeaderRecord, NoLeader, ProxyResult, ProxyStatus,
 };
-use sockmsg_wire::{encode_cleartext_packet, Datagram, Encode, Name, PacketType, Text, HEADER_LEN};
+use sockmsg_wire::{
+    encode_cleartext_packet, Datagram, Encode, List, Name, PacketType, Text, HEADER_LEN,
+};
 
 use crate::directory::{Accepted, Directory, Kind, Now, Proposal, Refusal};
 
@@ -160,7 +162,17 @@ pub fn verdict_action(
             request_id,
             reply_limit,
         ),
-        Err(refusal) => refusal_action(request_id, refusal.status, &refusal.reason, reply_limit),
+        Err(refusal) => fit(
+            result_response_with(
+                request_id,
+                refusal.status,
+                &refusal.reason,
+                refusal.held.as_deref(),
+            ),
+            Outcome::Refused(refusal.status),
+            request_id,
+            reply_limit,
+        ),
     }
 }
 
@@ -210,13 +222,39 @@ fn response(request_id: u64, frame: Frame<'_>) -> Vec<u8> {
     packet
 }
 
-/// PROXY_RESULT, the reason cut to fit the field.
+/// PROXY_RESULT, the reason cut to fit the field, no record held.
 fn result_response(request_id: u64, status: ProxyStatus, reason: &str) -> Vec<u8> {
+    result_response_with(request_id, status, reason, None)
+}
+
+/// PROXY_RESULT carrying `held`, the encoded record the proxy holds (a LEADER_INFO
+/// body), if any.
+fn result_response_with(
+    request_id: u64,
+    status: ProxyStatus,
+    reason: &str,
+    held: Option<&[u8]>,
+) -> Vec<u8> {
+    // The held record was encoded by the directory from a record it decoded: it decodes.
+    let info: Option<Vec<u8>> = held.map(|body| {
+        let mut frame = vec![FrameType::LEADER_INFO.0];
+        frame.extend_from_slice(body);
+        frame
+    });
+    let record = match info.as_deref().map(|frame| Frame::decode(frame, 0)) {
+        Some(Ok((Frame::LeaderInfo(record), _))) => Some(record),
+        _ => None,
+    };
+    let records: &[LeaderRecord<'_>] = match &record {
+        Some(record) => std::slice::from_ref(record),
+        None => &[],
+    };
     response(
         request_id,
         Frame::ProxyResult(ProxyResult {
             status,
             reason: Text::truncated(reason),
+            held: List::new(records).unwrap_or_else(|_| List::empty()),
         }),
     )
 }

@@ -31,6 +31,6 @@ pub mod handler;
 pub mod server;
 
 pub use directory::{
-    Accepted, Directory, DirectoryConfig, Evidence, Kind, Now, Plan, Proposal, Refusal,
+    Accepted, Directory, DirectoryConfig, Evidence, GroupRank, Kind, Now, Plan, Proposal, Refusal,
 };
 pub use server::{ServeConfig, Server, ServerError, Stats, StatsSnapshot};

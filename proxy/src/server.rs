@@ -122,6 +122,8 @@ sockmsg_service::service_stats! {
     accepted_refresh,
     /// New terms accepted with a majority's votes.
     accepted_election,
+    /// Records of another group of the same name that outranked the held one.
+    accepted_merge,
     /// Refusals, one counter per PROXY_RESULT status.
     refused_stale_term,
     refused_bad_signature,
@@ -147,6 +149,7 @@ impl Stats {
             Outcome::Accepted(Accepted::First) => &self.accepted_first,
             Outcome::Accepted(Accepted::Refresh) => &self.accepted_refresh,
             Outcome::Accepted(Accepted::Election) => &self.accepted_election,
+            Outcome::Accepted(Accepted::Merge) => &self.accepted_merge,
             Outcome::Refused(status) => match status {
                 ProxyStatus::STALE_TERM => &self.refused_stale_term,
                 ProxyStatus::BAD_SIGNATURE => &self.refused_bad_signature,

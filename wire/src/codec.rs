@@ -466,6 +466,13 @@ impl<'a, T: Decode<'a> + Copy> List<'a, T> {
         })
     }
 
+    /// The empty list.
+    pub fn empty() -> Self {
+        List {
+            repr: ListRepr::Items(&[]),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self.repr {
             ListRepr::Wire { count, .. } => count,

@@ -349,6 +349,7 @@ fn cleartext_seeds() -> Vec<(PacketType, Vec<Frame<'static>>)> {
                 Frame::ProxyResult(ProxyResult {
                     status: ProxyStatus::STALE_TERM,
                     reason: Text::new("term 3 < 4").unwrap(),
+                    held: List::new(Box::leak(Box::new([record()]))).unwrap(),
                 }),
                 Frame::KeyRecord(KeyRecord {
                     name: n("carol"),

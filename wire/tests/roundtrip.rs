@@ -394,11 +394,12 @@ fn frame(frame_type: FrameType) -> BoxedStrategy<Frame<'static>> {
         FrameType::LEADER_ANNOUNCE => (leader_record(), list(vote_proof()))
             .prop_map(|(record, votes)| Frame::LeaderAnnounce(LeaderAnnounce { record, votes }))
             .boxed(),
-        FrameType::PROXY_RESULT => (any::<u8>(), text())
-            .prop_map(|(status, reason)| {
+        FrameType::PROXY_RESULT => (any::<u8>(), text(), vec(leader_record(), 0..=1))
+            .prop_map(|(status, reason, held)| {
                 Frame::ProxyResult(ProxyResult {
                     status: ProxyStatus(status),
                     reason,
+                    held: List::new(Vec::leak(held)).expect("≤ 1 item"),
                 })
             })
             .boxed(),

@@ -292,6 +292,15 @@ fn expected_vectors() -> BTreeMap<&'static str, Expected> {
             F(Frame::ProxyResult(ProxyResult {
                 status: ProxyStatus::STALE_TERM,
                 reason: Text::new("term 1 < 2").unwrap(),
+                held: List::new(&[]).unwrap(),
+            })),
+        ),
+        (
+            "frame.proxy_result_held",
+            F(Frame::ProxyResult(ProxyResult {
+                status: ProxyStatus::INSUFFICIENT_VOTES,
+                reason: Text::new("0 of 2 votes").unwrap(),
+                held: List::new(Box::leak(Box::new([leader_record()]))).unwrap(),
             })),
         ),
         (

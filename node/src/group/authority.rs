@@ -1015,6 +1015,28 @@ impl Group {
         self.start_election(now);
     }
 
+    /// Leader: the proxy is to take our record over another group's (SPEC.md §12.7),
+    /// which needs signed votes of a majority of the membership we hold now, and our
+    /// election counted fewer (members joined since). Stands again, as for a member that
+    /// reports a later term (with the same backoff), so that the members we hold now
+    /// elect us; the next announcement carries their votes. Returns whether it stood.
+    pub fn stand_again_for_proof(&mut self, now: Instant) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        let proven = self
+            .proof
+            .keys()
+            .filter(|voter| self.members.iter().any(|m| &m.name == *voter))
+            .count();
+        if proven * 2 > self.members.len() {
+            return false;
+        }
+        let (me, term) = (self.me.name.clone(), self.hard.term.saturating_add(1));
+        self.stand_again(now, &me, term);
+        self.role != Role::Leader
+    }
+
     /// Leader: member `from` asked us whether we lead `term`, our term: it holds our
     /// claim and cannot prove it. That happens when it holds a membership our election
     /// did not count (a change made in an earlier term that never reached our voters,

@@ -50,6 +50,43 @@ impl Group {
         Ok(())
     }
 
+    /// Leaves this group for another group of the same name that outranks it (SPEC.md
+    /// §12.7): the node forgets this one entirely (term, vote, membership, former
+    /// members, chat state) and is a newcomer, to be admitted by the other group's
+    /// leader ([`Group::join_via`]). The new state is persisted first thing; frames not
+    /// yet sent are dropped (they were for the group it leaves; lines not yet
+    /// acknowledged are not delivered, and the node is told so as `Removed`).
+    ///
+    /// Why forgetting the term is safe: the two groups share no member (they could not
+    /// be told apart otherwise), so no election of the group it joins counted a vote of
+    /// this node's past, and the proxy takes the other group's record only with signed
+    /// votes of a majority of that group's own membership, of which this node's past
+    /// votes, cast for candidates of the group it leaves, are none.
+    pub fn dissolve(&mut self, now: Instant) {
+        use rand::{RngExt, SeedableRng};
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.random());
+        let fresh = Group::new(
+            self.config.clone(),
+            self.me.clone(),
+            super::HardState::default(),
+            rng,
+            now,
+        );
+        // The configuration and the name were valid when this group was made.
+        let Ok(fresh) = fresh else { return };
+        *self = fresh;
+        self.persist();
+        self.event(GroupEvent::LeaderChanged {
+            term: 0,
+            leader: None,
+        });
+        self.event(GroupEvent::MembersChanged {
+            version: 0,
+            members: Vec::new(),
+        });
+        self.event(GroupEvent::Removed);
+    }
+
     /// A (pre-)vote request from a node we do not list means it was removed without
     /// hearing of it; tell it, so it stops standing and can join again. The leader
     /// sends its membership; a follower names its leader, as to a joiner (the removed

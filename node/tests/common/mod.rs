@@ -364,3 +364,288 @@ impl Drop for Services {
         }
     }
 }
+
+/// A server of this process on its own thread and tokio runtime, until stopped (or
+/// dropped): the part of [`KeymgrServer`] and [`ProxyServer`] that can end on its own,
+/// unlike [`Services`], whose key manager and proxy share one stop signal.
+pub struct ServerThread {
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Binds with `bind` on a new thread and serves with `serve` until stopped. `bind`
+    /// is retried for `DEADLINE` (an address just released by a stopped server may take
+    /// a moment to be free again); the bound address, or why it could not bind.
+    fn spawn<S, B, BF, V, VF>(
+        what: &'static str,
+        bind: B,
+        local_addr: fn(&S) -> std::net::SocketAddr,
+        serve: V,
+    ) -> (std::net::SocketAddr, ServerThread)
+    where
+        S: 'static,
+        B: Fn() -> BF + Send + 'static,
+        BF: std::future::Future<Output = Result<S, String>>,
+        V: FnOnce(S, watch::Receiver<bool>) -> VF + Send + 'static,
+        VF: std::future::Future<Output = ()>,
+    {
+        let (stop, stopping) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let deadline = Instant::now() + DEADLINE;
+                let server = loop {
+                    match bind().await {
+                        Ok(server) => break server,
+                        Err(e) if Instant::now() >= deadline => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                };
+                let _ = ready_tx.send(Ok(local_addr(&server)));
+                serve(server, stopping).await;
+            });
+        });
+        let addr = match ready_rx.recv_timeout(DEADLINE + Duration::from_secs(5)) {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => panic!("{what} could not start: {e}"),
+            Err(e) => panic!("{what} did not start: {e}"),
+        };
+        (
+            addr,
+            ServerThread {
+                stop,
+                thread: Some(thread),
+            },
+        )
+    }
+
+    /// Stops the server and waits until its thread has ended (its sockets are closed).
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("server thread");
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A key manager (real server, open registration) on a thread of this process, which a
+/// test can stop and start again at the same address from the same data directory.
+pub struct KeymgrServer {
+    pub addr: std::net::SocketAddr,
+    pub fingerprint: String,
+    data_dir: PathBuf,
+    running: Option<ServerThread>,
+    _dir: TempDir,
+}
+
+impl KeymgrServer {
+    /// A new key manager (the checked-in manager key) on an ephemeral loopback port.
+    pub fn on_loopback() -> KeymgrServer {
+        let dir = TempDir::new("keymgr");
+        let pem = std::fs::read_to_string(testdata_key("keymgr")).unwrap();
+        let data_dir = dir.0.join("keymgr");
+        let fingerprint = sockmsg_keymgr::datadir::init_with_key(&data_dir, &pem).unwrap();
+        let (addr, running) = Self::serve(data_dir.clone(), "127.0.0.1:0".parse().unwrap());
+        KeymgrServer {
+            addr,
+            fingerprint,
+            data_dir,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    fn serve(
+        data_dir: PathBuf,
+        listen: std::net::SocketAddr,
+    ) -> (std::net::SocketAddr, ServerThread) {
+        ServerThread::spawn(
+            "key manager",
+            move || {
+                let config = sockmsg_keymgr::server::ServeConfig::new(
+                    data_dir.clone(),
+                    listen,
+                    RegistrationMode::Open,
+                );
+                async move {
+                    sockmsg_keymgr::server::Server::bind(config)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+            },
+            sockmsg_keymgr::server::Server::local_addr,
+            |server, mut stopping| async move {
+                let _ = server
+                    .run(async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    })
+                    .await;
+            },
+        )
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops the server; its sockets are closed and its database released on return.
+    pub fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+    }
+
+    /// Starts it again at the same address, from the same data directory (same key, same
+    /// registrations).
+    pub fn start(&mut self) {
+        assert!(self.running.is_none(), "the key manager is running");
+        let (addr, running) = Self::serve(self.data_dir.clone(), self.addr);
+        assert_eq!(
+            addr, self.addr,
+            "the key manager came back at another address"
+        );
+        self.running = Some(running);
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+}
+
+/// A proxy (real server) on a thread of this process, which a test can stop and start
+/// again at the same UDP/TCP address, each time with empty state (the proxy keeps only
+/// soft state: a restarted proxy knows no group).
+pub struct ProxyServer {
+    pub addr: std::net::SocketAddr,
+    keymgr: std::net::SocketAddr,
+    keymgr_fingerprint: String,
+    running: Option<ServerThread>,
+}
+
+impl ProxyServer {
+    /// A new proxy at `listen` (port 0: an ephemeral one) that checks keys with the key
+    /// manager at `keymgr`, pinned to `keymgr_fingerprint`.
+    pub fn start_new(
+        listen: std::net::SocketAddr,
+        keymgr: std::net::SocketAddr,
+        keymgr_fingerprint: &str,
+    ) -> ProxyServer {
+        let (addr, running) = Self::serve(listen, keymgr, keymgr_fingerprint.to_owned());
+        ProxyServer {
+            addr,
+            keymgr,
+            keymgr_fingerprint: keymgr_fingerprint.to_owned(),
+            running: Some(running),
+        }
+    }
+
+    fn serve(
+        listen: std::net::SocketAddr,
+        keymgr: std::net::SocketAddr,
+        fingerprint: String,
+    ) -> (std::net::SocketAddr, ServerThread) {
+        ServerThread::spawn(
+            "proxy",
+            move || {
+                let config = sockmsg_proxy::server::ServeConfig::new(
+                    listen,
+                    keymgr,
+                    Trust::Pinned(fingerprint.clone()),
+                );
+                async move {
+                    sockmsg_proxy::server::Server::bind(config)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+            sockmsg_proxy::server::Server::local_addr,
+            |server, mut stopping| async move {
+                let _ = server
+                    .run(async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    })
+                    .await;
+            },
+        )
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops the proxy; its sockets are closed and its records gone on return.
+    pub fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+    }
+
+    /// Starts a fresh proxy (no records) at the same address.
+    pub fn start(&mut self) {
+        assert!(self.running.is_none(), "the proxy is running");
+        let (addr, running) = Self::serve(self.addr, self.keymgr, self.keymgr_fingerprint.clone());
+        assert_eq!(addr, self.addr, "the proxy came back at another address");
+        self.running = Some(running);
+    }
+
+    /// [`stop`](ProxyServer::stop), then [`start`](ProxyServer::start).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+}
+
+/// Like [`Services`] on loopback, but each server can be stopped and started again on
+/// its own: the proxy with empty state, the key manager from its data directory, both at
+/// their first addresses.
+pub struct RestartableServices {
+    // The proxy first: dropped (stopped) before the key manager it talks to.
+    pub proxy: ProxyServer,
+    pub keymgr: KeymgrServer,
+}
+
+impl RestartableServices {
+    pub fn on_loopback() -> RestartableServices {
+        let keymgr = KeymgrServer::on_loopback();
+        let proxy = ProxyServer::start_new(
+            "127.0.0.1:0".parse().unwrap(),
+            keymgr.addr,
+            &keymgr.fingerprint,
+        );
+        RestartableServices { proxy, keymgr }
+    }
+
+    /// The flags that point a node at these services (and bind it to any loopback port).
+    pub fn node_args(&self) -> Vec<String> {
+        vec![
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--proxy".into(),
+            self.proxy.addr.to_string(),
+            "--keymgr".into(),
+            self.keymgr.addr.to_string(),
+        ]
+    }
+}

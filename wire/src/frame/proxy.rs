@@ -83,5 +83,10 @@ wire_struct! {
     pub struct ProxyResult<'a> {
         pub status: ProxyStatus,
         pub reason: Text<'a>,
+        /// On a refusal because of the record the proxy holds for the group (another
+        /// leader, a later term, votes that are no majority of its membership): that
+        /// record, so the refused leader can act on it (merge, SPEC.md §12.7).
+        /// Otherwise empty. At most one; a receiver reads the first.
+        pub held: List<'a, LeaderRecord<'a>>,
     }
 }

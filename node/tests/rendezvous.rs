@@ -1,0 +1,464 @@
+//! One group per name, whatever happens to the proxy (or the key manager): real
+//! `sockmsg-node` processes on loopback, with a key manager and a proxy run by this test
+//! process (`common::RestartableServices`) that the tests stop and start again at the
+//! same address.
+//!
+//! - `proxy_restart_then_a_newcomer_ends_in_one_group`: alice, bob and carol form group
+//!   `g` and chat; the proxy restarts with empty state; dave starts at once. Within 15 s
+//!   of the proxy's return the four follow one leader in one membership of four, and a
+//!   line goes from dave to alice and from alice to dave.
+//! - `proxy_down_while_a_node_starts_ends_in_one_group`: the same, but dave starts while
+//!   the proxy is down, and the proxy comes back (empty) 3 s later.
+//! - `key_manager_restart_keeps_one_group`: the key manager restarts from its data
+//!   directory (same key, same registrations) while the proxy keeps running; dave starts
+//!   at once.
+//!
+//! "One group" is read from the nodes' JSON events: every node's latest `leader` event
+//! names the same leader in the same term, its latest `members` event lists exactly the
+//! four, and its latest `joined`/`removed`/`left` is `joined`. Every wait is on events
+//! with a deadline; the only sleep makes the proxy's outage last 3 s.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{chat_from, install_identity, is, NodeProc, RestartableServices, TempDir};
+use serde_json::Value;
+
+const GROUP: &str = "g";
+/// The three that form the group before the fault, and the newcomer.
+const FIRST: [&str; 3] = ["alice", "bob", "carol"];
+const NEWCOMER: &str = "dave";
+/// How long the nodes have to end in one group once the fault is over.
+const SETTLE: Duration = Duration::from_secs(15);
+/// How long one chat line may take once they are in one group.
+const CHAT: Duration = Duration::from_secs(10);
+/// How long the proxy stays down in the second scenario.
+const OUTAGE: Duration = Duration::from_secs(3);
+
+/// What one node's events say about its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct View {
+    name: String,
+    running: bool,
+    /// The latest of `joined`, `removed`, `left`.
+    admission: Option<String>,
+    /// The latest `leader` event: term, leader.
+    leader: Option<(u64, Option<String>)>,
+    /// The latest `members` event: version, names.
+    members: Option<(u64, BTreeSet<String>)>,
+}
+
+impl View {
+    fn of(node: &mut NodeProc) -> View {
+        let running = node.running();
+        let events = node.events();
+        let latest = |kind: &str| events.iter().rev().find(|e| is(e, kind));
+        let admission = events
+            .iter()
+            .rev()
+            .find(|e| is(e, "joined") || is(e, "removed") || is(e, "left"))
+            .and_then(|e| e["event"].as_str().map(str::to_owned));
+        let leader = latest("leader").map(|e| {
+            (
+                e["term"].as_u64().unwrap_or(0),
+                e["leader"].as_str().map(str::to_owned),
+            )
+        });
+        let members = latest("members").map(|e| {
+            let names = e["members"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (e["version"].as_u64().unwrap_or(0), names)
+        });
+        View {
+            name: node.name.clone(),
+            running,
+            admission,
+            leader,
+            members,
+        }
+    }
+
+    fn line(&self) -> String {
+        let leader = match &self.leader {
+            Some((term, Some(leader))) => format!("leader {leader} (term {term})"),
+            Some((term, None)) => format!("no leader (term {term})"),
+            None => "no leader event".to_owned(),
+        };
+        let members = match &self.members {
+            Some((version, names)) => format!(
+                "{} members {:?} (version {version})",
+                names.len(),
+                names.iter().collect::<Vec<_>>()
+            ),
+            None => "no members event".to_owned(),
+        };
+        format!(
+            "{:>6}: {}{leader}, {members}, last admission event {}",
+            self.name,
+            if self.running { "" } else { "EXITED, " },
+            self.admission.as_deref().unwrap_or("none"),
+        )
+    }
+}
+
+/// The (term, leader) all of `views` follow, if they are one group whose members are
+/// exactly `expected`.
+fn one_group(views: &[View], expected: &BTreeSet<String>) -> Option<(u64, String)> {
+    let first = views.first()?;
+    let Some((term, Some(leader))) = &first.leader else {
+        return None;
+    };
+    let agreed = views.iter().all(|v| {
+        v.running
+            && v.admission.as_deref() == Some("joined")
+            && v.leader == first.leader
+            && v.members
+                .as_ref()
+                .is_some_and(|(_, names)| names == expected)
+    });
+    (agreed && expected.contains(leader)).then(|| (*term, leader.clone()))
+}
+
+/// The views as a diagnostic: one line per node, then who follows whom.
+fn describe(views: &[View]) -> String {
+    let mut out: Vec<String> = views.iter().map(View::line).collect();
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for v in views {
+        let key = match &v.leader {
+            Some((term, Some(leader))) => format!("{leader} (term {term})"),
+            _ => "(no leader)".to_owned(),
+        };
+        groups.entry(key).or_default().push(&v.name);
+    }
+    let leaders = groups
+        .iter()
+        .filter(|(k, _)| k.as_str() != "(no leader)")
+        .count();
+    let summary: Vec<String> = groups
+        .iter()
+        .map(|(leader, followers)| format!("{leader} <- {}", followers.join(", ")))
+        .collect();
+    out.push(format!(
+        "{leaders} distinct leader(s) of group {GROUP}: {}",
+        summary.join("; ")
+    ));
+    out.join("\n  ")
+}
+
+/// What the proxy at `proxy` holds for group `g` now, as a line of diagnostic.
+fn proxy_record(proxy: SocketAddr) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = sockmsg_node::proxy_client::ProxyClient::new(proxy);
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), client.query(GROUP)).await
+    });
+    match answer {
+        Ok(Ok(Some(r))) => format!(
+            "leader {} (term {}), membership version {}, members {:?}",
+            r.leader, r.term, r.membership_version, r.members
+        ),
+        Ok(Ok(None)) => "no leader".to_owned(),
+        Ok(Err(e)) => format!("no answer: {e}"),
+        Err(_) => "no answer within 5 s".to_owned(),
+    }
+}
+
+/// The node processes of one test, all in group `g`.
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    args: Vec<String>,
+    proxy: SocketAddr,
+    data: TempDir,
+    began: Instant,
+}
+
+impl Cluster {
+    fn new(services: &RestartableServices) -> Cluster {
+        let data = TempDir::new("rendezvous");
+        for name in FIRST.iter().chain([&NEWCOMER]) {
+            install_identity(&data.0, name);
+        }
+        let mut args = services.node_args();
+        args.extend(["--group".to_owned(), GROUP.to_owned()]);
+        Cluster {
+            nodes: Vec::new(),
+            args,
+            proxy: services.proxy.addr,
+            data,
+            began: Instant::now(),
+        }
+    }
+
+    fn spawn(&mut self, name: &str) -> usize {
+        self.nodes
+            .push(NodeProc::spawn(name, &self.data.0, &self.args, &[]));
+        self.nodes.len() - 1
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn views(&mut self) -> Vec<View> {
+        self.nodes.iter_mut().map(View::of).collect()
+    }
+
+    /// Waits until every node follows one leader in a membership of exactly the nodes;
+    /// the (term, leader), or the diagnostic at `deadline`.
+    fn settle(&mut self, deadline: Instant) -> Result<(u64, String), String> {
+        let expected: BTreeSet<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        loop {
+            let views = self.views();
+            if let Some(agreed) = one_group(&views, &expected) {
+                return Ok(agreed);
+            }
+            if Instant::now() >= deadline {
+                return Err(describe(&views));
+            }
+            // Events arrive on reader threads: look again at the next event of the first
+            // node, or after 50 ms.
+            let first = &self.nodes[0];
+            first.wait_for(first.mark(), Duration::from_millis(50), "any event", |_| {
+                true
+            });
+        }
+    }
+
+    /// Fails the test with `what`, the nodes' views, each node's own answer to `/peers`
+    /// and its notices since `marks`.
+    fn fail(&mut self, what: &str, marks: &[usize]) -> ! {
+        let views = self.views();
+        let mut out = format!(
+            "{what} ({:?} into the test)\n  {}",
+            self.began.elapsed(),
+            describe(&views)
+        );
+        let asked: Vec<Option<usize>> = self
+            .nodes
+            .iter_mut()
+            .zip(&views)
+            .map(|(node, view)| {
+                view.running.then(|| {
+                    let mark = node.mark();
+                    node.say("/peers");
+                    mark
+                })
+            })
+            .collect();
+        out += "\n/peers, as each node answers it now:";
+        for (node, mark) in self.nodes.iter().zip(&asked) {
+            let answer = mark.and_then(|mark| {
+                node.wait_for(mark, Duration::from_secs(3), "peers", |e| is(e, "peers"))
+            });
+            let text = match answer {
+                Some(p) => {
+                    let members: Vec<String> = p["members"]
+                        .as_array()
+                        .map(|m| {
+                            m.iter()
+                                .map(|m| {
+                                    let star = if m["leader"] == true { "*" } else { "" };
+                                    format!("{star}{}", m["name"].as_str().unwrap_or("?"))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "term {}, leader {}, {} members [{}]",
+                        p["term"],
+                        p["leader"],
+                        members.len(),
+                        members.join(", ")
+                    )
+                }
+                None => "(no answer)".to_owned(),
+            };
+            out += &format!("\n  {:>6}: {text}", node.name);
+        }
+        out += &format!(
+            "\nthe proxy's record of group {GROUP}: {}",
+            proxy_record(self.proxy)
+        );
+        out += "\nnotices since the fault:";
+        for (i, node) in self.nodes.iter().enumerate() {
+            let from = marks.get(i).copied().unwrap_or(0);
+            for e in node.events().iter().skip(from).filter(|e| is(e, "notice")) {
+                out += &format!("\n  {:>6}: {}", node.name, e["text"]);
+            }
+        }
+        panic!("{out}");
+    }
+
+    /// `from` says a line; waits (up to `CHAT`) until `to` receives it.
+    fn line(&mut self, from: &str, to: &str, marks: &[usize]) -> Duration {
+        let (f, t) = (self.index(from), self.index(to));
+        let text = format!("{from} to {to} after the fault");
+        let mark = self.nodes[t].mark();
+        let said = Instant::now();
+        self.nodes[f].say(&text);
+        if self.nodes[t]
+            .wait_for(mark, CHAT, "the line", chat_from(from, &text))
+            .is_none()
+        {
+            let sender: Vec<String> = self.nodes[f]
+                .events()
+                .iter()
+                .rev()
+                .take(8)
+                .map(Value::to_string)
+                .collect();
+            self.fail(
+                &format!(
+                    "a line from {from} did not reach {to} within {CHAT:?} (the latest events \
+                     of {from}, newest first:\n    {})",
+                    sender.join("\n    ")
+                ),
+                marks,
+            );
+        }
+        said.elapsed()
+    }
+
+    /// Starts `FIRST`, waits for one group of three, and has each say a line that the
+    /// two others receive.
+    fn form(&mut self) {
+        for name in FIRST {
+            let i = self.spawn(name);
+            self.nodes[i].wait(0, "joined", |e| is(e, "joined"));
+        }
+        if let Err(views) = self.settle(Instant::now() + common::DEADLINE) {
+            panic!(
+                "the first three did not form one group within {:?}:\n  {views}",
+                common::DEADLINE
+            );
+        }
+        let marks: Vec<usize> = self.nodes.iter().map(NodeProc::mark).collect();
+        for node in self.nodes.iter_mut() {
+            let text = format!("hello from {}", node.name);
+            node.say(&text);
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            for other in FIRST.iter().filter(|n| **n != node.name) {
+                node.wait(
+                    marks[i],
+                    "a line before the fault",
+                    chat_from(other, &format!("hello from {other}")),
+                );
+            }
+        }
+    }
+
+    /// The end of every scenario: one group of four within `SETTLE` of `back`, a line
+    /// each way between the newcomer and alice, and still one group after that.
+    fn one_group_of_four_that_chats(&mut self, back: Instant, marks: &[usize], fault: &str) {
+        let (term, leader) = match self.settle(back + SETTLE) {
+            Ok(agreed) => agreed,
+            Err(_) => self.fail(
+                &format!(
+                    "NOT ONE GROUP: {SETTLE:?} after {fault}, the four nodes do not follow one \
+                     leader in one membership of four"
+                ),
+                marks,
+            ),
+        };
+        let settled = back.elapsed();
+        let there = self.line(NEWCOMER, "alice", marks);
+        let back_again = self.line("alice", NEWCOMER, marks);
+        // Still one group after the exchange (not a passing agreement).
+        if self.settle(Instant::now()).is_err() {
+            self.fail(
+                &format!("one group (leader {leader}, term {term}) came apart after the chat"),
+                marks,
+            );
+        }
+        eprintln!(
+            "after {fault}: one group of 4 led by {leader} (term {term}) after {settled:?}; \
+             {NEWCOMER} -> alice in {there:?}, alice -> {NEWCOMER} in {back_again:?}"
+        );
+    }
+}
+
+#[test]
+fn proxy_restart_then_a_newcomer_ends_in_one_group() {
+    let began = Instant::now();
+    let mut services = RestartableServices::on_loopback();
+    let mut cluster = Cluster::new(&services);
+    cluster.form();
+
+    let marks: Vec<usize> = cluster.nodes.iter().map(NodeProc::mark).collect();
+    let stopping = Instant::now();
+    services.proxy.restart();
+    let back = Instant::now();
+    cluster.spawn(NEWCOMER);
+    eprintln!(
+        "proxy restarted at {} with empty state ({:?} to stop and start); {NEWCOMER} started",
+        services.proxy.addr,
+        back - stopping
+    );
+    cluster.one_group_of_four_that_chats(back, &marks, "the proxy's restart");
+    eprintln!("whole test: {:?}", began.elapsed());
+}
+
+#[test]
+fn proxy_down_while_a_node_starts_ends_in_one_group() {
+    let began = Instant::now();
+    let mut services = RestartableServices::on_loopback();
+    let mut cluster = Cluster::new(&services);
+    cluster.form();
+
+    let marks: Vec<usize> = cluster.nodes.iter().map(NodeProc::mark).collect();
+    services.proxy.stop();
+    let down = Instant::now();
+    let d = cluster.spawn(NEWCOMER);
+    // Registered at the key manager and running, while the proxy is still down.
+    cluster.nodes[d].wait(0, "started", |e| is(e, "started"));
+    // The fault's timing, not a synchronisation: the proxy stays down for OUTAGE (or
+    // until dave has started, if that takes longer).
+    std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
+    services.proxy.start();
+    let back = Instant::now();
+    eprintln!(
+        "proxy down for {:?} ({NEWCOMER} started meanwhile), back at {} with empty state",
+        back - down,
+        services.proxy.addr
+    );
+    cluster.one_group_of_four_that_chats(back, &marks, "the proxy's return");
+    eprintln!("whole test: {:?}", began.elapsed());
+}
+
+#[test]
+fn key_manager_restart_keeps_one_group() {
+    let began = Instant::now();
+    let mut services = RestartableServices::on_loopback();
+    let mut cluster = Cluster::new(&services);
+    cluster.form();
+
+    let marks: Vec<usize> = cluster.nodes.iter().map(NodeProc::mark).collect();
+    let stopping = Instant::now();
+    services.keymgr.restart();
+    let back = Instant::now();
+    cluster.spawn(NEWCOMER);
+    eprintln!(
+        "key manager restarted at {} from its data directory ({:?} to stop and start); \
+         {NEWCOMER} started",
+        services.keymgr.addr,
+        back - stopping
+    );
+    cluster.one_group_of_four_that_chats(back, &marks, "the key manager's restart");
+    eprintln!("whole test: {:?}", began.elapsed());
+}
