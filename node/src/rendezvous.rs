@@ -503,7 +503,7 @@ impl Rendezvous {
             Some(held) if self.is_other_group(group, &held) => {
                 if self.outranked_by(group, &held) {
                     self.merge_into(now, group, &held);
-                } else if group.stand_again_for_proof(now) {
+                } else if group.stand_again_for_proof(now, &[]) {
                     self.notice(format!(
                         "the proxy holds another group named {} (led by {}, {} members); \
                          this one is larger: standing again so that its members' votes \
@@ -518,6 +518,19 @@ impl Rendezvous {
                          another group named {} led by {}; asking again",
                         self.group_name, held.leader
                     ));
+                }
+            }
+            held if status == ProxyStatus::INSUFFICIENT_VOTES => {
+                // Our own group's older record, or none: the votes that elected us are
+                // no majority of what the proxy counts. A new election gives them.
+                let held_members = held.map(|h| h.members).unwrap_or_default();
+                if group.stand_again_for_proof(now, &held_members) {
+                    self.notice(format!(
+                        "the proxy wants more votes than elected this leader ({reason}): \
+                         standing again"
+                    ));
+                } else {
+                    self.notice(format!("the proxy refused this leader's record: {reason}"));
                 }
             }
             _ if status == ProxyStatus::STALE_TERM => {

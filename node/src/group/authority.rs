@@ -1015,21 +1015,34 @@ impl Group {
         self.start_election(now);
     }
 
-    /// Leader: the proxy is to take our record over another group's (SPEC.md §12.7),
-    /// which needs signed votes of a majority of the membership we hold now, and our
-    /// election counted fewer (members joined since). Stands again, as for a member that
-    /// reports a later term (with the same backoff), so that the members we hold now
-    /// elect us; the next announcement carries their votes. Returns whether it stood.
-    pub fn stand_again_for_proof(&mut self, now: Instant) -> bool {
+    /// Leader: the proxy refused our record for want of votes, and a new election by
+    /// the members we hold now would give them: our election counted fewer than a
+    /// majority of the membership we hold now (members joined since; the proxy counts
+    /// a record's own membership when it holds none, or for a merge, SPEC.md §12.7), or
+    /// fewer than a majority of `held`, the older membership of our own group that the
+    /// proxy holds, most of which we still list. Stands again, as for a member that
+    /// reports a later term (with the same backoff); the next announcement carries the
+    /// new votes, late grants included. Returns whether it stood.
+    pub fn stand_again_for_proof(&mut self, now: Instant, held: &[String]) -> bool {
         if self.role != Role::Leader {
             return false;
         }
-        let proven = self
-            .proof
-            .keys()
-            .filter(|voter| self.members.iter().any(|m| &m.name == *voter))
+        let proven = |names: &mut dyn Iterator<Item = &String>| {
+            let (mut voted, mut all) = (0, 0);
+            for name in names {
+                all += 1;
+                voted += usize::from(self.proof.contains_key(name));
+            }
+            voted * 2 > all
+        };
+        let ours_proven = proven(&mut self.members.iter().map(|m| &m.name));
+        let listed = held
+            .iter()
+            .filter(|name| self.members.iter().any(|m| &m.name == *name))
             .count();
-        if proven * 2 > self.members.len() {
+        let held_reachable = listed * 2 > held.len();
+        let held_proven = held.is_empty() || proven(&mut held.iter());
+        if ours_proven && (held_proven || !held_reachable) {
             return false;
         }
         let (me, term) = (self.me.name.clone(), self.hard.term.saturating_add(1));

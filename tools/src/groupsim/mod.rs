@@ -143,6 +143,8 @@ pub struct Sim {
     pub config: GroupConfig,
     /// Events processed at the current instant: a livelock guard.
     same_instant: u64,
+    /// Nodes that cannot reach the proxy (a partition between them and it).
+    pub cut_from_proxy: HashSet<usize>,
     /// Names of hostile actors (no `Group` behind them, see [`byzantine`]).
     pub hostile: Vec<String>,
     /// Frames honest nodes sent to hostile actors: (to, from, frame), oldest first.
@@ -231,6 +233,7 @@ impl Sim {
             failure: None,
             config: GroupConfig::new("lobby"),
             same_instant: 0,
+            cut_from_proxy: HashSet::new(),
             hostile: Vec::new(),
             inbox: VecDeque::new(),
             watch: invariants::Watch::new(members, start),
@@ -359,7 +362,9 @@ impl Sim {
             let Some(services) = self.services.as_mut() else {
                 return;
             };
+            let reachable = services.proxy_up(elapsed) && !self.cut_from_proxy.contains(&i);
             let answer = match &request {
+                _ if !reachable => ProxyAnswer::Failed("the proxy did not answer".into()),
                 ProxyRequest::Query => ProxyAnswer::Record(services.query(elapsed)),
                 ProxyRequest::Claim(draft) => ProxyAnswer::Verdict(verdict(services.propose(
                     Kind::Claim,
@@ -459,6 +464,44 @@ impl Sim {
 
     pub fn heal(&mut self) {
         self.clear_blocked();
+    }
+
+    /// The proxy restarts and forgets every record (see [`Services::restart_proxy`]).
+    pub fn restart_proxy(&mut self) {
+        self.trace(|| "PROXY RESTART".into());
+        if let Some(services) = self.services.as_mut() {
+            services.restart_proxy();
+        }
+    }
+
+    /// The proxy answers nobody for `d`.
+    pub fn proxy_down_for(&mut self, d: Duration) {
+        self.trace(|| format!("PROXY DOWN for {d:?}"));
+        let until = self.elapsed() + d;
+        if let Some(services) = self.services.as_mut() {
+            services.proxy_down(until);
+        }
+    }
+
+    /// Nodes `cut` cannot reach the proxy (the others can), until [`Sim::heal_proxy`].
+    pub fn cut_from_proxy(&mut self, cut: &[usize]) {
+        self.trace(|| format!("CUT FROM PROXY {cut:?}"));
+        self.cut_from_proxy = cut.iter().copied().collect();
+    }
+
+    /// The proxy is up and reachable by every node again.
+    pub fn heal_proxy(&mut self) {
+        self.cut_from_proxy.clear();
+        if let Some(services) = self.services.as_mut() {
+            services.proxy_back();
+        }
+    }
+
+    /// The record the proxy holds now (for checks; `None` without services, or when it
+    /// holds none).
+    pub fn proxy_record(&mut self) -> Option<sockmsg_proxy::handler::RecordSummary> {
+        let elapsed = self.elapsed();
+        self.services.as_mut().and_then(|s| s.query(elapsed))
     }
 
     /// Restores every link, noting which nodes were cut off until now.

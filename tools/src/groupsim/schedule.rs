@@ -58,6 +58,7 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
     }
 
     let leader = heal_and_settle(&mut sim, n)?;
+    check_proxy_converges(&mut sim)?;
     check_quiet_chat(&mut sim, leader)?;
     if let Some(failure) = sim.failure.take() {
         return Err(failure);
@@ -84,10 +85,19 @@ pub fn random_chat(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize) {
 
 /// One random fault among the `n` nodes: a crash (the leader's most often), a restart,
 /// a graceful exit, a leader crash racing a membership change, a partition (symmetric
-/// or one-way), or a heal.
+/// or one-way), a heal; and, with services, a fault of the proxy: a restart that forgets
+/// every record, a while down (up to past the record's TTL), or some nodes cut off
+/// from it.
 pub fn random_fault(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize) {
     let victim = rng.random_range(0..n);
-    match rng.random_range(0..13) {
+    let kinds = if sim.services.is_some() { 16 } else { 13 };
+    match rng.random_range(0..kinds) {
+        13 => sim.restart_proxy(),
+        14 => sim.proxy_down_for(rng.random_range(100..6000) * MS),
+        15 => {
+            let cut: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.4)).collect();
+            sim.cut_from_proxy(&cut);
+        }
         10 => {
             // A graceful exit (the process ends once the node has left).
             sim.with(victim, |g, now| {
@@ -164,6 +174,7 @@ pub fn crash_departed(sim: &mut Sim, n: usize) {
 /// follows, that lists all `n`, and whose membership every node holds.
 pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
     sim.heal();
+    sim.heal_proxy();
     for i in 0..n {
         if sim
             .group(i)
@@ -198,6 +209,42 @@ pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
         )
     })
 }
+
+/// Once the group has settled, the proxy names its leader (in its term) within
+/// [`PROXY_BOUND`]: the leader re-announces to a proxy that forgot it (a restart, or a
+/// record expired while it was down or cut off), so joiners find the group.
+pub fn check_proxy_converges(sim: &mut Sim) -> Result<(), String> {
+    if sim.services.is_none() {
+        return Ok(());
+    }
+    let start = sim.now;
+    loop {
+        let leader = sim.oracle_leader().map(|l| {
+            let g = sim.group(l).expect("an up leader");
+            (g.term(), sim.nodes[l].name.clone())
+        });
+        let record = sim.proxy_record().map(|r| (r.term, r.leader));
+        if leader.is_some() && record == leader {
+            return Ok(());
+        }
+        if sim.now >= start + PROXY_BOUND {
+            return Err(format!(
+                "the proxy holds {record:?}, not the settled leader {leader:?}, {PROXY_BOUND:?} \
+                 after the group settled: {}",
+                describe(sim)
+            ));
+        }
+        sim.run_for(50 * MS);
+        if let Some(failure) = sim.failure.take() {
+            return Err(failure);
+        }
+    }
+}
+
+/// How long after the group settles the proxy may still name another leader: a
+/// refresh interval (the leader announces at once on a new term, else every 3 s), and
+/// a second for an announcement that waits on its votes' signatures.
+pub const PROXY_BOUND: Duration = Duration::from_millis(4000);
 
 /// The (membership_term, version) a node holds.
 fn stamp_of(g: &Group) -> (u64, u64) {

@@ -148,6 +148,8 @@ pub struct Services {
     next_request: u64,
     /// Verdicts by outcome, for the report.
     pub verdicts: BTreeMap<String, u64>,
+    /// The proxy answers nobody until then (schedule time): it is down.
+    proxy_down_until: Option<Duration>,
 }
 
 impl Default for Services {
@@ -169,7 +171,34 @@ impl Services {
             rng: ChaCha20Rng::seed_from_u64(0),
             next_request: 1,
             verdicts: BTreeMap::new(),
+            proxy_down_until: None,
         }
+    }
+
+    /// The proxy restarts: every record it held is forgotten (they are soft state), and
+    /// so are the keys it had looked up.
+    pub fn restart_proxy(&mut self) {
+        self.directory = Directory::new(DirectoryConfig::default());
+        self.proxy_keys = RsaKeyring::new();
+        *self.verdicts.entry("proxy restarted".into()).or_default() += 1;
+    }
+
+    /// The proxy is down until `until` (schedule time), then comes back with its state
+    /// (a process that was stopped, or a link to it that was cut). Down for longer than
+    /// the record's TTL, its records expire as they would.
+    pub fn proxy_down(&mut self, until: Duration) {
+        self.proxy_down_until = Some(until);
+        *self.verdicts.entry("proxy down".into()).or_default() += 1;
+    }
+
+    /// Whether the proxy answers at `elapsed`.
+    pub fn proxy_up(&self, elapsed: Duration) -> bool {
+        self.proxy_down_until.is_none_or(|until| elapsed >= until)
+    }
+
+    /// The proxy is up again.
+    pub fn proxy_back(&mut self) {
+        self.proxy_down_until = None;
     }
 
     fn now(elapsed: Duration) -> Now {
