@@ -169,6 +169,8 @@ pub struct Rendezvous {
     announced: Option<Announced>,
     /// The proxy knows no leader and this newcomer is to claim the group.
     claim_due: bool,
+    /// The last request got no answer (said once, until one comes).
+    unreachable: bool,
     stopped: bool,
     events: VecDeque<RendezvousEvent>,
 }
@@ -196,6 +198,7 @@ impl Rendezvous {
             leaderless_since: Some(now),
             announced: None,
             claim_due: false,
+            unreachable: false,
             stopped: false,
             events: VecDeque::new(),
         }
@@ -366,8 +369,17 @@ impl Rendezvous {
         let Some(asked) = self.asking.take() else {
             return;
         };
+        let failed = matches!(answer, ProxyAnswer::Failed(_));
+        if !failed && std::mem::take(&mut self.unreachable) {
+            self.notice("the proxy answers again".into());
+        }
         match (asked, answer) {
-            (_, ProxyAnswer::Failed(why)) => self.notice(format!("proxy: {why}")),
+            (_, ProxyAnswer::Failed(why)) => {
+                // Said once, not at every retry: members ask every few seconds.
+                if !std::mem::replace(&mut self.unreachable, true) {
+                    self.notice(format!("proxy: {why} (asking again until it does)"));
+                }
+            }
             (Asking::Query, ProxyAnswer::Record(Some(record))) => {
                 self.no_record_since = None;
                 self.on_record(now, group, &record);
@@ -823,22 +835,31 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_proxy_is_reported_and_asked_again() {
+    fn an_unreachable_proxy_is_reported_once_and_asked_again() {
         let now = Instant::now();
         let (mut g, mut r) = node("erin", HardState::default(), now);
+        let down = || ProxyAnswer::Failed("the proxy did not answer".into());
         r.poll_request(now, WALL, &mut g);
-        r.handle_answer(
-            now,
-            &mut g,
-            ProxyAnswer::Failed("the proxy did not answer".into()),
+        r.handle_answer(now, &mut g, down());
+        assert_eq!(
+            notices(&mut r),
+            ["proxy: the proxy did not answer (asking again until it does)"]
         );
-        assert_eq!(notices(&mut r), ["proxy: the proxy did not answer"]);
         let again = now + RendezvousConfig::default().requery_interval;
         assert_eq!(r.poll_timeout(&g), Some(again));
         assert_eq!(
             r.poll_request(again, WALL, &mut g),
             Some(ProxyRequest::Query)
         );
+        r.handle_answer(again, &mut g, down());
+        assert!(notices(&mut r).is_empty(), "said once");
+        let later = again + RendezvousConfig::default().requery_interval;
+        assert_eq!(
+            r.poll_request(later, WALL, &mut g),
+            Some(ProxyRequest::Query)
+        );
+        r.handle_answer(later, &mut g, ProxyAnswer::Record(None));
+        assert_eq!(notices(&mut r), ["the proxy answers again"]);
     }
 
     #[test]
