@@ -192,8 +192,11 @@ section! {
     pub struct ProxyConfig / PartialProxy {
         /// Where the proxy binds (UDP and TCP).
         pub listen: SocketAddr,
-        /// Where nodes reach the proxy.
+        /// Where nodes reach the proxy (when `addresses` is empty).
         pub address: SocketAddr,
+        /// Where nodes reach several proxies: a leader announces to each, a joining node
+        /// asks them all. When not empty it replaces `address`.
+        pub addresses: Vec<SocketAddr>,
         /// Lifetime of a leader record that is not re-announced, in ms.
         pub record_ttl_ms: u64,
     }
@@ -429,6 +432,9 @@ impl Config {
         check_name("node.group", &self.node.group)?;
         self.invite_token()?;
         check_reachable("proxy.address", self.proxy.address)?;
+        for addr in &self.proxy.addresses {
+            check_reachable("proxy.addresses", *addr)?;
+        }
         check_reachable("keymgr.address", self.keymgr.address)?;
         check_key_bits("keymgr.key_bits", self.keymgr.key_bits)?;
         check_key_bits("identity.key_bits", self.identity.key_bits)?;
@@ -671,6 +677,7 @@ mod tests {
         assert_eq!(default.node.group, "lobby");
         assert_eq!(default.node.bind, "127.0.0.1:7402".parse().unwrap());
         assert_eq!(default.proxy.address, "127.0.0.1:7400".parse().unwrap());
+        assert!(default.proxy.addresses.is_empty());
         assert_eq!(default.keymgr.address, "127.0.0.1:7401".parse().unwrap());
         assert_eq!(default.keymgr.registration, Registration::Open);
         assert_eq!(default.timing.heartbeat_ms, 50);
@@ -885,6 +892,10 @@ mod tests {
             ("node: {group: 'lobby!'}", "node.group"),
             ("proxy: {address: '0.0.0.0:7400'}", "proxy.address"),
             ("proxy: {address: '127.0.0.1:0'}", "proxy.address"),
+            (
+                "proxy: {addresses: ['10.0.0.1:7400', '0.0.0.0:7400']}",
+                "proxy.addresses",
+            ),
             ("keymgr: {address: '[::]:7401'}", "keymgr.address"),
             ("keymgr: {key_bits: 1024}", "keymgr.key_bits"),
             ("identity: {key_bits: 2047}", "identity.key_bits"),
@@ -950,6 +961,7 @@ mod tests {
             "keymgr: {key_bits: 8192}",
             "node: {name: 'a-b_c.D9', group: 'abcdefghijklmnopqrstuvwxyz012345'}",
             "proxy: {listen: '0.0.0.0:7400'}",
+            "proxy: {addresses: ['10.0.0.1:7400', '[fd00::2]:7400']}",
         ] {
             Config::from_yaml_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         }

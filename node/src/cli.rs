@@ -54,9 +54,14 @@ pub struct Args {
     #[arg(long, value_name = "IP:PORT")]
     pub bind: Option<SocketAddr>,
 
-    /// The proxy (who leads which group). Default: proxy.address (127.0.0.1:7400).
-    #[arg(long, value_name = "ADDR")]
-    pub proxy: Option<SocketAddr>,
+    /// A proxy (who leads which group), IP:PORT. Repeat the flag, or separate addresses
+    /// with commas, for several: a leader announces to every one and a joining node asks
+    /// them all at once, so the group keeps working while any one of them answers
+    /// (SPEC.md §12.8; at most 16). Given here, the list replaces both proxy.addresses and
+    /// proxy.address. Default: proxy.addresses if not empty, else proxy.address
+    /// (127.0.0.1:7400).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub proxy: Vec<SocketAddr>,
 
     /// The key manager. Default: keymgr.address (127.0.0.1:7401).
     #[arg(long, value_name = "ADDR")]
@@ -128,7 +133,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     // The services: named ones are used as they are; otherwise start them here if
     // nothing answers at the configured addresses.
-    let embed_allowed = args.proxy.is_none() && args.keymgr.is_none();
+    let embed_allowed = args.proxy.is_empty() && args.keymgr.is_none();
     let services = services::ensure(&config, &args, embed_allowed, &printer).await?;
 
     if !dir.path().join("identity.pem").exists() {
@@ -163,7 +168,7 @@ pub async fn run(args: Args) -> Result<()> {
         group: group.clone(),
         bind,
         advertise,
-        proxy: services.proxy,
+        proxies: services.proxies.clone(),
         keymgr: services.keymgr,
         keymgr_trust: trust,
         invite: invite.clone(),

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use sockmsg_config::Config;
+use anyhow::{anyhow, bail, Context, Result};
+use sockmsg_config::{Config, ProxyConfig};
 use sockmsg_keymgr::admission::Limits;
 use sockmsg_keymgr::client::{remember_known_host, ClientConfig, ClientError, KeymgrClient, Trust};
 use sockmsg_keymgr::server::{
     registration_mode, ServeConfig as KeymgrServe, Server as KeymgrServer,
 };
+use sockmsg_node::proxy_client::ProxySet;
 use sockmsg_proxy::server::{ServeConfig as ProxyServe, Server as ProxyServer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,7 +28,8 @@ use crate::ui::Printer;
 /// Where the services are, and the embedded ones' lifetime: dropping this stops them.
 pub struct Services {
     pub keymgr: SocketAddr,
-    pub proxy: SocketAddr,
+    /// The proxies, in the order they are asked (see [`proxy_addresses`]).
+    pub proxies: Vec<SocketAddr>,
     /// Known when the key manager runs in this process.
     pub keymgr_fingerprint: Option<String>,
     _stop: Option<watch::Sender<bool>>,
@@ -61,10 +63,10 @@ pub async fn ensure(
     printer: &Printer,
 ) -> Result<Services> {
     let keymgr = args.keymgr.unwrap_or(config.keymgr.address);
-    let proxy = args.proxy.unwrap_or(config.proxy.address);
+    let proxies = proxy_addresses(&args.proxy, &config.proxy)?;
     let mut services = Services {
         keymgr,
-        proxy,
+        proxies,
         keymgr_fingerprint: None,
         _stop: None,
         tasks: Vec::new(),
@@ -72,7 +74,7 @@ pub async fn ensure(
     if !embed_allowed || keymgr_answers(keymgr).await {
         return Ok(services);
     }
-    if !keymgr.ip().is_loopback() || !proxy.ip().is_loopback() {
+    if !keymgr.ip().is_loopback() || !services.proxies.iter().all(|p| p.ip().is_loopback()) {
         // Configured to use services elsewhere: starting our own would split the LAN.
         return Ok(services);
     }
@@ -146,10 +148,47 @@ pub async fn ensure(
         data_dir.display()
     ));
     services.keymgr = keymgr_at;
-    services.proxy = proxy_at;
+    // The embedded proxy takes the place of the configured address it listens at (the
+    // first one if none is: it may listen on port 0); the others stay.
+    let slot = services
+        .proxies
+        .iter()
+        .position(|addr| *addr == config.proxy.listen)
+        .unwrap_or(0);
+    if let Some(addr) = services.proxies.get_mut(slot) {
+        *addr = proxy_at;
+    }
+    services.proxies = ProxySet::new(&services.proxies)
+        .map_err(|e| anyhow!("proxy addresses: {e}"))?
+        .addrs();
     services.keymgr_fingerprint = Some(fingerprint);
     services._stop = Some(stop_tx);
     Ok(services)
+}
+
+/// The proxies a node uses, in the order it asks them: those given with `--proxy`
+/// (`flags`) if any; else `proxy.addresses` if not empty; else `proxy.address`. An address
+/// given twice counts once; an unspecified address or port, no address or more than
+/// [`MAX_PROXIES`](sockmsg_node::proxy_client::MAX_PROXIES) is an error that says where
+/// it came from.
+pub fn proxy_addresses(flags: &[SocketAddr], config: &ProxyConfig) -> Result<Vec<SocketAddr>> {
+    let (list, source) = if !flags.is_empty() {
+        (flags, "--proxy")
+    } else if !config.addresses.is_empty() {
+        (config.addresses.as_slice(), "proxy.addresses")
+    } else {
+        (std::slice::from_ref(&config.address), "proxy.address")
+    };
+    for addr in list {
+        if addr.ip().is_unspecified() {
+            bail!("{source} {addr}: a bind-all address; give the address of the proxy's host");
+        }
+        if addr.port() == 0 {
+            bail!("{source} {addr}: no port");
+        }
+    }
+    let set = ProxySet::new(list).map_err(|e| anyhow!("{source}: {e}"))?;
+    Ok(set.addrs())
 }
 
 impl Services {
@@ -223,6 +262,49 @@ mod tests {
             .await
             .expect("an answer in time")?;
         Ok(key.fingerprint().to_owned())
+    }
+
+    /// `--proxy` replaces the configuration; a non-empty `proxy.addresses` replaces
+    /// `proxy.address`; duplicates count once; bad addresses say where they came from.
+    #[test]
+    fn proxy_addresses_flags_then_list_then_address() {
+        let a: SocketAddr = "10.0.0.1:7400".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:7400".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:7400".parse().unwrap();
+        let mut config = Config::default().proxy;
+        assert_eq!(
+            proxy_addresses(&[], &config).unwrap(),
+            [config.address],
+            "the single address by default"
+        );
+        config.addresses = vec![b, c, b];
+        assert_eq!(proxy_addresses(&[], &config).unwrap(), [b, c]);
+        assert_eq!(proxy_addresses(&[a], &config).unwrap(), [a]);
+        let args = Args::parse_from(["sockmsg-node", "--proxy", "10.0.0.1:7400,10.0.0.2:7400"]);
+        assert_eq!(args.proxy, [a, b]);
+        let args = Args::parse_from([
+            "sockmsg-node",
+            "--proxy",
+            "10.0.0.3:7400",
+            "--proxy",
+            "10.0.0.1:7400",
+        ]);
+        assert_eq!(proxy_addresses(&args.proxy, &config).unwrap(), [c, a]);
+
+        let error = proxy_addresses(&["0.0.0.0:7400".parse().unwrap()], &config).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("--proxy 0.0.0.0:7400"),
+            "{error:#}"
+        );
+        let many: Vec<SocketAddr> = (1..=17)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 7400)))
+            .collect();
+        config.addresses = many;
+        let error = proxy_addresses(&[], &config).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("proxy.addresses: 17 proxies given"),
+            "{error:#}"
+        );
     }
 
     /// A node that starts the embedded key manager records its fingerprint; when another
@@ -308,7 +390,7 @@ mod tests {
         // A node whose own embedded manager comes up with another key refuses it too.
         let replaced = Services {
             keymgr: addr,
-            proxy: addr,
+            proxies: vec![addr],
             keymgr_fingerprint: Some(impostor_fp),
             _stop: None,
             tasks: Vec::new(),

@@ -462,3 +462,109 @@ fn key_manager_restart_keeps_one_group() {
     cluster.one_group_of_four_that_chats(back, &marks, "the key manager's restart");
     eprintln!("whole test: {:?}", began.elapsed());
 }
+
+impl Cluster {
+    /// The cluster of [`Cluster::new`], with the nodes' flags given: for nodes pointed
+    /// at other proxies than one `RestartableServices`. `proxy` is the one whose record
+    /// a failure reports.
+    fn with_args(args: Vec<String>, proxy: SocketAddr) -> Cluster {
+        let data = TempDir::new("rendezvous");
+        for name in FIRST.iter().chain([&NEWCOMER]) {
+            install_identity(&data.0, name);
+        }
+        Cluster {
+            nodes: Vec::new(),
+            args,
+            proxy,
+            data,
+            began: Instant::now(),
+        }
+    }
+}
+
+/// Several proxies (SPEC.md §12.8), one of them dead at any time: every node is given
+/// two, `second` first, which is dead from the start (started once for a free address,
+/// then stopped). alice, bob and carol form one group of three and each line reaches the
+/// two others (`first` holds the group's record). `second` comes back with empty state
+/// and learns the record of three from the leader's announcements alone (leaders
+/// announce to every proxy). Then `first` is killed, and dave, a newcomer, starts: he
+/// finds the group through `second`; within 15 s the four follow one leader in one
+/// membership of four, a line goes from dave to alice and back, and `second`'s record
+/// lists the four. No node ever reports the proxies unreachable (one always answered).
+#[test]
+fn two_proxies_one_dead_at_a_time_keep_one_group_that_chats() {
+    let began = Instant::now();
+    let keymgr = common::KeymgrServer::on_loopback();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut first = common::ProxyServer::start_new(any, keymgr.addr, &keymgr.fingerprint);
+    let mut second = common::ProxyServer::start_new(any, keymgr.addr, &keymgr.fingerprint);
+    second.stop();
+    let args: Vec<String> = [
+        "--bind",
+        "127.0.0.1:0",
+        "--proxy",
+        &second.addr.to_string(),
+        "--proxy",
+        &first.addr.to_string(),
+        "--keymgr",
+        &keymgr.addr.to_string(),
+        "--group",
+        GROUP,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut cluster = Cluster::with_args(args, first.addr);
+
+    cluster.form();
+    let formed = began.elapsed();
+    if let Err(why) = common::wait_for_proxy_record(first.addr, GROUP, &FIRST) {
+        cluster.fail(&why, &[]);
+    }
+    eprintln!(
+        "alice, bob, carol: one group that chats, with the proxy at {} dead ({formed:?})",
+        second.addr
+    );
+
+    second.start();
+    let restarted = Instant::now();
+    if let Err(why) = common::wait_for_proxy_record(second.addr, GROUP, &FIRST) {
+        cluster.fail(
+            &format!("the restarted proxy never learned the record: {why}"),
+            &[],
+        );
+    }
+    eprintln!(
+        "the proxy at {} came back empty and holds the group's record after {:?}",
+        second.addr,
+        restarted.elapsed()
+    );
+
+    let marks: Vec<usize> = cluster.nodes.iter().map(NodeProc::mark).collect();
+    first.stop();
+    cluster.proxy = second.addr;
+    let killed = Instant::now();
+    cluster.spawn(NEWCOMER);
+    eprintln!("the proxy at {} killed; {NEWCOMER} started", first.addr);
+    cluster.one_group_of_four_that_chats(killed, &marks, "the first proxy's death");
+
+    let four = [FIRST[0], FIRST[1], FIRST[2], NEWCOMER];
+    if let Err(why) = common::wait_for_proxy_record(second.addr, GROUP, &four) {
+        cluster.fail(&format!("the surviving proxy's record: {why}"), &marks);
+    }
+    for node in &cluster.nodes {
+        let unreachable: Vec<String> = node
+            .events()
+            .iter()
+            .filter(|e| is(e, "notice"))
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .filter(|text| text.starts_with("proxy:"))
+            .collect();
+        assert!(
+            unreachable.is_empty(),
+            "{} reported the proxies unreachable while one answered: {unreachable:?}",
+            node.name
+        );
+    }
+    eprintln!("whole test: {:?}", began.elapsed());
+}

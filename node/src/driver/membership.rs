@@ -75,10 +75,11 @@ impl Driver {
         }
     }
 
-    /// Performs a request off the event loop; the answer comes back as
-    /// [`TaskResult::Proxy`]. A claim or an announcement is signed on a blocking
-    /// thread: on the loop, a leader's refresh every 3 s held up every session for the
-    /// 2–7 ms of RSA.
+    /// Performs a request off the event loop, with every proxy at once ([`ProxySet`]
+    /// combines their answers into one); the answer comes back as
+    /// [`TaskResult::Proxy`]. A claim or an announcement is signed once, on a blocking
+    /// thread (on the loop, a leader's refresh every 3 s held up every session for the
+    /// 2–7 ms of RSA), and the same signature goes to each proxy.
     fn spawn_proxy_request(&self, request: ProxyRequest) {
         let proxy = self.proxy.clone();
         let group = self.settings.group.clone();
@@ -86,10 +87,7 @@ impl Driver {
         let tasks = self.tasks_tx.clone();
         tokio::spawn(async move {
             let answer = match request {
-                ProxyRequest::Query => match proxy.query(&group).await {
-                    Ok(record) => ProxyAnswer::Record(record),
-                    Err(e) => ProxyAnswer::Failed(e.to_string()),
-                },
+                ProxyRequest::Query => proxy.query(&group).await,
                 ProxyRequest::Claim(draft) => {
                     propose(&proxy, signer, Kind::Claim, draft, vec![]).await
                 }
@@ -151,9 +149,9 @@ impl Driver {
     }
 }
 
-/// Signs `draft` on a blocking thread and proposes it to the proxy.
+/// Signs `draft` once, on a blocking thread, and proposes it to every proxy.
 async fn propose(
-    proxy: &ProxyClient,
+    proxy: &ProxySet,
     signer: Arc<RsaSigner>,
     kind: Kind,
     draft: RecordDraft,
@@ -165,10 +163,7 @@ async fn propose(
     })
     .await;
     match signed {
-        Ok((draft, Ok(signature))) => match proxy.propose(kind, &draft, &signature, &votes).await {
-            Ok(verdict) => ProxyAnswer::Verdict(verdict),
-            Err(e) => ProxyAnswer::Failed(e.to_string()),
-        },
+        Ok((draft, Ok(signature))) => proxy.propose(kind, draft, signature, votes).await,
         Ok((_, Err(e))) => ProxyAnswer::Failed(e.to_string()),
         Err(e) => ProxyAnswer::Failed(format!("signing the record failed: {e}")),
     }

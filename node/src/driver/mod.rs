@@ -45,7 +45,7 @@ use crate::fragment::ChatReassembly;
 use crate::group::{Group, GroupConfig, GroupEvent, Output, Role, VoteSigner};
 use crate::keys::{KeyNews, PeerKeyCache};
 use crate::message::{GroupMessage, MemberInfo, VoteMsg};
-use crate::proxy_client::{sign_record, ProxyClient};
+use crate::proxy_client::{sign_record, ProxySet};
 use crate::rendezvous::{ProxyAnswer, ProxyRequest, Rendezvous, RendezvousConfig, RendezvousEvent};
 use crate::statefile::StateFile;
 
@@ -68,7 +68,10 @@ pub struct NodeSettings {
     pub bind: SocketAddr,
     /// The address peers reach this node at (the bound one unless it is unspecified).
     pub advertise: Option<std::net::IpAddr>,
-    pub proxy: SocketAddr,
+    /// The proxies, in the order they are asked (one or several, SPEC.md §12.8): a
+    /// leader announces to every one, a joiner asks them all. Not empty; at most
+    /// [`MAX_PROXIES`](crate::proxy_client::MAX_PROXIES).
+    pub proxies: Vec<SocketAddr>,
     pub keymgr: SocketAddr,
     pub keymgr_trust: Trust,
     /// Enrollment token for a key manager in invite mode (`--invite`, `node.invite`).
@@ -310,12 +313,12 @@ pub struct Driver {
     me: MemberInfo,
     endpoint: Endpoint,
     group: Group,
-    /// The node's business with the proxy.
+    /// The node's business with the proxies.
     rendezvous: Rendezvous,
     keys: PeerKeyCache,
     known_peers: BTreeMap<String, String>,
     keymgr: Arc<KeymgrClient>,
-    proxy: ProxyClient,
+    proxy: ProxySet,
 
     sessions: HashMap<String, ConnectionHandle>,
     peer_of: HashMap<ConnectionHandle, String>,
@@ -351,6 +354,7 @@ impl Driver {
         dir: NodeDir,
         events: mpsc::UnboundedSender<NodeEvent>,
     ) -> Result<Driver> {
+        let proxy = ProxySet::new(&settings.proxies).context("the proxy addresses")?;
         let socket = bind_socket(settings.bind, settings.socket_buffer)?;
         let local = socket.local_addr()?;
         let advertised = SocketAddr::new(
@@ -443,7 +447,7 @@ impl Driver {
             key_fingerprint: fingerprint,
         });
         Ok(Driver {
-            proxy: ProxyClient::new(settings.proxy),
+            proxy,
             settings,
             signer,
             dir,

@@ -649,3 +649,51 @@ impl RestartableServices {
         ]
     }
 }
+
+/// What the proxy at `proxy` holds for `group` now: its record, `None` for NO_LEADER, or
+/// why it did not answer (within 5 s).
+pub fn query_proxy(
+    proxy: std::net::SocketAddr,
+    group: &str,
+) -> Result<Option<sockmsg_proxy::handler::RecordSummary>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let client = sockmsg_node::proxy_client::ProxyClient::new(proxy);
+    match runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), client.query(group)).await })
+    {
+        Ok(Ok(record)) => Ok(record),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 5 s".into()),
+    }
+}
+
+/// Waits (up to `DEADLINE`) until the proxy at `proxy` holds a record of `group` whose
+/// members are exactly `members`; the record, or what it held last.
+pub fn wait_for_proxy_record(
+    proxy: std::net::SocketAddr,
+    group: &str,
+    members: &[&str],
+) -> Result<sockmsg_proxy::handler::RecordSummary, String> {
+    let expected: std::collections::BTreeSet<&str> = members.iter().copied().collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let last = query_proxy(proxy, group);
+        if let Ok(Some(record)) = &last {
+            let names: std::collections::BTreeSet<&str> =
+                record.members.iter().map(String::as_str).collect();
+            if names == expected {
+                return Ok(record.clone());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the proxy at {proxy} did not hold a record of {group} with members \
+                 {expected:?} within {DEADLINE:?}; last: {last:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
