@@ -542,6 +542,9 @@ impl Rendezvous {
                          standing again"
                     ));
                 } else {
+                    // The votes it lacked may be late grants, signed since: try again
+                    // soon rather than at the next refresh.
+                    self.retry_announce_after(now, self.config.requery_interval);
                     self.notice(format!("the proxy refused this leader's record: {reason}"));
                 }
             }
@@ -549,6 +552,18 @@ impl Rendezvous {
                 self.notice("the proxy knows a newer leader than this one".into())
             }
             _ => self.notice(format!("the proxy refused this leader's record: {reason}")),
+        }
+    }
+
+    /// Makes the next announcement due `after` from `now`, not a refresh interval after
+    /// the last one.
+    fn retry_announce_after(&mut self, now: Instant, after: Duration) {
+        if let Some(announced) = self.announced.as_mut() {
+            let due = now + after;
+            announced.at = due
+                .checked_sub(self.config.refresh_interval)
+                .unwrap_or(announced.at)
+                .min(announced.at);
         }
     }
 
