@@ -1,6 +1,8 @@
 //! The key manager and the proxy a node talks to: the configured ones if they answer,
 //! else (when the user named none) both started in this process on their configured
-//! loopback addresses, so a single machine needs no setup. They stop with the node.
+//! loopback addresses, so a single machine needs no setup. They outlive the node that
+//! started them: when it stops, another local node takes them over (from the same data
+//! directory), so the key manager's key and registrations never change.
 //!
 //! A manager started here is trusted like any other ([`trust`]): its fingerprint goes
 //! into the node's known-hosts file, so that whatever answers on that port later (the
@@ -8,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,7 +22,7 @@ use sockmsg_keymgr::server::{
 };
 use sockmsg_node::proxy_client::ProxySet;
 use sockmsg_proxy::server::{ServeConfig as ProxyServe, Server as ProxyServer};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::cli::Args;
@@ -32,10 +35,39 @@ pub struct Services {
     pub proxies: Vec<SocketAddr>,
     /// Known when the key manager runs in this process.
     pub keymgr_fingerprint: Option<String>,
-    _stop: Option<watch::Sender<bool>>,
-    /// The embedded servers' tasks.
+    /// The servers running in this process: started at once, or taken over later.
+    embedded: Arc<Mutex<Option<Embedded>>>,
+    /// Watches the services another local node runs, to take them over when it stops.
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// A key manager and a proxy running in this process.
+struct Embedded {
+    stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+impl Embedded {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Where the embedded servers listen, and the manager's key.
+struct Started {
+    embedded: Embedded,
+    keymgr_at: SocketAddr,
+    proxy_at: SocketAddr,
+    fingerprint: String,
+}
+
+/// How often a node that does not run the services checks that the node that runs them
+/// is still there: a key manager that stops answering is taken over within about this
+/// much (plus the start, a few milliseconds with its key already made).
+const TAKEOVER_POLL: Duration = Duration::from_millis(300);
 
 /// How the node trusts the key manager of `services`. A fingerprint pinned in the
 /// configuration wins (an embedded manager with another key is refused like any other).
@@ -55,7 +87,10 @@ pub fn trust(services: &Services, pinned: Option<&str>, known_hosts: &Path) -> R
     })
 }
 
-/// Finds (or starts) the services.
+/// Finds (or starts) the services. When the node may start them (`embed_allowed`, and
+/// the configured addresses are on this machine), it also watches the ones another
+/// local node started, and takes them over when that node stops, so that the services
+/// outlive the node that started them (see [`Services::watch_host`]).
 pub async fn ensure(
     config: &Config,
     args: &Args,
@@ -68,23 +103,47 @@ pub async fn ensure(
         keymgr,
         proxies,
         keymgr_fingerprint: None,
-        _stop: None,
-        tasks: Vec::new(),
+        embedded: Arc::new(Mutex::new(None)),
+        watcher: None,
     };
-    if !embed_allowed || keymgr_answers(keymgr).await {
+    let local = keymgr.ip().is_loopback() && services.proxies.iter().all(|p| p.ip().is_loopback());
+    if !embed_allowed || !local {
+        // Named services, or configured elsewhere: starting our own would split the LAN.
         return Ok(services);
     }
-    if !keymgr.ip().is_loopback() || !services.proxies.iter().all(|p| p.ip().is_loopback()) {
-        // Configured to use services elsewhere: starting our own would split the LAN.
-        return Ok(services);
+    if !keymgr_answers(keymgr).await {
+        if let Some(started) = start_embedded(config, printer).await? {
+            printer.notice(&format!(
+                "started a key manager ({}, data in {}) and a proxy ({}) in this process; \
+                 other nodes on this machine use them, and one of them takes them over when \
+                 this node stops",
+                started.keymgr_at,
+                keymgr_data_dir(config).display(),
+                started.proxy_at
+            ));
+            services.adopt(config, started)?;
+        }
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let data_dir = config
+    services.watch_host(config, printer);
+    Ok(services)
+}
+
+/// The key manager's data directory: configured, or the user's default.
+fn keymgr_data_dir(config: &Config) -> PathBuf {
+    config
         .keymgr
         .data_dir
         .clone()
         .or_else(|| sockmsg_config::default_data_dir("keymgr"))
-        .unwrap_or_else(|| PathBuf::from("sockmsg-keymgr"));
+        .unwrap_or_else(|| PathBuf::from("sockmsg-keymgr"))
+}
+
+/// Starts the key manager (making its key first, once) and the proxy in this process, on
+/// their configured listen addresses. `None` if another node started a key manager
+/// meanwhile (the bind failed, and one answers now).
+async fn start_embedded(config: &Config, printer: &Printer) -> Result<Option<Started>> {
+    let keymgr = config.keymgr.address;
+    let data_dir = keymgr_data_dir(config);
     if !data_dir.join("manager.pem").exists() {
         printer.notice(&format!(
             "no key manager at {keymgr}: creating one in {} (its {}-bit key is made once; this \
@@ -109,18 +168,20 @@ pub async fn ensure(
         Err(e) => {
             // Another node on this host may have started one just now.
             if keymgr_answers(keymgr).await {
-                return Ok(services);
+                return Ok(None);
             }
             return Err(e).context("cannot start the embedded key manager");
         }
     };
+    let (stop, stop_rx) = watch::channel(false);
     let fingerprint = server.fingerprint().to_owned();
     let keymgr_at = server.local_addr();
-    let mut stop = stop_rx.clone();
-    services.tasks.push(tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    let mut stopped = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
         let _ = server
             .run(async move {
-                let _ = stop.wait_for(|s| *s).await;
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await;
     }));
@@ -130,40 +191,28 @@ pub async fn ensure(
         Trust::Pinned(fingerprint.clone()),
     );
     proxy_serve.directory.record_ttl_ms = config.proxy.record_ttl_ms;
-    let proxy_server = ProxyServer::bind(proxy_serve)
-        .await
-        .context("cannot start the embedded proxy")?;
+    let proxy_server = match ProxyServer::bind(proxy_serve).await {
+        Ok(server) => server,
+        Err(e) => {
+            Embedded { stop, tasks }.stop().await;
+            return Err(e).context("cannot start the embedded proxy");
+        }
+    };
     let proxy_at = proxy_server.local_addr();
-    let mut stop = stop_rx;
-    services.tasks.push(tokio::spawn(async move {
+    let mut stopped = stop_rx;
+    tasks.push(tokio::spawn(async move {
         let _ = proxy_server
             .run(async move {
-                let _ = stop.wait_for(|s| *s).await;
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await;
     }));
-    printer.notice(&format!(
-        "started a key manager ({keymgr_at}, data in {}) and a proxy ({proxy_at}) in this \
-         process; other nodes on this machine use them, and they stop when this node does",
-        data_dir.display()
-    ));
-    services.keymgr = keymgr_at;
-    // The embedded proxy takes the place of the configured address it listens at (the
-    // first one if none is: it may listen on port 0); the others stay.
-    let slot = services
-        .proxies
-        .iter()
-        .position(|addr| *addr == config.proxy.listen)
-        .unwrap_or(0);
-    if let Some(addr) = services.proxies.get_mut(slot) {
-        *addr = proxy_at;
-    }
-    services.proxies = ProxySet::new(&services.proxies)
-        .map_err(|e| anyhow!("proxy addresses: {e}"))?
-        .addrs();
-    services.keymgr_fingerprint = Some(fingerprint);
-    services._stop = Some(stop_tx);
-    Ok(services)
+    Ok(Some(Started {
+        embedded: Embedded { stop, tasks },
+        keymgr_at,
+        proxy_at,
+        fingerprint,
+    }))
 }
 
 /// The proxies a node uses, in the order it asks them: those given with `--proxy`
@@ -192,23 +241,100 @@ pub fn proxy_addresses(flags: &[SocketAddr], config: &ProxyConfig) -> Result<Vec
 }
 
 impl Services {
-    /// Stops the embedded servers (if any) and waits until they are done (a key manager
-    /// answers what it accepted) and have let go of their ports. Dropping stops them
-    /// too, without waiting.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self._stop.take() {
-            let _ = stop.send(true);
+    /// Uses servers just started here: their addresses replace the configured ones.
+    fn adopt(&mut self, config: &Config, started: Started) -> Result<()> {
+        self.keymgr = started.keymgr_at;
+        // The embedded proxy takes the place of the configured address it listens at
+        // (the first one if none is: it may listen on port 0); the others stay.
+        let slot = self
+            .proxies
+            .iter()
+            .position(|addr| *addr == config.proxy.listen)
+            .unwrap_or(0);
+        if let Some(addr) = self.proxies.get_mut(slot) {
+            *addr = started.proxy_at;
         }
-        for task in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
+        self.proxies = ProxySet::new(&self.proxies)
+            .map_err(|e| anyhow!("proxy addresses: {e}"))?
+            .addrs();
+        self.keymgr_fingerprint = Some(started.fingerprint);
+        if let Ok(mut embedded) = self.embedded.try_lock() {
+            *embedded = Some(started.embedded);
+        }
+        Ok(())
+    }
+
+    /// While this node runs no services, checks every [`TAKEOVER_POLL`] that the key
+    /// manager at the configured address answers; when it stops answering (the node
+    /// that ran it, and the proxy, has stopped), starts both here, from the same data
+    /// directory: the same manager key, every registration it committed. Nodes that
+    /// race for it are settled by the bind (one wins, the others find it answering).
+    /// The proxy starts empty; leaders re-announce within a refresh, and a group
+    /// founded meanwhile merges (SPEC.md §12.7). Only with fixed listen ports, which
+    /// the others can find again.
+    fn watch_host(&mut self, config: &Config, printer: &Printer) {
+        if config.keymgr.listen.port() == 0 || config.proxy.listen.port() == 0 {
+            return;
+        }
+        let (config, printer) = (config.clone(), printer.clone());
+        let embedded = Arc::clone(&self.embedded);
+        let keymgr = config.keymgr.address;
+        self.watcher = Some(tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(TAKEOVER_POLL).await;
+                if embedded.lock().await.is_some() || keymgr_answers(keymgr).await {
+                    continue;
+                }
+                match start_embedded(&config, &printer).await {
+                    Ok(Some(started)) => {
+                        printer.notice(&format!(
+                            "the node that ran the key manager and the proxy has stopped: this \
+                             process runs them now ({} and {}, data in {}; the same key)",
+                            started.keymgr_at,
+                            started.proxy_at,
+                            keymgr_data_dir(&config).display()
+                        ));
+                        *embedded.lock().await = Some(started.embedded);
+                        failing = false;
+                    }
+                    Ok(None) => failing = false,
+                    Err(e) if !failing => {
+                        printer.notice(&format!(
+                            "the key manager at {keymgr} does not answer, and this node cannot \
+                             run it: {e:#} (trying again)"
+                        ));
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+
+    /// Stops the watch and the embedded servers (if any), and waits until they are done
+    /// (a key manager answers what it accepted) and have let go of their ports.
+    /// Dropping stops them too, without waiting.
+    pub async fn stop(mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        let embedded = self.embedded.lock().await.take();
+        if let Some(embedded) = embedded {
+            embedded.stop().await;
         }
     }
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        if let Some(stop) = &self._stop {
-            let _ = stop.send(true);
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+        if let Ok(embedded) = self.embedded.try_lock() {
+            if let Some(embedded) = embedded.as_ref() {
+                let _ = embedded.stop.send(true);
+            }
         }
     }
 }
@@ -307,6 +433,55 @@ mod tests {
         );
     }
 
+    /// The services outlive the node that started them: a node that found them running
+    /// runs them itself once their host stops, from the same data directory (the same
+    /// manager key), within about a second.
+    #[tokio::test]
+    async fn another_node_takes_the_services_over_when_their_host_stops() {
+        let tmp = TempDir::new("takeover");
+        let keymgr_dir = tmp.0.join("keymgr");
+        let fingerprint = sockmsg_keymgr::datadir::init_with_key(&keymgr_dir, KEYMGR_PEM).unwrap();
+        let keymgr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = Config::default();
+        (config.keymgr.listen, config.keymgr.address) = (keymgr, keymgr);
+        (config.proxy.listen, config.proxy.address) = (proxy, proxy);
+        config.keymgr.data_dir = Some(keymgr_dir);
+        let args = Args::parse_from(["sockmsg-node"]);
+        let printer = crate::ui::Printer::new(true);
+
+        let host = ensure(&config, &args, true, &printer).await.unwrap();
+        assert_eq!(host.keymgr_fingerprint.as_deref(), Some(&*fingerprint));
+        let other = ensure(&config, &args, true, &printer).await.unwrap();
+        assert_eq!(other.keymgr_fingerprint, None, "it found the host's");
+        assert_eq!(
+            (other.keymgr, other.proxies.as_slice()),
+            (keymgr, &[proxy][..])
+        );
+
+        host.stop().await;
+        let stopped = std::time::Instant::now();
+        let pinned = Trust::Pinned(fingerprint.clone());
+        while manager_key(keymgr, pinned.clone()).await.is_err() {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(5),
+                "nobody took the key manager over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = stopped.elapsed();
+        assert!(took < Duration::from_secs(2), "took over after {took:?}");
+        let record = sockmsg_node::proxy_client::ProxyClient::new(proxy)
+            .query("lobby")
+            .await;
+        assert!(matches!(record, Ok(None)), "the proxy answers: {record:?}");
+        other.stop().await;
+        assert!(
+            manager_key(keymgr, pinned).await.is_err(),
+            "stopped with the node that took them over"
+        );
+    }
+
     /// A node that starts the embedded key manager records its fingerprint; when another
     /// manager (another key) later answers on the same port, the node refuses it, both
     /// when it finds it running and when its own manager's key has changed.
@@ -392,8 +567,8 @@ mod tests {
             keymgr: addr,
             proxies: vec![addr],
             keymgr_fingerprint: Some(impostor_fp),
-            _stop: None,
-            tasks: Vec::new(),
+            embedded: Arc::new(Mutex::new(None)),
+            watcher: None,
         };
         let error = trust(&replaced, None, &known_hosts).unwrap_err();
         assert!(format!("{error:#}").contains("HAS CHANGED"), "{error:#}");
