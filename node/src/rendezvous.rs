@@ -434,15 +434,7 @@ impl Rendezvous {
                 self.join_sent_to = Some(leader);
             }
             None => {
-                let mut contacts = vec![record.leader.as_str()];
-                contacts.extend(
-                    record
-                        .members
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|m| *m != record.leader),
-                );
-                let _ = group.join_via(now, &contacts);
+                let _ = group.join_via(now, &contacts(record));
                 self.join_sent_to = Some(record.leader.clone());
             }
         }
@@ -601,17 +593,19 @@ impl Rendezvous {
         self.claim_due = false;
         self.last_query = Some(now);
         group.vouch(now, record.term, &record.leader);
-        let mut contacts = vec![record.leader.as_str()];
-        contacts.extend(
-            record
-                .members
-                .iter()
-                .map(String::as_str)
-                .filter(|m| *m != record.leader),
-        );
-        let _ = group.join_via(now, &contacts);
+        let _ = group.join_via(now, &contacts(record));
         self.join_sent_to = Some(record.leader.clone());
     }
+}
+
+/// Whom to ask to be admitted into the group of `record`: its leader first, then every
+/// other member (the record may lag an election, and any live member points a joiner
+/// to the leader it follows).
+fn contacts(record: &RecordSummary) -> Vec<&str> {
+    let others = record.members.iter().map(String::as_str);
+    std::iter::once(record.leader.as_str())
+        .chain(others.filter(|m| *m != record.leader))
+        .collect()
 }
 
 fn record_rank(record: &RecordSummary) -> GroupRank<'_> {

@@ -918,12 +918,7 @@ mod tests {
     }
 
     fn summary(body: &[u8]) -> RecordSummary {
-        let mut frame = vec![sockmsg_wire::FrameType::LEADER_INFO.0];
-        frame.extend_from_slice(body);
-        match sockmsg_wire::Frame::decode(&frame, 0) {
-            Ok((sockmsg_wire::Frame::LeaderInfo(record), _)) => RecordSummary::from(&record),
-            other => panic!("not a record: {other:?}"),
-        }
+        RecordSummary::from_body(body).expect("a record")
     }
 
     use crate::handler::RecordSummary;

@@ -235,28 +235,36 @@ fn result_response_with(
     reason: &str,
     held: Option<&[u8]>,
 ) -> Vec<u8> {
-    // The held record was encoded by the directory from a record it decoded: it decodes.
-    let info: Option<Vec<u8>> = held.map(|body| {
+    with_record_body(held, |record| {
+        let records: &[LeaderRecord<'_>] = match &record {
+            Some(record) => std::slice::from_ref(record),
+            None => &[],
+        };
+        response(
+            request_id,
+            Frame::ProxyResult(ProxyResult {
+                status,
+                reason: Text::truncated(reason),
+                held: List::new(records).unwrap_or_else(|_| List::empty()),
+            }),
+        )
+    })
+}
+
+/// Calls `f` with the record a directory stored (a LEADER_INFO body), decoded; `None`
+/// for no body, or one that does not decode (the directory encoded it from a record it
+/// had decoded, so it does).
+fn with_record_body<R>(body: Option<&[u8]>, f: impl FnOnce(Option<LeaderRecord<'_>>) -> R) -> R {
+    let frame: Option<Vec<u8>> = body.map(|body| {
         let mut frame = vec![FrameType::LEADER_INFO.0];
         frame.extend_from_slice(body);
         frame
     });
-    let record = match info.as_deref().map(|frame| Frame::decode(frame, 0)) {
+    let record = match frame.as_deref().map(|frame| Frame::decode(frame, 0)) {
         Some(Ok((Frame::LeaderInfo(record), _))) => Some(record),
         _ => None,
     };
-    let records: &[LeaderRecord<'_>] = match &record {
-        Some(record) => std::slice::from_ref(record),
-        None => &[],
-    };
-    response(
-        request_id,
-        Frame::ProxyResult(ProxyResult {
-            status,
-            reason: Text::truncated(reason),
-            held: List::new(records).unwrap_or_else(|_| List::empty()),
-        }),
-    )
+    f(record)
 }
 
 /// Decodes a proxy answer (for clients and tests): the request id echoed and the frame.
@@ -283,6 +291,16 @@ pub struct RecordSummary {
     pub membership_version: u64,
     pub members: Vec<String>,
     pub issued_at_ms: u64,
+}
+
+impl RecordSummary {
+    /// A record as a directory stores it and a refusal carries it (a LEADER_INFO body,
+    /// [`crate::Refusal::held`]), read back; `None` if it does not decode.
+    pub fn from_body(body: &[u8]) -> Option<RecordSummary> {
+        with_record_body(Some(body), |record| {
+            record.as_ref().map(RecordSummary::from)
+        })
+    }
 }
 
 impl From<&LeaderRecord<'_>> for RecordSummary {

@@ -131,7 +131,7 @@ pub fn verdict(verdict: Verdict) -> sockmsg_node::rendezvous::Verdict {
         Err(refusal) => sockmsg_node::rendezvous::Verdict::Refused {
             status: refusal.status,
             reason: refusal.reason,
-            held: refusal.held.as_deref().and_then(record_summary),
+            held: refusal.held.as_deref().and_then(RecordSummary::from_body),
         },
     }
 }
@@ -346,16 +346,6 @@ impl Services {
         };
         *self.verdicts.entry(outcome).or_default() += 1;
         verdict
-    }
-}
-
-/// A held record (a LEADER_INFO body) as the node's proxy client reads it.
-fn record_summary(body: &[u8]) -> Option<RecordSummary> {
-    let mut frame = vec![sockmsg_wire::FrameType::LEADER_INFO.0];
-    frame.extend_from_slice(body);
-    match Frame::decode(&frame, 0) {
-        Ok((Frame::LeaderInfo(record), _)) => Some(RecordSummary::from(&record)),
-        _ => None,
     }
 }
 
