@@ -123,6 +123,9 @@ pub enum ProxyAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RendezvousEvent {
     Notice(String),
+    /// This node founded the group (a new one, or again): a group of its own, in which
+    /// it stands as leader. (A notice says so too.)
+    Founded,
 }
 
 /// The request in flight.
@@ -457,6 +460,7 @@ impl Rendezvous {
             );
             let term = group.term();
             let _ = group.bootstrap(now, term);
+            self.events.push_back(RendezvousEvent::Founded);
             self.no_record_since = None;
         }
     }
@@ -479,6 +483,7 @@ impl Rendezvous {
         match verdict {
             Verdict::Accepted => {
                 let _ = group.bootstrap(now, 0);
+                self.events.push_back(RendezvousEvent::Founded);
                 self.newcomer = false;
                 self.notice(format!(
                     "founded group {} (the proxy knew no leader)",
@@ -696,7 +701,10 @@ mod tests {
 
     fn notices(rendezvous: &mut Rendezvous) -> Vec<String> {
         std::iter::from_fn(|| rendezvous.poll_event())
-            .map(|RendezvousEvent::Notice(text)| text)
+            .filter_map(|event| match event {
+                RendezvousEvent::Notice(text) => Some(text),
+                RendezvousEvent::Founded => None,
+            })
             .collect()
     }
 

@@ -40,8 +40,11 @@ impl Driver {
         while let Some(request) = self.rendezvous.poll_request(now, wall_ms, &mut self.group) {
             self.spawn_proxy_request(request);
         }
-        while let Some(RendezvousEvent::Notice(text)) = self.rendezvous.poll_event() {
-            self.emit(NodeEvent::Notice(text));
+        while let Some(event) = self.rendezvous.poll_event() {
+            match event {
+                RendezvousEvent::Notice(text) => self.emit(NodeEvent::Notice(text)),
+                RendezvousEvent::Founded => {}
+            }
         }
         self.keep_sessions(now);
     }

@@ -94,39 +94,8 @@ impl NodeProc {
         command
             .args(["--json", "--name", name, "--data-dir"])
             .arg(data_dir)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("start sockmsg-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
-        let reader_log = log.clone();
-        let who = name.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("SOCKMSG_E2E_TRACE").is_some() {
-                    eprintln!("{who}: {line}");
-                }
-                let value: Value = match serde_json::from_str(&line) {
-                    Ok(v) => v,
-                    Err(e) => panic!("{who} printed a line that is not JSON ({e}): {line}"),
-                };
-                let (lock, cond) = &*reader_log;
-                lock.lock().unwrap().events.push(value);
-                cond.notify_all();
-            }
-            let (lock, cond) = &*reader_log;
-            lock.lock().unwrap().closed = true;
-            cond.notify_all();
-        });
-        NodeProc {
-            name: name.to_owned(),
-            stdin: child.stdin.take(),
-            child,
-            log,
-        }
+            .args(args);
+        NodeProc::from_command(name, command)
     }
 
     /// Sends one command line.
@@ -696,4 +665,74 @@ pub fn wait_for_proxy_record(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+impl NodeProc {
+    /// Starts `command` (a `sockmsg-node --json ...` command line the caller built, with
+    /// its own environment and working directory) as a node named `name`: stdin and
+    /// stdout piped as [`NodeProc::spawn`] does, stderr inherited.
+    pub fn from_command(name: &str, mut command: Command) -> NodeProc {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start sockmsg-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+        let reader_log = log.clone();
+        let who = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SOCKMSG_E2E_TRACE").is_some() {
+                    eprintln!("{who}: {line}");
+                }
+                let value: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(e) => panic!("{who} printed a line that is not JSON ({e}): {line}"),
+                };
+                let (lock, cond) = &*reader_log;
+                lock.lock().unwrap().events.push(value);
+                cond.notify_all();
+            }
+            let (lock, cond) = &*reader_log;
+            lock.lock().unwrap().closed = true;
+            cond.notify_all();
+        });
+        NodeProc {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id, for diagnostics.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A loopback port free (for now) for both TCP and UDP, below the kernel's ephemeral
+/// range (32768 and up on Linux), so that no socket bound to port 0 (every node's, in
+/// every test binary) can take it before the test uses it; and never handed out twice
+/// by this process, so that tests running in parallel do not pick the same one.
+pub fn free_fixed_port() -> u16 {
+    use rand::RngExt as _;
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port: u16 = rng.random_range(20_000..32_000);
+        if taken.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
