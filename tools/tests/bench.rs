@@ -177,3 +177,54 @@ fn transport_runs_the_session_benchmark_side_by_side() {
         "{stdout}"
     );
 }
+
+/// The numbers of a `report::summary` line: count, then min, p50, p90, p99, p99.9, max.
+fn summary_numbers(line: &str) -> Vec<f64> {
+    let (_, figures) = line
+        .split_once(": count ")
+        .unwrap_or_else(|| panic!("a summary line: {line}"));
+    figures
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .collect()
+}
+
+#[test]
+fn rendezvous_times_one_group_after_a_proxy_restart() {
+    // Two runs of about 2-4 s each, after an untimed first start of each name.
+    let Some(_) = bins() else { return };
+    let began = std::time::Instant::now();
+    let out = run_ok(&["rendezvous", "--runs", "2", "--fault", "proxy-restart"]);
+    let failures: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy-restart: failures: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a failures line in {out}"));
+    assert!(
+        out.contains(&format!("failures: {failures} of 2 runs")),
+        "{out}"
+    );
+    let chats = out
+        .lines()
+        .find(|l| {
+            l.starts_with("proxy-restart: from the proxy's SIGKILL until one group that chats")
+        })
+        .unwrap_or_else(|| panic!("the headline in {out}"));
+    if failures == 2 {
+        assert!(chats.ends_with("no samples"), "{out}");
+    } else {
+        let numbers = summary_numbers(chats);
+        assert_eq!(
+            numbers.len(),
+            7,
+            "count, min, p50, p90, p99, p99.9, max: {chats}"
+        );
+        assert_eq!(numbers[0] as u64 + failures, 2, "{out}");
+        assert!(
+            numbers[1..].windows(2).all(|w| w[0] <= w[1]) && numbers[1] > 0.0,
+            "monotone, positive: {chats}"
+        );
+    }
+    eprintln!("{out}(the bench took {:?})", began.elapsed());
+}

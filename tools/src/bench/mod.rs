@@ -6,21 +6,25 @@
 //!   survivor reports the same new leader, and split votes;
 //! - [`chat`]: open-loop load (each line has an intended send time; latency counts from
 //!   it, so a stall cannot hide: no coordinated omission);
+//! - [`rendezvous`]: the key manager or the proxy killed and restarted (or the proxy
+//!   down a while) as a newcomer joins, the time until one group that chats;
 //! - [`report`]: percentiles, `.hgrm`, SVG.
 
 pub mod flood;
 pub mod procs;
+pub mod rendezvous;
 pub mod report;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
 
-use procs::{Node, Services};
+use procs::{Bell, Node, Services};
 
 /// Bound on any one wait of a run (a group forming, a failover, a rejoin).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,43 +46,98 @@ pub struct Cluster {
     bins: std::path::PathBuf,
     work: std::path::PathBuf,
     config: std::path::PathBuf,
+    /// The group the nodes join (None: the node's default).
+    group: Option<String>,
+    /// Rung at every event of any node.
+    bell: Arc<Bell>,
 }
 
 impl Cluster {
+    /// The services and `n` nodes `n0`.. in one group.
     pub fn start(bins: &Path, work: &Path, n: usize) -> Result<Cluster> {
         if n < 2 {
             bail!("a group needs at least 2 nodes");
         }
+        let mut cluster = Cluster::services_only(bins, work)?;
+        let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+        cluster.grow(&names)?;
+        Ok(cluster)
+    }
+
+    /// The services, and no node yet.
+    pub fn services_only(bins: &Path, work: &Path) -> Result<Cluster> {
         let services = Services::start(bins, work)?;
         let config = procs::write_config(work)?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             nodes: Vec::new(),
             services,
             bins: bins.to_path_buf(),
             work: work.to_path_buf(),
             config,
-        };
-        for i in 0..n {
+            group: None,
+            bell: Arc::default(),
+        })
+    }
+
+    /// Stops every node (SIGKILL); the next ones join `group`. Each name keeps its data
+    /// directory (its key, and the state of the groups it was in).
+    pub fn regroup(&mut self, group: Option<&str>) {
+        self.nodes.clear();
+        self.group = group.map(str::to_owned);
+    }
+
+    /// Starts a node named `name`, without waiting for anything; its index.
+    pub fn spawn(&mut self, name: &str) -> Result<usize> {
+        let node = Node::spawn(
+            &self.bins,
+            name,
+            &self.work,
+            &self.services,
+            &self.config,
+            self.group.as_deref(),
+            &self.bell,
+        )?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Starts `names` one after the other, each once the one before has joined, then
+    /// waits until they agree on a leader and every member holds a session with every
+    /// other.
+    pub fn grow(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
             stopped()?;
-            let node = Node::spawn(
-                bins,
-                &format!("n{i}"),
-                work,
-                &cluster.services,
-                &cluster.config,
-            )?;
-            node.wait(0, STEP_TIMEOUT, |events| {
+            let i = self.spawn(name)?;
+            let joined = self.nodes[i].wait(0, STEP_TIMEOUT, |events| {
                 events
                     .iter()
                     .any(|e| e.value["event"] == "joined")
                     .then_some(())
-            })
-            .ok_or_else(|| anyhow!("n{i} did not join within {STEP_TIMEOUT:?}"))?;
-            cluster.nodes.push(node);
+            });
+            if joined.is_none() {
+                bail!(
+                    "{name} did not join within {STEP_TIMEOUT:?}; its last events: {}",
+                    self.nodes[i].last_events(8)
+                );
+            }
         }
-        cluster.settled(0, None)?;
-        cluster.await_sessions(Instant::now() + STEP_TIMEOUT)?;
-        Ok(cluster)
+        self.settled(0, None)?;
+        self.await_sessions(Instant::now() + STEP_TIMEOUT)
+    }
+
+    /// How many events all the nodes have printed so far, for [`Cluster::wait_any`].
+    pub fn rung(&self) -> u64 {
+        self.bell.rung()
+    }
+
+    /// Waits until any node prints an event after [`Cluster::rung`] said `seen` (or its
+    /// output ends), or until `deadline`; at most 100 ms, so that the caller notices a
+    /// Ctrl-C (or a node that exits without a word) soon.
+    pub fn wait_any(&self, seen: u64, deadline: Instant) {
+        self.bell.wait(
+            seen,
+            deadline.min(Instant::now() + Duration::from_millis(100)),
+        );
     }
 
     /// Waits until every node in `alive` (all if `None`) reports the same leader in a
@@ -88,6 +147,7 @@ impl Cluster {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             stopped()?;
+            let seen = self.rung();
             let views: Vec<_> = self
                 .nodes
                 .iter()
@@ -118,12 +178,8 @@ impl Cluster {
             if Instant::now() >= deadline {
                 bail!("no agreed leader after term {after} within {STEP_TIMEOUT:?}: {views:?}");
             }
-            // Wake on the next event of any node (or soon).
-            self.nodes[0].wait(
-                self.nodes[0].mark(),
-                Duration::from_millis(20),
-                |_| None::<()>,
-            );
+            // Look again at the next event of any node.
+            self.wait_any(seen, deadline);
         }
     }
 
@@ -132,10 +188,22 @@ impl Cluster {
     /// next round does not time the restarted node's handshakes too.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let name = self.nodes[i].name.clone();
-        self.nodes[i] = Node::spawn(&self.bins, &name, &self.work, &self.services, &self.config)?;
+        self.nodes[i] = Node::spawn(
+            &self.bins,
+            &name,
+            &self.work,
+            &self.services,
+            &self.config,
+            self.group.as_deref(),
+            &self.bell,
+        )?;
         let n = self.nodes.len();
         let deadline = Instant::now() + STEP_TIMEOUT;
-        while !(self.nodes[i].is_joined() && self.nodes.iter().all(|node| node.members() == n)) {
+        loop {
+            let seen = self.rung();
+            if self.nodes[i].is_joined() && self.nodes.iter().all(|node| node.members() == n) {
+                break;
+            }
             stopped()?;
             if Instant::now() >= deadline {
                 bail!(
@@ -143,11 +211,7 @@ impl Cluster {
                     self.nodes[i].last_events(8)
                 );
             }
-            self.nodes[i].wait(
-                self.nodes[i].mark(),
-                Duration::from_millis(20),
-                |_| None::<()>,
-            );
+            self.wait_any(seen, deadline);
         }
         self.await_sessions(deadline)
     }

@@ -2,6 +2,7 @@
 //! loopback, each cleaned up when dropped (and so on failure and on Ctrl-C, which the
 //! runner turns into an orderly stop).
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -57,12 +58,20 @@ impl Drop for Guarded {
     }
 }
 
-/// The key manager and the proxy, as their own processes.
+/// The key manager and the proxy, as their own processes, each of which can be killed
+/// (SIGKILL) and started again at the same address: the key manager from its data
+/// directory (same key, same registrations), the proxy empty (it keeps no state).
 pub struct Services {
     pub keymgr: SocketAddr,
     pub proxy: SocketAddr,
-    _keymgr: Guarded,
-    _proxy: Guarded,
+    // The proxy first: stopped before the key manager it talks to.
+    proxy_child: Option<Guarded>,
+    keymgr_child: Option<Guarded>,
+    keymgr_bin: PathBuf,
+    proxy_bin: PathBuf,
+    keymgr_dir: PathBuf,
+    proxy_dir: PathBuf,
+    fingerprint: String,
 }
 
 impl Services {
@@ -85,56 +94,154 @@ impl Services {
             );
         }
         let fingerprint = String::from_utf8_lossy(&init.stdout).trim().to_owned();
-        let keymgr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let keymgr_child = Guarded(
-            Command::new(&keymgr_bin)
+        if fingerprint.is_empty() {
+            bail!("sockmsg-keymgr init printed no fingerprint");
+        }
+        let mut services = Services {
+            keymgr: format!("127.0.0.1:{}", free_port()?).parse()?,
+            proxy: format!("127.0.0.1:{}", free_port()?).parse()?,
+            proxy_child: None,
+            keymgr_child: None,
+            keymgr_bin,
+            proxy_bin,
+            keymgr_dir: dir,
+            proxy_dir: work.join("proxy"),
+            fingerprint,
+        };
+        services.start_keymgr()?;
+        services.start_proxy()?;
+        Ok(services)
+    }
+
+    /// Starts the key manager from its data directory at its address, and returns once
+    /// it accepts connections.
+    pub fn start_keymgr(&mut self) -> Result<()> {
+        if self.keymgr_child.is_some() {
+            bail!("the key manager is running");
+        }
+        let mut child = Guarded(
+            Command::new(&self.keymgr_bin)
                 .arg("serve")
                 .arg("--data-dir")
-                .arg(&dir)
+                .arg(&self.keymgr_dir)
                 .arg("--listen")
-                .arg(keymgr.to_string())
+                .arg(self.keymgr.to_string())
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .spawn()
                 .context("start sockmsg-keymgr")?,
         );
-        let proxy_child = Guarded(
-            Command::new(&proxy_bin)
+        wait_ready(&mut child, self.keymgr, "sockmsg-keymgr")?;
+        self.keymgr_child = Some(child);
+        Ok(())
+    }
+
+    /// Starts a proxy (no records) at its address, and returns once it accepts
+    /// connections.
+    pub fn start_proxy(&mut self) -> Result<()> {
+        if self.proxy_child.is_some() {
+            bail!("the proxy is running");
+        }
+        let mut child = Guarded(
+            Command::new(&self.proxy_bin)
                 .arg("--listen")
-                .arg(proxy.to_string())
+                .arg(self.proxy.to_string())
                 .arg("--keymgr")
-                .arg(keymgr.to_string())
+                .arg(self.keymgr.to_string())
                 .arg("--keymgr-fingerprint")
-                .arg(&fingerprint)
+                .arg(&self.fingerprint)
                 .arg("--data-dir")
-                .arg(work.join("proxy"))
+                .arg(&self.proxy_dir)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .spawn()
                 .context("start sockmsg-proxy")?,
         );
-        wait_tcp(keymgr)?;
-        wait_tcp(proxy)?;
-        Ok(Services {
-            keymgr,
-            proxy,
-            _keymgr: keymgr_child,
-            _proxy: proxy_child,
-        })
+        wait_ready(&mut child, self.proxy, "sockmsg-proxy")?;
+        self.proxy_child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the key manager and reaps it (its sockets are closed on return).
+    pub fn kill_keymgr(&mut self) {
+        self.keymgr_child = None;
+    }
+
+    /// SIGKILLs the proxy and reaps it (its sockets are closed, its records gone).
+    pub fn kill_proxy(&mut self) {
+        self.proxy_child = None;
+    }
+
+    /// Starts whichever of the two is not running (never started again, or exited).
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if !self.keymgr_child.as_mut().is_some_and(Guarded::running) {
+            self.keymgr_child = None;
+            self.start_keymgr()?;
+        }
+        if !self.proxy_child.as_mut().is_some_and(Guarded::running) {
+            self.proxy_child = None;
+            self.start_proxy()?;
+        }
+        Ok(())
     }
 }
 
-/// Waits (bounded) until something accepts TCP at `addr`.
-fn wait_tcp(addr: SocketAddr) -> Result<()> {
+impl Guarded {
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+/// Waits (bounded) until `child` accepts TCP at `addr`; fails at once if it exits.
+fn wait_ready(child: &mut Guarded, addr: SocketAddr, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait()? {
+            bail!("{what} exited ({status}) before it answered at {addr}");
+        }
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Polling a port that is not open yet: refused at once, so poll often.
+        std::thread::sleep(Duration::from_millis(2));
     }
-    bail!("nothing answers at {addr}")
+    bail!("{what} does not answer at {addr} within 20 s")
+}
+
+/// Rung by the reader of every node that shares it, at each event and when the node's
+/// output ends: one thing to wait on for "something happened to any of them".
+#[derive(Default)]
+pub struct Bell {
+    rung: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Bell {
+    /// How many times it has rung so far.
+    pub fn rung(&self) -> u64 {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring(&self) {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cond.notify_all();
+    }
+
+    /// Waits until it has rung more than `seen` times, or until `deadline`.
+    pub fn wait(&self, seen: u64, deadline: Instant) {
+        let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        while *rung == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            rung = self
+                .cond
+                .wait_timeout(rung, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 /// One event a node printed, and when the runner read it.
@@ -161,16 +268,22 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts `sockmsg-node --json` named `name` (its data directory under `work`, kept
+    /// between starts), in `group` (None: the node's default); its reader rings `bell`
+    /// at each event.
     pub fn spawn(
         bins: &Path,
         name: &str,
         work: &Path,
         services: &Services,
         config: &Path,
+        group: Option<&str>,
+        bell: &Arc<Bell>,
     ) -> Result<Node> {
         let bin = binary(bins, "sockmsg-node")?;
         let (filter, log_path, stderr) = node_log(work, name)?;
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["--json", "--name", name, "--bind", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(work.join("nodes"))
@@ -179,7 +292,11 @@ impl Node {
             .arg("--proxy")
             .arg(services.proxy.to_string())
             .arg("--keymgr")
-            .arg(services.keymgr.to_string())
+            .arg(services.keymgr.to_string());
+        if let Some(group) = group {
+            command.args(["--group", group]);
+        }
+        let mut child = command
             .env("RUST_LOG", filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -189,6 +306,7 @@ impl Node {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
         let reader = log.clone();
+        let bell = bell.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -200,11 +318,13 @@ impl Node {
                         .events
                         .push(Event { at, value });
                     cond.notify_all();
+                    bell.ring();
                 }
             }
             let (lock, cond) = &*reader;
             lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
             cond.notify_all();
+            bell.ring();
         });
         Ok(Node {
             name: name.to_owned(),
@@ -330,6 +450,53 @@ impl Node {
         out.join("\n")
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.running()
+    }
+
+    /// What this node's latest events say about its group.
+    pub fn view(&mut self) -> View {
+        let running = self.running();
+        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = |kind: &str| log.events.iter().rev().find(|e| e.value["event"] == kind);
+        let admission = log
+            .events
+            .iter()
+            .rev()
+            .find(|e| {
+                ["joined", "removed", "left"]
+                    .iter()
+                    .any(|k| e.value["event"] == *k)
+            })
+            .and_then(|e| e.value["event"].as_str().map(str::to_owned));
+        let leader = latest("leader").map(|e| {
+            (
+                e.value["term"].as_u64().unwrap_or(0),
+                e.value["leader"].as_str().map(str::to_owned),
+                e.at,
+            )
+        });
+        let members = latest("members").map(|e| {
+            let names = e.value["members"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (names, e.at)
+        });
+        View {
+            name: self.name.clone(),
+            running,
+            admission,
+            leader,
+            members,
+        }
+    }
+
     pub fn is_joined(&self) -> bool {
         let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         log.events.iter().any(|e| e.value["event"] == "joined")
@@ -364,6 +531,47 @@ impl Node {
         }
         self.kill();
         bail!("{} did not exit within 10 s of /exit", self.name)
+    }
+}
+
+/// What one node's events say about its group ([`Node::view`]).
+#[derive(Debug, Clone)]
+pub struct View {
+    pub name: String,
+    pub running: bool,
+    /// The latest of its `joined`, `removed` and `left` events.
+    pub admission: Option<String>,
+    /// Its latest `leader` event: term, leader, when it was read.
+    pub leader: Option<(u64, Option<String>, Instant)>,
+    /// Its latest `members` event: the names, when it was read.
+    pub members: Option<(BTreeSet<String>, Instant)>,
+}
+
+impl View {
+    /// One line for a diagnostic: `n0: leader n1 (term 3), members [n0, n1], joined`.
+    pub fn line(&self) -> String {
+        let leader = match &self.leader {
+            Some((term, Some(leader), _)) => format!("leader {leader} (term {term})"),
+            Some((term, None, _)) => format!("no leader (term {term})"),
+            None => "no leader event".to_owned(),
+        };
+        let members = match &self.members {
+            Some((names, _)) => format!(
+                "members [{}]",
+                names
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "no members event".to_owned(),
+        };
+        format!(
+            "{}: {}{leader}, {members}, {}",
+            self.name,
+            if self.running { "" } else { "EXITED, " },
+            self.admission.as_deref().unwrap_or("never joined"),
+        )
     }
 }
 

@@ -10,10 +10,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sockmsg_tools::bench::flood::Flood;
+use sockmsg_tools::bench::rendezvous::{self, Fault, Options as RendezvousOptions};
 use sockmsg_tools::bench::{self, report, Cluster, Departure};
 
-/// Measures sockmsg on real processes and real sockets (loopback): election failover and
-/// chat latency, reported as percentiles with the full histogram kept (.hgrm, SVG).
+/// Measures sockmsg on real processes and real sockets (loopback): election failover,
+/// chat latency, and one group again after a fault of the proxy or the key manager,
+/// reported as percentiles (with the full histogram kept: .hgrm, SVG).
 ///
 /// It starts a key manager, a proxy and the nodes itself (the binaries next to this one:
 /// build them with `cargo build --release -p sockmsg-node -p sockmsg-keymgr -p
@@ -39,6 +41,14 @@ enum Mode {
     Exit,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FaultArg {
+    ProxyRestart,
+    ProxyDown,
+    KeymgrRestart,
+    All,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Leader failover: R times take the leader away, time until every survivor reports
@@ -56,6 +66,28 @@ enum Command {
         /// Draw it (SVG).
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
+    },
+    /// One group after a fault of the services: R runs per fault of three nodes that
+    /// form group G, the fault, a fourth node starting; timed until every node follows
+    /// the same leader in a membership of the four and a line from the newcomer reaches
+    /// an old member. A run that does not get there within --timeout is reported as
+    /// failed (with what each node said), and the next one begins.
+    Rendezvous {
+        #[arg(long, default_value_t = 100)]
+        runs: u64,
+        /// proxy-restart: the proxy SIGKILLed and restarted empty at once, the newcomer
+        /// started (timed from the kill); proxy-down: the proxy SIGKILLed, the newcomer
+        /// started, the proxy back after --down-ms (timed from its return);
+        /// keymgr-restart: the key manager SIGKILLed and restarted from its data
+        /// directory, the newcomer started (timed from the kill); all: each in turn.
+        #[arg(long, value_enum, default_value_t = FaultArg::All)]
+        fault: FaultArg,
+        /// How long the proxy stays down (proxy-down).
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        down_ms: u64,
+        /// Bound on one run, from its fault until one group that chats.
+        #[arg(long, value_name = "S", default_value_t = 30)]
+        timeout: u64,
     },
     /// The session layer against plain UDP and quinn, side by side, on loopback: builds
     /// and runs the transport benchmark (bench/transport, its own workspace so that
@@ -383,6 +415,58 @@ fn run(cli: Cli) -> Result<()> {
                 report.expected.saturating_sub(report.delivered)
             );
             write_outputs(&report.latency, &title, hgrm, svg)
+        }
+        Command::Rendezvous {
+            runs,
+            fault,
+            down_ms,
+            timeout,
+        } => {
+            let faults = match fault {
+                FaultArg::ProxyRestart => vec![Fault::ProxyRestart],
+                FaultArg::ProxyDown => vec![Fault::ProxyDown],
+                FaultArg::KeymgrRestart => vec![Fault::KeymgrRestart],
+                FaultArg::All => Fault::ALL.to_vec(),
+            };
+            let options = RendezvousOptions {
+                runs,
+                faults,
+                down: Duration::from_millis(down_ms),
+                timeout: Duration::from_secs(timeout),
+            };
+            eprintln!("starting a key manager and a proxy; 4 nodes per run…");
+            let mut cluster = Cluster::services_only(&bins, &work.0)?;
+            let progress = bar(runs * options.faults.len() as u64, "runs");
+            let started = Instant::now();
+            let result = rendezvous::rendezvous(&mut cluster, &options, |fault, run, outcome| {
+                let line = match outcome {
+                    Ok(line) => line,
+                    Err(line) => {
+                        // Shown as it happens, whether or not the bar is (a terminal).
+                        progress.suspend(|| eprintln!("{} run {run}: {line}", fault.name()));
+                        line
+                    }
+                };
+                progress.set_message(format!("{} run {run}: {line}", fault.name()));
+                progress.inc(1);
+            });
+            progress.finish_and_clear();
+            let reports = result?;
+            println!(
+                "rendezvous: {runs} run(s) of each of {} (3 nodes form a group, the fault, a \
+                 4th node starts), {:.1?} in all",
+                options
+                    .faults
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                started.elapsed()
+            );
+            for report in &reports {
+                print!("{}", report.text());
+            }
+            Ok(())
         }
         Command::Sim { .. } | Command::Transport { .. } => Ok(()),
     }
