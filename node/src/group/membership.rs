@@ -53,9 +53,10 @@ impl Group {
     /// Leaves this group for another group of the same name that outranks it (SPEC.md
     /// §12.7): the node forgets this one entirely (term, vote, membership, former
     /// members, chat state) and is a newcomer, to be admitted by the other group's
-    /// leader ([`Group::join_via`]). The new state is persisted first thing; frames not
-    /// yet sent are dropped (they were for the group it leaves; lines not yet
-    /// acknowledged are not delivered, and the node is told so as `Removed`).
+    /// leader ([`Group::join_via`]), under a new incarnation. The new state is persisted
+    /// first thing; frames not yet sent are dropped (they were for the group it leaves;
+    /// lines not yet acknowledged are not delivered, and the node is told so as
+    /// `Removed`).
     ///
     /// Why forgetting the term is safe: the two groups share no member (they could not
     /// be told apart otherwise), so no election of the group it joins counted a vote of
@@ -65,9 +66,15 @@ impl Group {
     pub fn dissolve(&mut self, now: Instant) {
         use rand::{RngExt, SeedableRng};
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.random());
+        // A new incarnation: to every group it is a new process, whose lines are
+        // numbered afresh (a receiver orders and deduplicates per incarnation).
+        let me = MemberInfo {
+            incarnation: self.rng.random(),
+            ..self.me.clone()
+        };
         let fresh = Group::new(
             self.config.clone(),
-            self.me.clone(),
+            me,
             super::HardState::default(),
             rng,
             now,

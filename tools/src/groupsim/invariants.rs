@@ -80,10 +80,10 @@ fn names(members: &[MemberInfo]) -> Vec<String> {
 #[derive(Debug)]
 pub struct Watch {
     views: Vec<View>,
-    /// Memberships leaders created: (membership_term, version) → names. One stamp, one
-    /// list, except in a term where the liar's double vote made two leaders (then one
-    /// list each).
-    created: HashMap<(u64, u64), Vec<Vec<String>>>,
+    /// Memberships leaders created: (lineage, membership_term, version) → names. One
+    /// stamp, one list, except in a term where the liar's double vote made two leaders
+    /// (then one list each). Two groups of one name (SPEC.md §12.7) stamp on their own.
+    created: HashMap<(u32, u64, u64), Vec<Vec<String>>>,
     /// (leader, name, term) of every `PeerUnreachable`.
     unreachable: HashSet<(String, String, u64)>,
     /// (name, incarnation) of every node that left.
@@ -283,10 +283,12 @@ impl Sim {
         if !view.members.is_empty() {
             return view.names();
         }
+        let lineage = self.nodes[i].lineage;
         self.watch
             .created
             .iter()
-            .max_by_key(|(stamp, _)| **stamp)
+            .filter(|(key, _)| key.0 == lineage)
+            .max_by_key(|(key, _)| **key)
             .and_then(|(_, lists)| lists.first().cloned())
             .unwrap_or_default()
     }
@@ -328,7 +330,7 @@ impl Sim {
             return self.check_liars_membership(i, &liar, before, now);
         }
         let names = now.names();
-        match self.watch.created.get(&now.stamp) {
+        match self.watch.created.get(&self.stamp_key(i, now.stamp)) {
             Some(created) if created.contains(&names) => {}
             Some(created) => {
                 let why = format!(
@@ -351,7 +353,8 @@ impl Sim {
     fn record_created(&mut self, i: usize, now: &View) {
         let names = now.names();
         let twice = self.watch.double_votes.contains(&now.stamp.0);
-        let created = self.watch.created.entry(now.stamp).or_default();
+        let key = self.stamp_key(i, now.stamp);
+        let created = self.watch.created.entry(key).or_default();
         if created.contains(&names) {
             return;
         }
@@ -375,7 +378,7 @@ impl Sim {
         };
         let term = g.term();
         if self.is_elected(term, &self.nodes[i].name) {
-            self.note_first_created((term, version), names(members));
+            self.note_first_created(i, (term, version), names(members));
         }
     }
 
@@ -437,12 +440,19 @@ impl Sim {
             );
             return self.fail(why);
         }
-        self.note_first_created(now.stamp, now.names());
+        self.note_first_created(i, now.stamp, now.names());
     }
 
-    /// Records `names` as the list created for `stamp`, unless one is known already.
-    fn note_first_created(&mut self, stamp: (u64, u64), names: Vec<String>) {
-        let created = self.watch.created.entry(stamp).or_default();
+    /// The key of a membership stamp node `i` holds: its group's (see `Node::lineage`).
+    fn stamp_key(&self, i: usize, stamp: (u64, u64)) -> (u32, u64, u64) {
+        (self.nodes[i].lineage, stamp.0, stamp.1)
+    }
+
+    /// Records `names` as the list created for `stamp` in node `i`'s group, unless one is
+    /// known already.
+    fn note_first_created(&mut self, i: usize, stamp: (u64, u64), names: Vec<String>) {
+        let key = self.stamp_key(i, stamp);
+        let created = self.watch.created.entry(key).or_default();
         if created.is_empty() {
             created.push(names);
         }

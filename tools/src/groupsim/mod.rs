@@ -35,7 +35,9 @@ pub mod schedule;
 pub mod services;
 
 pub use byzantine::{byzantine_schedule, ByzantineReport};
-pub use schedule::{describe, schedule, seeds_from_env, HEAL_BOUND, MS};
+pub use schedule::{
+    describe, merge_schedule, schedule, seeds_from_env, HEAL_BOUND, MERGE_BOUND, MS,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -43,7 +45,9 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use services::{verdict, MemoSigner, Services, GROUP, NAMES, WALL_EPOCH_MS};
-use sockmsg_node::rendezvous::{ProxyAnswer, ProxyRequest, Rendezvous, RendezvousConfig, Verdict};
+use sockmsg_node::rendezvous::{
+    ProxyAnswer, ProxyRequest, Rendezvous, RendezvousConfig, RendezvousEvent, Verdict,
+};
 use sockmsg_node::{
     Group, GroupConfig, GroupEvent, GroupMessage, HardState, MemberInfo, Output, Role, VoteMsg,
     VoteSigner,
@@ -85,6 +89,11 @@ pub struct Node {
     pub receipts: HashMap<(u64, String), bool>,
     /// Its business with the proxy, the shipping policy (`None` without services).
     pub rendezvous: Option<Rendezvous>,
+    /// The group (of the one name) this node belongs to, as the harness tells them apart:
+    /// a group a node founds is a new one; a node that follows another node's lead is
+    /// in that leader's. Two groups of one name (SPEC.md §12.7) have their own terms and
+    /// membership stamps, so the invariants key terms and stamps by it.
+    pub lineage: u32,
     /// Signs this node's votes: its RSA test key (memoised) with services, else a
     /// checksum.
     signer: Box<dyn VoteSigner>,
@@ -130,8 +139,10 @@ pub struct Sim {
     pub loss: f64,
     /// Probability that a message is delivered twice.
     pub dup: f64,
-    /// Every leader announced per term, by anyone.
-    pub leaders: HashMap<u64, String>,
+    /// Every leader announced per (lineage, term), by anyone.
+    pub leaders: HashMap<(u32, u64), String>,
+    /// The next lineage a founder starts (see [`Node::lineage`]).
+    next_lineage: u32,
     /// Granted votes seen on the wire: (term, candidate) → voters.
     granted: HashMap<(u64, String), BTreeSet<String>>,
     /// Leaders whose majority the harness counted itself: term → leaders (a second one
@@ -158,6 +169,12 @@ impl Sim {
     /// registers its RSA test key, the first claims the group at the proxy and founds it,
     /// the others ask the proxy whom to join.
     pub fn new(seed: u64, members: usize, loss: f64) -> Sim {
+        Sim::with_late(seed, members, 0, loss)
+    }
+
+    /// Like [`Sim::new`], but the last `late` nodes are not started: each starts later,
+    /// as a newcomer, with [`Sim::restart`].
+    pub fn with_late(seed: u64, members: usize, late: usize, loss: f64) -> Sim {
         assert!(
             members <= NAMES.len(),
             "at most {} members with services",
@@ -168,7 +185,11 @@ impl Sim {
         services.register(&NAMES[..members]).expect("registration");
         let mut sim = Sim::with_names(seed, names, loss, Some(services));
         for i in 0..members {
-            sim.rendezvous(i);
+            if i + late < members {
+                sim.rendezvous(i);
+            } else {
+                sim.nodes[i].group = None;
+            }
         }
         sim
     }
@@ -211,6 +232,7 @@ impl Sim {
                 received: Vec::new(),
                 receipts: HashMap::new(),
                 rendezvous: None,
+                lineage: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -227,6 +249,7 @@ impl Sim {
             loss,
             dup: 0.0,
             leaders: HashMap::new(),
+            next_lineage: 1,
             granted: HashMap::new(),
             elected: HashMap::new(),
             services,
@@ -332,7 +355,7 @@ impl Sim {
             let leader = self.nodes[l].name.clone();
             self.with(i, |g, now| g.join(now, &leader).unwrap());
         } else if !anyone_holds_the_group {
-            let last_term = self.leaders.keys().copied().max().unwrap_or(0);
+            let last_term = self.leaders.keys().map(|k| k.1).max().unwrap_or(0);
             self.trace(|| format!("BOOTSTRAP {} after term {last_term}", self.nodes[i].name));
             self.with(i, |g, now| g.bootstrap(now, last_term).unwrap());
         }
@@ -385,11 +408,18 @@ impl Sim {
             {
                 rendezvous.handle_answer(now, group, answer);
             }
+            // A founding is noted before the group's events of it (its leadership).
+            self.rendezvous_events(i);
             self.drain(i);
             if accepted_announcement {
                 self.check_proxy_record();
             }
         }
+        self.rendezvous_events(i);
+    }
+
+    /// What node `i`'s rendezvous told: traced; a founding starts a new lineage.
+    fn rendezvous_events(&mut self, i: usize) {
         while let Some(event) = self.nodes[i]
             .rendezvous
             .as_mut()
@@ -397,6 +427,9 @@ impl Sim {
         {
             let name = self.nodes[i].name.clone();
             self.trace(|| format!("{name} rendezvous: {event:?}"));
+            if event == RendezvousEvent::Founded {
+                self.new_lineage(i);
+            }
         }
     }
 
@@ -414,6 +447,17 @@ impl Sim {
             );
             self.fail(why);
         }
+    }
+
+    /// Node `i` founded a group: a new one, as far as terms and stamps go.
+    fn new_lineage(&mut self, i: usize) {
+        self.nodes[i].lineage = self.next_lineage;
+        self.next_lineage += 1;
+    }
+
+    /// The index of the node named `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
     }
 
     /// Without services, the driver's periodic "ask the proxy again" for nodes not
@@ -695,10 +739,14 @@ impl Sim {
                 } else if let Some(l) = &leader {
                     self.check_followed(i, term, l);
                 }
+                if let Some(j) = leader.as_deref().and_then(|l| self.node_index(l)) {
+                    self.nodes[i].lineage = self.nodes[j].lineage;
+                }
                 if let Some(l) = &leader {
+                    let lineage = self.nodes[i].lineage;
                     let previous = self
                         .leaders
-                        .entry(term)
+                        .entry((lineage, term))
                         .or_insert_with(|| l.clone())
                         .clone();
                     if previous != *l {
@@ -748,6 +796,15 @@ impl Sim {
             GroupEvent::PeerUnreachable { name } => self.check_unreachable(i, &name),
             GroupEvent::MembersChanged { version, members } => {
                 self.note_members_changed(i, version, &members)
+            }
+            GroupEvent::Removed => {
+                // Dissolved into another group (SPEC.md §12.7): a new incarnation, whose
+                // lines are numbered afresh.
+                let incarnation = self.group(i).map(|g| g.me().incarnation);
+                if let Some(incarnation) = incarnation.filter(|c| *c != self.nodes[i].incarnation) {
+                    self.nodes[i].incarnation = incarnation;
+                    self.nodes[i].receipts.clear();
+                }
             }
             GroupEvent::Left => {
                 let me = self.nodes[i].group.as_ref().map(|g| g.me().clone());

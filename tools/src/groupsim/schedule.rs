@@ -66,6 +66,99 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
     Ok(sim.services.map(|s| s.verdicts).unwrap_or_default())
 }
 
+/// Bound on one group of one name once the proxy answers again after a fault that let
+/// a second group be founded (SPEC.md §12.7): a refresh interval for the leaders to
+/// learn of each other from the proxy, a member's check interval, a stand-again, the
+/// joins, with room for loss.
+pub const MERGE_BOUND: Duration = Duration::from_millis(10_000);
+
+/// One merge schedule (SPEC.md §12.7): a group forms; the proxy restarts (forgetting
+/// every record) or is down past the record's TTL; one or two newcomers start meanwhile,
+/// find no leader, and found groups of their own (two at once race for the claim) while
+/// everyone chats, with loss and duplication. Within [`MERGE_BOUND`] of the proxy
+/// answering again: one group of every node with one leader known to all, the proxy
+/// names it, and chat reaches every member exactly once. Returns that time.
+pub fn merge_schedule(seed: u64) -> Result<Duration, String> {
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let n = rng.random_range(3..=7usize);
+    let late = rng.random_range(1..=(n - 2).min(2));
+    let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
+    let mut sim = Sim::with_late(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, late, loss);
+    sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
+    let formed = sim.run_until(2000 * MS, |s| {
+        s.settled_leader(0)
+            .is_some_and(|l| s.live_members(l).len() == n - late)
+    });
+    if formed.is_none() {
+        return Err(format!(
+            "no group of {} formed: {}",
+            n - late,
+            describe(&sim)
+        ));
+    }
+    let before_fault = rng.random_range(0..3000) * MS;
+    chat_for(&mut sim, &mut rng, n, before_fault);
+    let back = if rng.random_bool(0.5) {
+        sim.restart_proxy();
+        sim.now
+    } else {
+        let down = rng.random_range(5500..7000) * MS;
+        sim.proxy_down_for(down);
+        sim.now + down
+    };
+    let mut started = 0;
+    while started < late {
+        let before_start = rng.random_range(0..500) * MS;
+        chat_for(&mut sim, &mut rng, n, before_start);
+        sim.restart(n - late + started);
+        started += 1;
+    }
+    if sim.now < back {
+        let until = back - sim.now;
+        chat_for(&mut sim, &mut rng, n, until);
+    }
+    if let Some(failure) = sim.failure.take() {
+        return Err(failure);
+    }
+    let from = sim.now;
+    let mut settled = None;
+    while sim.now < from + MERGE_BOUND && settled.is_none() {
+        chat_for(&mut sim, &mut rng, n, 100 * MS);
+        if let Some(failure) = sim.failure.take() {
+            return Err(failure);
+        }
+        settled = sim.settled_leader(0).filter(|&l| {
+            let members = sim.live_members(l);
+            let stamp = sim.group(l).map(stamp_of);
+            members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
+        });
+    }
+    let Some(leader) = settled else {
+        return Err(format!(
+            "not one group {MERGE_BOUND:?} after the proxy answered again: {}",
+            describe(&sim)
+        ));
+    };
+    let took = sim.now - from;
+    check_proxy_converges(&mut sim)?;
+    check_quiet_chat(&mut sim, leader)?;
+    if let Some(failure) = sim.failure.take() {
+        return Err(failure);
+    }
+    Ok(took)
+}
+
+/// Runs `sim` for `d`, a random member sending a line every 5-40 ms; stops early on an
+/// invariant failure (left in `sim.failure`).
+fn chat_for(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize, d: Duration) {
+    let end = sim.now + d;
+    while sim.now < end && sim.failure.is_none() {
+        let step = (rng.random_range(5..40) * MS).min(end - sim.now);
+        sim.run_for(step);
+        random_chat(sim, rng, n);
+    }
+}
+
 /// A line from a random member to the group (or, one time in ten, to one member).
 pub fn random_chat(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize) {
     let sender = rng.random_range(0..n);
