@@ -532,26 +532,7 @@ impl Cluster {
             let Some(mark) = mark else { continue };
             let text =
                 match node.wait_for(*mark, Duration::from_secs(3), "peers", |e| is(e, "peers")) {
-                    Some(p) => {
-                        let members: Vec<String> = p["members"]
-                            .as_array()
-                            .map(|m| {
-                                m.iter()
-                                    .map(|m| {
-                                        let star = if m["leader"] == true { "*" } else { "" };
-                                        format!("{star}{}", m["name"].as_str().unwrap_or("?"))
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        format!(
-                            "term {}, leader {}, {} members [{}]",
-                            p["term"],
-                            p["leader"],
-                            members.len(),
-                            members.join(", ")
-                        )
-                    }
+                    Some(p) => common::peers_line(&p),
                     None => "(no answer within 3 s)".to_owned(),
                 };
             out += &format!("\n  {:>6}: {text}", node.name);

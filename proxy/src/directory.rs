@@ -921,6 +921,16 @@ mod tests {
         RecordSummary::from_body(body).expect("a record")
     }
 
+    /// The held record a refusal carries (it must carry one).
+    fn held_by(refusal: &Refusal) -> RecordSummary {
+        summary(
+            refusal
+                .held
+                .as_deref()
+                .expect("the held record goes with it"),
+        )
+    }
+
     use crate::handler::RecordSummary;
 
     #[test]
@@ -946,12 +956,7 @@ mod tests {
         let puffed = draft(4, "mallory", &["mallory", "alice", "bob"], T0 + 1);
         let refusal = announce(&mut directory, &puffed, &["mallory"], now(1)).unwrap_err();
         assert_eq!(refusal.status, ProxyStatus::INSUFFICIENT_VOTES);
-        let held = summary(
-            refusal
-                .held
-                .as_deref()
-                .expect("the held record goes with it"),
-        );
+        let held = held_by(&refusal);
         assert_eq!(held.leader, "dave");
     }
 
@@ -963,12 +968,7 @@ mod tests {
         let small = draft(9, "dave", &["dave"], T0 + 1);
         let refusal = announce(&mut directory, &small, &["dave"], now(1)).unwrap_err();
         assert_eq!(refusal.status, ProxyStatus::INSUFFICIENT_VOTES);
-        let held = summary(
-            refusal
-                .held
-                .as_deref()
-                .expect("the held record goes with it"),
-        );
+        let held = held_by(&refusal);
         assert_eq!((held.leader.as_str(), held.members.len()), ("alice", 3));
         // A claim is told too.
         let refusal = claim(

@@ -736,3 +736,26 @@ pub fn free_fixed_port() -> u16 {
     }
     panic!("no free loopback port in 20000..32000");
 }
+
+/// A `/peers` answer (a `peers` event) in one line, for diagnostics: term, leader, and
+/// the members, the leader starred.
+pub fn peers_line(p: &Value) -> String {
+    let members: Vec<String> = p["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    let star = if m["leader"] == true { "*" } else { "" };
+                    format!("{star}{}", m["name"].as_str().unwrap_or("?"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "term {}, leader {}, {} members [{}]",
+        p["term"],
+        p["leader"],
+        members.len(),
+        members.join(", ")
+    )
+}
