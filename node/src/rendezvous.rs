@@ -421,6 +421,10 @@ impl Rendezvous {
             }
             return;
         }
+        if self.joined && self.left_behind(group, record) {
+            self.merge_into(now, group, record);
+            return;
+        }
         let known_leader = group.leader().is_some();
         // The proxy checked a majority of signed votes for this (term, leader): evidence
         // enough for a joiner to follow it (SPEC.md §12.2).
@@ -571,11 +575,28 @@ impl Rendezvous {
         !group.members().is_empty() && record_rank(record).is_other_group(&ours)
     }
 
+    /// Whether we are what is left of a group that merged into the group of `record`
+    /// without us (SPEC.md §12.7): members of ours have dissolved and joined it, so the
+    /// two are no longer of other groups, but its leader is none of ours, it does not
+    /// list us, it outranks what we hold, and we follow no leader (what remains of our
+    /// group cannot elect one). Such a node merges as the others did.
+    fn left_behind(&self, group: &Group, record: &RecordSummary) -> bool {
+        let ours = |name: &str| group.members().iter().any(|m| m.name == name);
+        let electing = matches!(group.role(), Role::PreCandidate | Role::Candidate);
+        !record.members.contains(&self.me)
+            && !ours(&record.leader)
+            && (electing || group.leader().is_none())
+            && record_rank(record).ranks_above(&self.our_rank(group))
+    }
+
     /// Whether the group of `record` outranks ours, which merges into it then.
     fn outranked_by(&self, group: &Group, record: &RecordSummary) -> bool {
+        record_rank(record).outranks(&self.our_rank(group))
+    }
+
+    fn our_rank<'g>(&'g self, group: &'g Group) -> GroupRank<'g> {
         let leader = group.leader().unwrap_or(self.me.as_str());
-        let ours = GroupRank::new(group.members().iter().map(|m| m.name.as_str()), leader);
-        record_rank(record).outranks(&ours)
+        GroupRank::new(group.members().iter().map(|m| m.name.as_str()), leader)
     }
 
     /// Leaves our group for the group of `record`, which outranks it (SPEC.md §12.7):
@@ -950,6 +971,52 @@ mod tests {
             said.iter().any(|n| n.contains("erin")),
             "never silently: {said:?}"
         );
+    }
+
+    /// dave, admitted to a group of two with carol, which has no leader now (carol
+    /// went over to another group, SPEC.md §12.7), and the proxy's answer to its query.
+    fn left_with_carol(answer: RecordSummary, now: Instant) -> (Group, Rendezvous) {
+        let hard = HardState {
+            term: 1,
+            members: vec![me("carol"), me("dave")],
+            membership_term: 1,
+            membership_version: 2,
+            ..HardState::default()
+        };
+        let (mut g, mut r) = node("dave", hard, now);
+        r.handle_event(now, &GroupEvent::Joined);
+        assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
+        r.handle_answer(now, &mut g, ProxyAnswer::Record(Some(answer)));
+        (g, r)
+    }
+
+    #[test]
+    fn spec_12_7_a_member_left_behind_by_a_merge_follows_its_group_over() {
+        let now = Instant::now();
+        // carol is in both: the two are no longer "other groups", yet alice's does not
+        // list dave, is led by none of dave's, and outranks what dave holds.
+        let (mut g, mut r) = left_with_carol(record("alice", &["alice", "bob", "carol"], 2), now);
+        assert_eq!((g.term(), g.members().len()), (0, 0), "dissolved");
+        assert!(!r.joined());
+        let sent = pump(&mut g, &mut r, now);
+        let joins: Vec<&str> = sent
+            .iter()
+            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
+            .map(|(to, _)| to.as_str())
+            .collect();
+        assert_eq!(joins, ["alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn spec_12_7_a_record_that_lists_us_or_is_led_by_one_of_ours_is_not_left_behind() {
+        let now = Instant::now();
+        // Our own group, grown: it lists dave.
+        let (g, _) = left_with_carol(record("alice", &["alice", "carol", "dave"], 2), now);
+        assert_eq!(g.members().len(), 2, "kept");
+        // Led by carol, one of ours: dave was removed from its own group, and waits
+        // to be told so by a member that remembers it (SPEC.md §12.5).
+        let (g, _) = left_with_carol(record("carol", &["alice", "bob", "carol"], 2), now);
+        assert_eq!(g.members().len(), 2, "kept");
     }
 
     #[test]

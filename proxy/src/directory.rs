@@ -517,9 +517,15 @@ impl<'a> GroupRank<'a> {
     /// total order, so that every proxy and every node comparing the same two records
     /// picks the same group; not on terms, which a group of one raises at will.
     pub fn outranks(&self, other: &GroupRank<'_>) -> bool {
-        self.is_other_group(other)
-            && (self.members.len(), std::cmp::Reverse(self.leader))
-                > (other.members.len(), std::cmp::Reverse(other.leader))
+        self.is_other_group(other) && self.ranks_above(other)
+    }
+
+    /// The order of [`outranks`](GroupRank::outranks) alone, members in common or not:
+    /// for a node left behind by a merge, whose group shares the members that already
+    /// went over (SPEC.md §12.7).
+    pub fn ranks_above(&self, other: &GroupRank<'_>) -> bool {
+        (self.members.len(), std::cmp::Reverse(self.leader))
+            > (other.members.len(), std::cmp::Reverse(other.leader))
     }
 }
 

@@ -489,7 +489,7 @@ impl Group {
         former.drain(..excess);
     }
 
-    fn is_former_member(&self, name: &str) -> bool {
+    pub(super) fn is_former_member(&self, name: &str) -> bool {
         self.hard.former_members.iter().any(|n| n == name)
     }
 

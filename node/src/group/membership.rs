@@ -94,12 +94,17 @@ impl Group {
         self.event(GroupEvent::Removed);
     }
 
-    /// A (pre-)vote request from a node we do not list means it was removed without
-    /// hearing of it; tell it, so it stops standing and can join again. The leader
-    /// sends its membership; a follower names its leader, as to a joiner (the removed
-    /// node may no longer list the leader, and then never asks it).
+    /// A (pre-)vote request from a former member means it was removed without hearing
+    /// of it; tell it, so it stops standing and can join again. The leader sends its
+    /// membership; a follower names its leader, as to a joiner (the removed node may no
+    /// longer list the leader, and then never asks it).
+    ///
+    /// A candidate we never listed is of another group of the same name (SPEC.md
+    /// §12.7): a member of an outranked group that has not dissolved yet asks one that
+    /// has. It is not told: joining here without dissolving would bring its old terms
+    /// and vote into ours. It learns of the merge from the proxy, as its group does.
     pub(super) fn tell_removed(&mut self, candidate: &str) {
-        if self.members.iter().any(|m| m.name == candidate) {
+        if self.members.iter().any(|m| m.name == candidate) || !self.is_former_member(candidate) {
             return;
         }
         if self.role == Role::Leader {

@@ -1025,6 +1025,9 @@ fn a_removed_node_that_stands_is_told_the_membership_and_asks_to_be_listed_again
     let now = Instant::now();
     let mut nodes = group_of(&["a", "b"], now);
     let a = &mut nodes[0];
+    // a removed z (SPEC.md §12.5): a candidate it never listed would be of another
+    // group of the same name and hear nothing (§12.7).
+    a.hard.former_members.push("z".into());
     a.step(
         now,
         "z",

@@ -130,16 +130,26 @@ fn spec_12_1_vote_requests_from_non_members_are_refused() {
         GroupMessage::PreVoteRequest(vote_request(later, "mallory", 99)),
     );
     assert_eq!(b.hard_state(), &hard, "no term taken, no vote cast");
-    // No grant goes out: a follower only names its leader, as to a joiner (a member
-    // removed while cut off may no longer list the leader to ask).
+    // Nothing goes out to a name we never listed: it is of another group of the same
+    // name (SPEC.md §12.7), which learns of ours from the proxy.
+    assert_eq!(sends(&drain(b)), []);
+    assert_eq!(b.rejections().get(Violation::NotMember), 2);
+    // A former member is not granted anything either: a follower only names its
+    // leader, as to a joiner (a member removed while cut off may no longer list the
+    // leader to ask).
+    b.hard.former_members.push("mallory".into());
+    b.step(
+        now,
+        "mallory",
+        GroupMessage::PreVoteRequest(vote_request(later, "mallory", 99)),
+    );
+    assert_eq!(b.hard_state().term, hard.term);
     let out = sends(&drain(b));
-    assert!(!out.is_empty());
     assert!(
-        out.iter().all(|(to, m)| to == "mallory"
-            && matches!(m, GroupMessage::Support(s) if s.leader == "a" && !s.query)),
+        matches!(&out[..], [(to, GroupMessage::Support(s))]
+            if to == "mallory" && s.leader == "a" && !s.query),
         "{out:?}"
     );
-    assert_eq!(b.rejections().get(Violation::NotMember), 2);
 }
 
 #[test]
@@ -808,6 +818,7 @@ fn spec_12_5_a_member_removed_while_cut_off_asks_the_leader_the_members_name() {
     // election_timeout_min).
     let now = Instant::now();
     let mut b = follower("b", &["a", "b", "d"], 4, now);
+    b.hard.former_members.push("c".into());
     b.step(now, "a", heartbeat(4, "a", b.members().to_vec()));
     b.step(now, "d", GroupMessage::Support(support(4, "d", "a")));
     assert_eq!(b.leader(), Some("a"));
