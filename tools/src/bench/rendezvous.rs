@@ -57,16 +57,25 @@ pub enum Fault {
     /// SIGKILL the key manager, start it again from its data directory, start the
     /// newcomer.
     KeymgrRestart,
+    /// No group before: all four nodes start at the same instant, against a proxy that
+    /// knows no leader of the group (they race to claim it).
+    ColdStart,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 3] = [Fault::ProxyRestart, Fault::ProxyDown, Fault::KeymgrRestart];
+    pub const ALL: [Fault; 4] = [
+        Fault::ProxyRestart,
+        Fault::ProxyDown,
+        Fault::KeymgrRestart,
+        Fault::ColdStart,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Fault::ProxyRestart => "proxy-restart",
             Fault::ProxyDown => "proxy-down",
             Fault::KeymgrRestart => "keymgr-restart",
+            Fault::ColdStart => "cold-start",
         }
     }
 
@@ -76,6 +85,7 @@ impl Fault {
             Fault::ProxyRestart => "the proxy's SIGKILL",
             Fault::ProxyDown => "the proxy's return",
             Fault::KeymgrRestart => "the key manager's SIGKILL",
+            Fault::ColdStart => "the four nodes' start",
         }
     }
 }
@@ -160,7 +170,9 @@ impl FaultReport {
 struct Outcome {
     one_group: Duration,
     chats: Duration,
-    restart: Duration,
+    /// How long the restarted service took to accept connections (none restarts in
+    /// [`Fault::ColdStart`]).
+    restart: Option<Duration>,
 }
 
 /// Runs `options.runs` runs of each fault on `cluster` (its services running, no nodes
@@ -192,7 +204,9 @@ pub fn rendezvous(
                     let us = |d: Duration| d.as_micros().clamp(1, 3_600_000_000) as u64;
                     report.chats.record(us(outcome.chats))?;
                     report.one_group.record(us(outcome.one_group))?;
-                    report.restart.record(us(outcome.restart))?;
+                    if let Some(restart) = outcome.restart {
+                        report.restart.record(us(restart))?;
+                    }
                     report.runs += 1;
                     let line = format!(
                         "one group after {:.1} ms, chats after {:.1} ms",
@@ -225,11 +239,13 @@ fn one_run(
     cluster.services.ensure_running()?;
     cluster.regroup(Some(group));
     let first: Vec<String> = FIRST.iter().map(|n| n.to_string()).collect();
-    if let Err(e) = cluster.grow(&first) {
-        stopped()?;
-        return Ok(Err(format!(
-            "before the fault, the first three did not form a group: {e:#}"
-        )));
+    if fault != Fault::ColdStart {
+        if let Err(e) = cluster.grow(&first) {
+            stopped()?;
+            return Ok(Err(format!(
+                "before the fault, the first three did not form a group: {e:#}"
+            )));
+        }
     }
     let (origin, restart) = match fault {
         Fault::ProxyRestart => {
@@ -238,7 +254,7 @@ fn one_run(
             cluster.services.start_proxy()?;
             let restart = killed.elapsed();
             cluster.spawn(NEWCOMER)?;
-            (killed, restart)
+            (killed, Some(restart))
         }
         Fault::KeymgrRestart => {
             let killed = Instant::now();
@@ -246,7 +262,15 @@ fn one_run(
             cluster.services.start_keymgr()?;
             let restart = killed.elapsed();
             cluster.spawn(NEWCOMER)?;
-            (killed, restart)
+            (killed, Some(restart))
+        }
+        Fault::ColdStart => {
+            // The group's name is new to the proxy (one per run): nobody leads it.
+            let start = Instant::now();
+            for name in FIRST.iter().chain([&NEWCOMER]) {
+                cluster.spawn(name)?;
+            }
+            (start, None)
         }
         Fault::ProxyDown => {
             let killed = Instant::now();
@@ -276,7 +300,7 @@ fn one_run(
             }
             let back = Instant::now();
             cluster.services.start_proxy()?;
-            (back, back.elapsed())
+            (back, Some(back.elapsed()))
         }
     };
     let deadline = origin + options.timeout;

@@ -46,6 +46,7 @@ enum FaultArg {
     ProxyRestart,
     ProxyDown,
     KeymgrRestart,
+    ColdStart,
     All,
 }
 
@@ -68,7 +69,8 @@ enum Command {
         svg: Option<PathBuf>,
     },
     /// One group after a fault of the services: R runs per fault of three nodes that
-    /// form group G, the fault, a fourth node starting; timed until every node follows
+    /// form group G, the fault, a fourth node starting (or, cold-start, four nodes
+    /// starting at once); timed until every node follows
     /// the same leader in a membership of the four and a line from the newcomer reaches
     /// an old member. A run that does not get there within --timeout is reported as
     /// failed (with what each node said), and the next one begins.
@@ -79,7 +81,9 @@ enum Command {
         /// started (timed from the kill); proxy-down: the proxy SIGKILLed, the newcomer
         /// started, the proxy back after --down-ms (timed from its return);
         /// keymgr-restart: the key manager SIGKILLed and restarted from its data
-        /// directory, the newcomer started (timed from the kill); all: each in turn.
+        /// directory, the newcomer started (timed from the kill); cold-start: no group
+        /// before, all four nodes started at once against a proxy that knows no leader
+        /// of the group (timed from their start); all: each in turn.
         #[arg(long, value_enum, default_value_t = FaultArg::All)]
         fault: FaultArg,
         /// How long the proxy stays down (proxy-down).
@@ -426,6 +430,7 @@ fn run(cli: Cli) -> Result<()> {
                 FaultArg::ProxyRestart => vec![Fault::ProxyRestart],
                 FaultArg::ProxyDown => vec![Fault::ProxyDown],
                 FaultArg::KeymgrRestart => vec![Fault::KeymgrRestart],
+                FaultArg::ColdStart => vec![Fault::ColdStart],
                 FaultArg::All => Fault::ALL.to_vec(),
             };
             let options = RendezvousOptions {
@@ -454,7 +459,7 @@ fn run(cli: Cli) -> Result<()> {
             let reports = result?;
             println!(
                 "rendezvous: {runs} run(s) of each of {} (3 nodes form a group, the fault, a \
-                 4th node starts), {:.1?} in all",
+                 4th node starts; cold-start: 4 nodes start at once), {:.1?} in all",
                 options
                     .faults
                     .iter()
