@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use sockmsg_node::Role;
 use sockmsg_tools::groupsim::{
-    describe, merge_schedule, percentile, schedule, seeds_from_env, Sim, MERGE_BOUND, MS,
+    describe, merge_schedule, percentile, schedule, seeds_from_env, services_fault_schedule,
+    ServicesFault, Sim, CONVERGE_BOUND, MERGE_BOUND, MS,
 };
 
 #[test]
@@ -79,6 +80,48 @@ fn groups_of_one_name_merge_after_the_proxy_forgets() {
         );
     }
     assert!(failures.is_empty(), "failing merge seeds: {failures:?}");
+}
+
+/// The time to converge after each kind of fault of the services alone (a cold start,
+/// a proxy restart, the proxy down, nodes cut off from it): one group of every node,
+/// one membership, the proxy naming the leader, within [`CONVERGE_BOUND`]; chat then
+/// reaches everyone once. Prints p50/p99/max per kind (docs/BENCHMARKS.md).
+/// `SOCKMSG_SIM_FAULT_SEEDS=n` runs n schedules of each kind (`SOCKMSG_SIM_SEED` replays
+/// one of each).
+#[test]
+fn each_services_fault_converges_within_the_bound() {
+    let seeds = match std::env::var("SOCKMSG_SIM_FAULT_SEEDS") {
+        Ok(n) => (0..n.parse::<u64>().expect("a number")).collect(),
+        Err(_) => seeds_from_env(100),
+    };
+    let mut failures = Vec::new();
+    for fault in ServicesFault::ALL {
+        let mut times = Vec::new();
+        for &seed in &seeds {
+            match services_fault_schedule(seed, fault) {
+                Ok(took) => times.push(took),
+                Err(why) => {
+                    eprintln!(
+                        "{} seed {seed} FAILED: {why}  (replay: SOCKMSG_SIM_SEED={seed})",
+                        fault.name()
+                    );
+                    failures.push((fault.name(), seed));
+                }
+            }
+        }
+        times.sort();
+        if let Some(max) = times.last() {
+            println!(
+                "{}: {} schedules converged, p50 {:?}, p99 {:?}, max {max:?} (bound \
+                 {CONVERGE_BOUND:?})",
+                fault.name(),
+                times.len(),
+                percentile(&times, 50),
+                percentile(&times, 99),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "failing schedules: {failures:?}");
 }
 
 /// Time from a leader crash (or a planned transfer) until every live member knows the

@@ -36,7 +36,8 @@ pub mod services;
 
 pub use byzantine::{byzantine_schedule, ByzantineReport};
 pub use schedule::{
-    describe, merge_schedule, schedule, seeds_from_env, HEAL_BOUND, MERGE_BOUND, MS,
+    describe, merge_schedule, schedule, seeds_from_env, services_fault_schedule, ServicesFault,
+    CONVERGE_BOUND, HEAL_BOUND, MERGE_BOUND, MS,
 };
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

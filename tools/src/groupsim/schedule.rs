@@ -148,6 +148,138 @@ pub fn merge_schedule(seed: u64) -> Result<Duration, String> {
     Ok(took)
 }
 
+/// One fault of the services alone, for the time the group takes to converge after
+/// each kind (docs/BENCHMARKS.md): [`services_fault_schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicesFault {
+    /// No group before: every node starts at the same instant against a proxy that
+    /// knows no leader of the group, and they race to claim it.
+    ColdStart,
+    /// The proxy restarts and forgets every record. (The host of embedded services
+    /// leaving looks the same to the group: the node that takes them over runs the key
+    /// manager from the same data directory, and the proxy's records are soft state.)
+    ProxyRestart,
+    /// The proxy answers nobody for 0.1–6 s (past the record's 5 s TTL at the long end).
+    ProxyDown,
+    /// Some nodes (the leader among them half the time) cannot reach the proxy for
+    /// 0.1–6 s.
+    ProxyCut,
+}
+
+impl ServicesFault {
+    pub const ALL: [ServicesFault; 4] = [
+        ServicesFault::ColdStart,
+        ServicesFault::ProxyRestart,
+        ServicesFault::ProxyDown,
+        ServicesFault::ProxyCut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServicesFault::ColdStart => "cold start",
+            ServicesFault::ProxyRestart => "proxy restart",
+            ServicesFault::ProxyDown => "proxy down 0.1-6 s",
+            ServicesFault::ProxyCut => "nodes cut from the proxy 0.1-6 s",
+        }
+    }
+}
+
+/// Bound on converging after one fault of the services (the liveness bound).
+pub const CONVERGE_BOUND: Duration = Duration::from_millis(10_000);
+
+/// One schedule of a single `fault` of the services, everyone chatting, with loss and
+/// duplication: a group of 3–7 forms (except for a cold start, whose start is the
+/// fault), then the fault. Returns the time from the fault's end (the proxy's restart
+/// or return, the cut healed, the nodes' start) until the group has *converged*: one
+/// group of every node that all follow, holding one membership, and the proxy naming its
+/// leader in its term (so joiners find it); then chat reaches every member once. An
+/// error past [`CONVERGE_BOUND`].
+pub fn services_fault_schedule(seed: u64, fault: ServicesFault) -> Result<Duration, String> {
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let n = rng.random_range(3..=7usize);
+    let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
+    let mut sim = Sim::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, loss);
+    sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
+    if fault != ServicesFault::ColdStart {
+        let formed = sim.run_until(2000 * MS, |s| {
+            s.settled_leader(0)
+                .is_some_and(|l| s.live_members(l).len() == n)
+        });
+        if formed.is_none() {
+            return Err(format!(
+                "no group formed with {n} members: {}",
+                describe(&sim)
+            ));
+        }
+        let before = rng.random_range(0..2000) * MS;
+        chat_for(&mut sim, &mut rng, n, before);
+        let length = rng.random_range(100..6000) * MS;
+        match fault {
+            ServicesFault::ColdStart => {}
+            ServicesFault::ProxyRestart => sim.restart_proxy(),
+            ServicesFault::ProxyDown => {
+                sim.proxy_down_for(length);
+                chat_for(&mut sim, &mut rng, n, length);
+            }
+            ServicesFault::ProxyCut => {
+                let leader = sim.oracle_leader();
+                let with_leader = rng.random_bool(0.5);
+                let cut: Vec<usize> = (0..n)
+                    .filter(|&i| {
+                        if Some(i) == leader {
+                            with_leader
+                        } else {
+                            rng.random_bool(0.4)
+                        }
+                    })
+                    .collect();
+                sim.cut_from_proxy(&cut);
+                chat_for(&mut sim, &mut rng, n, length);
+                sim.heal_proxy();
+            }
+        }
+    }
+    let from = sim.now;
+    let leader = loop {
+        if let Some(failure) = sim.failure.take() {
+            return Err(failure);
+        }
+        if let Some(leader) = converged(&mut sim, n) {
+            break leader;
+        }
+        if sim.now >= from + CONVERGE_BOUND {
+            let record = sim.proxy_record().map(|r| (r.term, r.leader));
+            return Err(format!(
+                "not converged {CONVERGE_BOUND:?} after the {}: the proxy holds {record:?}; {}",
+                fault.name(),
+                describe(&sim)
+            ));
+        }
+        chat_for(&mut sim, &mut rng, n, 10 * MS);
+    };
+    let took = sim.now - from;
+    check_quiet_chat(&mut sim, leader)?;
+    if let Some(failure) = sim.failure.take() {
+        return Err(failure);
+    }
+    Ok(took)
+}
+
+/// The leader, if the `n` nodes are one group (every node follows it, it lists all,
+/// and each holds its membership) and the proxy names it in its term.
+fn converged(sim: &mut Sim, n: usize) -> Option<usize> {
+    let leader = sim.settled_leader(0).filter(|&l| {
+        let members = sim.live_members(l);
+        let stamp = sim.group(l).map(stamp_of);
+        members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
+    })?;
+    let named = sim
+        .group(leader)
+        .map(|g| (g.term(), sim.nodes[leader].name.clone()));
+    let record = sim.proxy_record().map(|r| (r.term, r.leader));
+    (named.is_some() && record == named).then_some(leader)
+}
+
 /// Runs `sim` for `d`, a random member sending a line every 5-40 ms; stops early on an
 /// invariant failure (left in `sim.failure`).
 fn chat_for(sim: &mut Sim, rng: &mut ChaCha8Rng, n: usize, d: Duration) {
