@@ -668,6 +668,18 @@ mod tests {
         }
     }
 
+    /// A persisted state of term `term` holding `members` (version 2, made in
+    /// `membership_term`).
+    fn past(term: u64, members: &[&str], membership_term: u64) -> HardState {
+        HardState {
+            term,
+            members: members.iter().map(|m| me(m)).collect(),
+            membership_term,
+            membership_version: 2,
+            ..HardState::default()
+        }
+    }
+
     /// A node `name` with `hard` as its persisted state, and its rendezvous.
     fn node(name: &str, hard: HardState, now: Instant) -> (Group, Rendezvous) {
         let newcomer = hard.term == 0 && hard.members.is_empty();
@@ -706,6 +718,15 @@ mod tests {
             }
         }
         sent
+    }
+
+    /// To whom the group sends a JOIN now.
+    fn joins_sent(group: &mut Group, rendezvous: &mut Rendezvous, now: Instant) -> Vec<String> {
+        pump(group, rendezvous, now)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
+            .map(|(to, _)| to)
+            .collect()
     }
 
     fn record(leader: &str, members: &[&str], term: u64) -> RecordSummary {
@@ -838,13 +859,7 @@ mod tests {
     #[test]
     fn a_node_with_a_past_waits_for_its_members_and_founds_again_only_after_refound_after() {
         let t0 = Instant::now();
-        let hard = HardState {
-            term: 6,
-            members: vec![me("carol"), me("alice")],
-            membership_term: 5,
-            membership_version: 2,
-            ..HardState::default()
-        };
+        let hard = past(6, &["carol", "alice"], 5);
         let (mut g, mut r) = node("carol", hard, t0);
         let config = RendezvousConfig::default();
         let mut now = t0;
@@ -938,13 +953,7 @@ mod tests {
             (0, 0),
             "forgot its own group"
         );
-        let sent = pump(&mut g, &mut r, now);
-        let joins: Vec<&str> = sent
-            .iter()
-            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
-            .map(|(to, _)| to.as_str())
-            .collect();
-        assert_eq!(joins, ["alice", "bob", "carol"]);
+        assert_eq!(joins_sent(&mut g, &mut r, now), ["alice", "bob", "carol"]);
         let said = notices(&mut r);
         assert!(
             said.iter()
@@ -976,13 +985,7 @@ mod tests {
     /// dave, admitted to a group of two with carol, which has no leader now (carol
     /// went over to another group, SPEC.md §12.7), and the proxy's answer to its query.
     fn left_with_carol(answer: RecordSummary, now: Instant) -> (Group, Rendezvous) {
-        let hard = HardState {
-            term: 1,
-            members: vec![me("carol"), me("dave")],
-            membership_term: 1,
-            membership_version: 2,
-            ..HardState::default()
-        };
+        let hard = past(1, &["carol", "dave"], 1);
         let (mut g, mut r) = node("dave", hard, now);
         r.handle_event(now, &GroupEvent::Joined);
         assert_eq!(r.poll_request(now, WALL, &mut g), Some(ProxyRequest::Query));
@@ -998,13 +1001,7 @@ mod tests {
         let (mut g, mut r) = left_with_carol(record("alice", &["alice", "bob", "carol"], 2), now);
         assert_eq!((g.term(), g.members().len()), (0, 0), "dissolved");
         assert!(!r.joined());
-        let sent = pump(&mut g, &mut r, now);
-        let joins: Vec<&str> = sent
-            .iter()
-            .filter(|(_, m)| matches!(m, GroupMessage::Join(_)))
-            .map(|(to, _)| to.as_str())
-            .collect();
-        assert_eq!(joins, ["alice", "bob", "carol"]);
+        assert_eq!(joins_sent(&mut g, &mut r, now), ["alice", "bob", "carol"]);
     }
 
     #[test]

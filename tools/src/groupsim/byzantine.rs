@@ -56,7 +56,7 @@ use sockmsg_wire::limits::MAX_MEMBERS;
 use sockmsg_wire::Frames;
 
 use super::schedule::{
-    check_quiet_chat, crash_departed, heal_and_settle, random_chat, random_fault,
+    check_quiet_chat, crash_departed, form, heal_and_settle, random_chat, random_fault,
 };
 use super::{describe, Sim, MS};
 
@@ -845,21 +845,6 @@ fn run_byzantine(seed: u64, kind: &mut String) -> Result<ByzantineReport, String
         liar_elected: sim.watch.hostile_terms.len(),
         liar_double_votes: sim.watch.double_votes.len(),
     })
-}
-
-/// The honest group forms: one leader that lists all `n`.
-fn form(sim: &mut Sim, n: usize) -> Result<(), String> {
-    let formed = sim.run_until(2000 * MS, |s| {
-        s.settled_leader(0)
-            .is_some_and(|l| s.live_members(l).len() == n)
-    });
-    match formed {
-        Some(_) => Ok(()),
-        None => Err(format!(
-            "no group formed with {n} members: {}",
-            describe(sim)
-        )),
-    }
 }
 
 /// The liar joins like anyone (and behaves until every honest node lists it).

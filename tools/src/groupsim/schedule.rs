@@ -24,16 +24,7 @@ pub fn schedule(seed: u64) -> Result<BTreeMap<String, u64>, String> {
     let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
     let mut sim = Sim::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, loss);
     sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
-    let formed = sim.run_until(2000 * MS, |s| {
-        s.settled_leader(0)
-            .is_some_and(|l| s.live_members(l).len() == n)
-    });
-    if formed.is_none() {
-        return Err(format!(
-            "no group formed with {n} members: {}",
-            describe(&sim)
-        ));
-    }
+    form(&mut sim, n)?;
 
     // Faults while everyone chats.
     let fault_end = sim.now + 4000 * MS;
@@ -85,17 +76,7 @@ pub fn merge_schedule(seed: u64) -> Result<Duration, String> {
     let loss = [0.0, 0.05, 0.3][rng.random_range(0..3usize)];
     let mut sim = Sim::with_late(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, late, loss);
     sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
-    let formed = sim.run_until(2000 * MS, |s| {
-        s.settled_leader(0)
-            .is_some_and(|l| s.live_members(l).len() == n - late)
-    });
-    if formed.is_none() {
-        return Err(format!(
-            "no group of {} formed: {}",
-            n - late,
-            describe(&sim)
-        ));
-    }
+    form(&mut sim, n - late)?;
     let before_fault = rng.random_range(0..3000) * MS;
     chat_for(&mut sim, &mut rng, n, before_fault);
     let back = if rng.random_bool(0.5) {
@@ -127,11 +108,7 @@ pub fn merge_schedule(seed: u64) -> Result<Duration, String> {
         if let Some(failure) = sim.failure.take() {
             return Err(failure);
         }
-        settled = sim.settled_leader(0).filter(|&l| {
-            let members = sim.live_members(l);
-            let stamp = sim.group(l).map(stamp_of);
-            members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
-        });
+        settled = one_group_of(&sim, n);
     }
     let Some(leader) = settled else {
         return Err(format!(
@@ -201,16 +178,7 @@ pub fn services_fault_schedule(seed: u64, fault: ServicesFault) -> Result<Durati
     let mut sim = Sim::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), n, loss);
     sim.dup = [0.0, 0.02, 0.2][rng.random_range(0..3usize)];
     if fault != ServicesFault::ColdStart {
-        let formed = sim.run_until(2000 * MS, |s| {
-            s.settled_leader(0)
-                .is_some_and(|l| s.live_members(l).len() == n)
-        });
-        if formed.is_none() {
-            return Err(format!(
-                "no group formed with {n} members: {}",
-                describe(&sim)
-            ));
-        }
+        form(&mut sim, n)?;
         let before = rng.random_range(0..2000) * MS;
         chat_for(&mut sim, &mut rng, n, before);
         let length = rng.random_range(100..6000) * MS;
@@ -268,11 +236,7 @@ pub fn services_fault_schedule(seed: u64, fault: ServicesFault) -> Result<Durati
 /// The leader, if the `n` nodes are one group (every node follows it, it lists all,
 /// and each holds its membership) and the proxy names it in its term.
 fn converged(sim: &mut Sim, n: usize) -> Option<usize> {
-    let leader = sim.settled_leader(0).filter(|&l| {
-        let members = sim.live_members(l);
-        let stamp = sim.group(l).map(stamp_of);
-        members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
-    })?;
+    let leader = one_group_of(sim, n)?;
     let named = sim
         .group(leader)
         .map(|g| (g.term(), sim.nodes[leader].name.clone()));
@@ -419,13 +383,7 @@ pub fn heal_and_settle(sim: &mut Sim, n: usize) -> Result<usize, String> {
             return Err(failure);
         }
         sim.rejoin_strays();
-        settled = sim.settled_leader(0).filter(|&l| {
-            // Every node is back in the membership, and holds the leader's: chat goes
-            // to the members a sender holds.
-            let members = sim.live_members(l);
-            let stamp = sim.group(l).map(stamp_of);
-            members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
-        });
+        settled = one_group_of(sim, n);
     }
     settled.ok_or_else(|| {
         format!(
@@ -470,6 +428,31 @@ pub fn check_proxy_converges(sim: &mut Sim) -> Result<(), String> {
 /// refresh interval (the leader announces at once on a new term, else every 3 s), and
 /// a second for an announcement that waits on its votes' signatures.
 pub const PROXY_BOUND: Duration = Duration::from_millis(4000);
+
+/// Runs `sim` until its first `n` nodes form one group (2 s at most).
+pub(super) fn form(sim: &mut Sim, n: usize) -> Result<(), String> {
+    let formed = sim.run_until(2000 * MS, |s| {
+        s.settled_leader(0)
+            .is_some_and(|l| s.live_members(l).len() == n)
+    });
+    match formed {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "no group formed with {n} members: {}",
+            describe(sim)
+        )),
+    }
+}
+
+/// The leader, if the `n` nodes are one group: every node follows it, it lists all,
+/// and every node holds its membership (chat goes to the members a sender holds).
+fn one_group_of(sim: &Sim, n: usize) -> Option<usize> {
+    sim.settled_leader(0).filter(|&l| {
+        let members = sim.live_members(l);
+        let stamp = sim.group(l).map(stamp_of);
+        members.len() == n && members.iter().all(|&i| sim.group(i).map(stamp_of) == stamp)
+    })
+}
 
 /// The (membership_term, version) a node holds.
 fn stamp_of(g: &Group) -> (u64, u64) {
