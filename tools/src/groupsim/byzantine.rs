@@ -39,7 +39,8 @@
 //! The schedule: form the group, admit the liar, then 4 s of attack while the members
 //! chat (and, in 40 % of the seeds, crash, restart, leave and get partitioned as in
 //! [`super::schedule`]); then the liar goes quiet, the network heals, and within
-//! [`super::HEAL_BOUND`] every honest node must follow one leader that lists them all, and
+//! [`super::schedule::HEAL_BOUND_WITH_PROXY`] every honest node must follow one leader
+//! that lists them all, and
 //! hold its membership (a listed liar gone quiet is removed as failed meanwhile); chat
 //! then reaches every honest member exactly once, in order. Finally the honest nodes
 //! must have rejected some of the liar's frames (the attack took place).
