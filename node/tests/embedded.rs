@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::view::{one_group, View};
 use common::{chat_from, install_identity, is, NodeProc, TempDir, DEADLINE};
 use serde_json::Value;
 use sockmsg_keymgr::client::{ClientConfig, ClientError, KeymgrClient, Trust};
@@ -271,95 +272,9 @@ fn key_changed_notice(e: &Value) -> bool {
         })
 }
 
-/// What one node's events say about its group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct View {
-    name: String,
-    running: bool,
-    /// The latest of `joined`, `removed`, `left`.
-    admission: Option<String>,
-    /// The latest `leader` event: term, leader.
-    leader: Option<(u64, Option<String>)>,
-    /// The latest `members` event's names.
-    members: Option<BTreeSet<String>>,
-}
-
-impl View {
-    fn of(node: &mut NodeProc) -> View {
-        let running = node.running();
-        let events = node.events();
-        let admission = events
-            .iter()
-            .rev()
-            .find(|e| is(e, "joined") || is(e, "removed") || is(e, "left"))
-            .and_then(|e| e["event"].as_str().map(str::to_owned));
-        let leader = events.iter().rev().find(|e| is(e, "leader")).map(|e| {
-            (
-                e["term"].as_u64().unwrap_or(0),
-                e["leader"].as_str().map(str::to_owned),
-            )
-        });
-        let members = events.iter().rev().find(|e| is(e, "members")).map(|e| {
-            e["members"]
-                .as_array()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|m| m["name"].as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        });
-        View {
-            name: node.name.clone(),
-            running,
-            admission,
-            leader,
-            members,
-        }
-    }
-
-    fn line(&self) -> String {
-        let leader = match &self.leader {
-            Some((term, Some(leader))) => format!("leader {leader} (term {term})"),
-            Some((term, None)) => format!("no leader (term {term})"),
-            None => "no leader event".to_owned(),
-        };
-        let members = match &self.members {
-            Some(names) => format!(
-                "{} members {:?}",
-                names.len(),
-                names.iter().collect::<Vec<_>>()
-            ),
-            None => "no members event".to_owned(),
-        };
-        format!(
-            "{:>6}: {}{leader}, {members}, last admission event {}",
-            self.name,
-            if self.running {
-                "running, "
-            } else {
-                "EXITED, "
-            },
-            self.admission.as_deref().unwrap_or("none"),
-        )
-    }
-}
-
-/// The (term, leader) all of `views` follow, if they are one group whose members are
-/// exactly theirs.
-fn one_group(views: &[View]) -> Option<(u64, String)> {
-    let expected: BTreeSet<String> = views.iter().map(|v| v.name.clone()).collect();
-    let first = views.first()?;
-    let Some((term, Some(leader))) = &first.leader else {
-        return None;
-    };
-    let agreed = views.iter().all(|v| {
-        v.running
-            && v.admission.as_deref() == Some("joined")
-            && v.leader == first.leader
-            && v.members.as_ref() == Some(&expected)
-    });
-    (agreed && expected.contains(leader)).then(|| (*term, leader.clone()))
+/// The names of `views`: what one group of them must list, exactly.
+fn names_of(views: &[View]) -> BTreeSet<String> {
+    views.iter().map(|v| v.name.clone()).collect()
 }
 
 /// The node processes of one test, all in one HOME.
@@ -426,7 +341,7 @@ impl Cluster {
                 .iter()
                 .map(|&i| View::of(&mut self.nodes[i]))
                 .collect();
-            if let Some(agreed) = one_group(&views) {
+            if let Some(agreed) = one_group(&views, &names_of(&views)) {
                 return Ok(agreed);
             }
             if Instant::now() >= deadline {

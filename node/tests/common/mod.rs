@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod view;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
