@@ -417,12 +417,12 @@ impl Rendezvous {
             // if not, our leader replaces its record at the proxy at its next refresh,
             // and its members learn of us as we learned of them.
             if group.leader().is_some() && self.outranked_by(group, record) {
-                self.merge_into(now, group, record);
+                self.merge_into(now, group, record, Dissolve::Forgetting);
             }
             return;
         }
         if self.joined && self.left_behind(group, record) {
-            self.merge_into(now, group, record);
+            self.merge_into(now, group, record, Dissolve::KeepingVotes);
             return;
         }
         let known_leader = group.leader().is_some();
@@ -515,7 +515,7 @@ impl Rendezvous {
         match held {
             Some(held) if self.is_other_group(group, &held) => {
                 if self.outranked_by(group, &held) {
-                    self.merge_into(now, group, &held);
+                    self.merge_into(now, group, &held, Dissolve::Forgetting);
                 } else if group.stand_again_for_proof(now, &[]) {
                     self.notice(format!(
                         "the proxy holds another group named {} (led by {}, {} members); \
@@ -602,7 +602,13 @@ impl Rendezvous {
     /// Leaves our group for the group of `record`, which outranks it (SPEC.md §12.7):
     /// forgets it ([`Group::dissolve`]) and asks the other group's members to admit us,
     /// as any newcomer the proxy directed to them.
-    fn merge_into(&mut self, now: Instant, group: &mut Group, record: &RecordSummary) {
+    fn merge_into(
+        &mut self,
+        now: Instant,
+        group: &mut Group,
+        record: &RecordSummary,
+        how: Dissolve,
+    ) {
         self.notice(format!(
             "another group named {} (led by {}, {} members) outranks this one ({} \
              members): merging into it",
@@ -611,7 +617,10 @@ impl Rendezvous {
             record.members.len(),
             group.members().len()
         ));
-        group.dissolve(now);
+        match how {
+            Dissolve::Forgetting => group.dissolve(now),
+            Dissolve::KeepingVotes => group.dissolve_keeping_votes(now),
+        }
         self.newcomer = true;
         self.joined = false;
         self.announced = None;
@@ -622,6 +631,15 @@ impl Rendezvous {
         let _ = group.join_via(now, &contacts(record));
         self.join_sent_to = Some(record.leader.clone());
     }
+}
+
+/// How a node leaves its group for another (SPEC.md §12.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dissolve {
+    /// Of another group (no member in common): its terms mean nothing there.
+    Forgetting,
+    /// Left behind: the other group may be its own, so no vote is cast twice.
+    KeepingVotes,
 }
 
 /// Whom to ask to be admitted into the group of `record`: its leader first, then every
@@ -999,7 +1017,11 @@ mod tests {
         // carol is in both: the two are no longer "other groups", yet alice's does not
         // list dave, is led by none of dave's, and outranks what dave holds.
         let (mut g, mut r) = left_with_carol(record("alice", &["alice", "bob", "carol"], 2), now);
-        assert_eq!((g.term(), g.members().len()), (0, 0), "dissolved");
+        assert_eq!(
+            (g.term(), g.members().len()),
+            (1, 0),
+            "dissolved, its term kept"
+        );
         assert!(!r.joined());
         assert_eq!(joins_sent(&mut g, &mut r, now), ["alice", "bob", "carol"]);
     }

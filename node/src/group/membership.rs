@@ -64,6 +64,25 @@ impl Group {
     /// votes of a majority of that group's own membership, of which this node's past
     /// votes, cast for candidates of the group it leaves, are none.
     pub fn dissolve(&mut self, now: Instant) {
+        self.dissolve_into(now, super::HardState::default());
+    }
+
+    /// [`Group::dissolve`], but keeping the term, the vote and the votes remembered
+    /// ahead: for a member *left behind* by a merge (SPEC.md §12.7), which cannot tell
+    /// another group that took its members from its own group that removed it. In its
+    /// own group, a vote forgotten could be cast again in the same term for another
+    /// candidate, electing two leaders; kept, it is Raft's rule for any restart.
+    pub fn dissolve_keeping_votes(&mut self, now: Instant) {
+        let votes = super::HardState {
+            term: self.hard.term,
+            voted_for: self.hard.voted_for.clone(),
+            votes_ahead: self.hard.votes_ahead.clone(),
+            ..super::HardState::default()
+        };
+        self.dissolve_into(now, votes);
+    }
+
+    fn dissolve_into(&mut self, now: Instant, hard: super::HardState) {
         use rand::{RngExt, SeedableRng};
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.rng.random());
         // A new incarnation: to every group it is a new process, whose lines are
@@ -72,13 +91,7 @@ impl Group {
             incarnation: self.rng.random(),
             ..self.me.clone()
         };
-        let fresh = Group::new(
-            self.config.clone(),
-            me,
-            super::HardState::default(),
-            rng,
-            now,
-        );
+        let fresh = Group::new(self.config.clone(), me, hard, rng, now);
         // The configuration and the name were valid when this group was made.
         let Ok(fresh) = fresh else { return };
         *self = fresh;
